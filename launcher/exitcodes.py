@@ -13,6 +13,7 @@ class Exit(enum.IntEnum):
     NOT_RUNNING = 3  # `status`: no supervisor running
     NO_GPU_REQUIRED = 4  # OGPU_REQUIRE_GPU set and no usable GPU
     CRASH_LOOP = 5  # crash loop gave up; systemd's Restart= takes over
+    INTERNAL = 70  # our own bug (sysexits EX_SOFTWARE): logged as one `internal_error` line
 
 
 class VerdictExit(enum.IntEnum):

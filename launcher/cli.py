@@ -1,0 +1,82 @@
+"""`ollama-gpu` entry point: parse arguments, build settings, set up logging, run one command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from launcher import __version__
+from launcher import log as logsetup
+from launcher.commands import COMMANDS
+from launcher.commands.context import Context
+from launcher.config import SPECS, ConfigError, iter_cli_overrides, load_settings
+from launcher.exitcodes import Exit, signal_exit
+
+PROG = "ollama-gpu"
+
+
+def _commands() -> dict[str, ModuleType]:
+    return {name: importlib.import_module(f"launcher.commands.{name}") for name in COMMANDS}
+
+
+def build_parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    """The whole command line: our settings as flags before the command, then the command's own arguments."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run `ollama serve` so that models land on the GPU, and say why when they do not.",
+        epilog="Settings flags go before the command; each is also an OGPU_ key (see `ollama-gpu config`).",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--env-file", action="append", default=[], type=Path, metavar="FILE",
+        help="read settings from FILE, above the system and user files (repeatable; later wins)",
+    )
+    group = parser.add_argument_group("settings (highest layer)")
+    for spec in SPECS:
+        group.add_argument(spec.flag, dest=spec.attr, metavar="VALUE", help=f"{spec.key}: {spec.doc}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in commands.items():
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code (launcher.exitcodes)."""
+    commands = _commands()
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits 2
+    env = dict(os.environ)
+    try:
+        settings = load_settings(env, args.env_file, dict(iter_cli_overrides(vars(args))))
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    log = logsetup.configure(settings.log_format, settings.log_level)
+    for warning in settings.warnings:
+        log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
+                    suggestion=warning.suggestion)
+    ctx = Context(settings=settings, log=log, env=env)
+    try:
+        return int(commands[args.command].run(args, ctx))
+    except KeyboardInterrupt:
+        return signal_exit(2)
+    except BrokenPipeError:
+        # A reader such as `head` went away: not our failure, and nothing more can be said on that pipe.
+        sys.stderr.close()
+        return Exit.OK
+    except Exception as exc:  # our own bug: one line, never a traceback for the operator
+        log.error("internal_error", command=args.command, error=type(exc).__name__, detail=str(exc)[:500],
+                  hint="please report this with the command line")
+        if settings.log_level == "debug":
+            log.exception("internal_error_traceback")
+        return Exit.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

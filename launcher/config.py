@@ -1,0 +1,408 @@
+"""Typed, frozen settings built from the configuration layers of DESIGN.md, with one-line errors for bad input.
+
+Layers, lowest first: the packaged `config/ollama-gpu.env` (the defaults) < `/etc/ollama-gpu/ollama-gpu.env` <
+`$XDG_CONFIG_HOME/ollama-gpu/ollama-gpu.env` < each `--env-file` in order < the environment < command-line flags.
+Never `./.env`. Keys starting with `OGPU_` are ours; every other key in our files is collected for Ollama's
+environment untouched (the real environment still wins over a file for those).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import importlib.resources
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from dotenv.parser import parse_stream
+
+from launcher.ollama_host import OllamaHost, parse_ollama_host
+from launcher.paths import Dirs, resolve_dirs
+
+PREFIX: Final = "OGPU_"
+# Not settings: OGPU_EVENTS is set by us for Ollama's runners (shim protocol v1); OGPU_SYSTEM_CONFIG, read from
+# the environment only, moves the system file (for packagers with another prefix, and for tests).
+RESERVED: Final = frozenset({"OGPU_EVENTS", "OGPU_SYSTEM_CONFIG"})
+SYSTEM_FILE: Final = Path("/etc/ollama-gpu/ollama-gpu.env")
+
+
+def system_file(env: Mapping[str, str]) -> Path:
+    """The system-wide file: /etc/ollama-gpu/ollama-gpu.env unless OGPU_SYSTEM_CONFIG names another."""
+    override = env.get("OGPU_SYSTEM_CONFIG", "")
+    return Path(override) if override.startswith("/") else SYSTEM_FILE
+DEFAULT = "default"
+ENVIRONMENT = "environment"
+COMMAND_LINE = "command line"
+
+
+class Mode(enum.Enum):
+    """What ollama-gpu may do (DESIGN.md, contract 1)."""
+
+    AUTO = "auto"
+    ADVISE = "advise"
+    OBSERVE = "observe"
+    OFF = "off"
+
+
+class ConfigError(Exception):
+    """Bad configuration: `str()` is the one line the operator sees; nothing is started."""
+
+    def __init__(self, where: str, key: str | None, value: str | None, expected: str) -> None:
+        self.where, self.key, self.value, self.expected = where, key, value, expected
+        subject = f" {key}={value!r}:" if key is not None else ""
+        super().__init__(f"{where}:{subject} {expected}")
+
+
+# --- value parsers: each returns the typed value or raises ValueError("expected ...") -------------------------
+
+
+def _choice(*names: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in names:
+            raise ValueError(f"expected one of {', '.join(names)}")
+        return value
+
+    return parse
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        raw = text.strip().removesuffix("s")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected seconds from {lo:g} to {hi:g}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ValueError(f"expected seconds from {lo:g} to {hi:g}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value or "\0" in value:
+        raise ValueError("expected a non-empty value")
+    return value
+
+
+def _optional_path(text: str) -> Path | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not value.startswith("/"):
+        raise ValueError("expected an absolute path, or nothing")
+    return Path(value)
+
+
+def _dir_list(text: str) -> tuple[Path, ...]:
+    parts = [p for p in re.split(r"[:,]", text.strip()) if p.strip()]
+    for part in parts:
+        if not part.strip().startswith("/"):
+            raise ValueError("expected absolute directories separated by ':'")
+    return tuple(Path(p.strip()) for p in parts)
+
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _var_list(text: str) -> frozenset[str]:
+    names = [n for n in re.split(r"[,\s]+", text.strip()) if n]
+    for name in names:
+        if not _VAR_NAME.match(name):
+            raise ValueError("expected environment variable names separated by commas")
+    return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One setting: its key, textual default, parser and the one-line doc printed in the packaged file."""
+
+    key: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def attr(self) -> str:
+        """The Settings attribute: OGPU_STOP_GRACE -> stop_grace."""
+        return self.key.removeprefix(PREFIX).lower()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: OGPU_STOP_GRACE -> --stop-grace."""
+        return "--" + self.attr.replace("_", "-")
+
+
+SPECS: Final[tuple[Spec, ...]] = (
+    Spec("OGPU_MODE", "auto", _choice("auto", "advise", "observe", "off"),
+         "auto: observe, fix, restart within budgets; advise: report fixes, never restart; "
+         "observe: shim and verdicts only; off: exec `ollama serve` unchanged"),
+    Spec("OGPU_OLLAMA", "ollama", _text, "the Ollama binary: a path, or a name looked up on PATH"),
+    Spec("OGPU_MAY_OVERRIDE", "", _var_list,
+         "operator variables (e.g. CUDA_VISIBLE_DEVICES, OLLAMA_LLM_LIBRARY) that remedies may change; "
+         "empty: never change the operator's choices"),
+    Spec("OGPU_REQUIRE_GPU", "false", _bool, "exit 4 when no usable GPU is found instead of serving on the CPU"),
+    Spec("OGPU_RESTART_MAX", "5", _int_range(0, 1000),
+         "crash loop: restarts of a crashing Ollama within OGPU_RESTART_WINDOW before giving up with exit 5"),
+    Spec("OGPU_RESTART_WINDOW", "300", _seconds(1, 86400), "seconds over which crash restarts are counted"),
+    Spec("OGPU_RESTART_BACKOFF", "1", _seconds(0, 3600), "first delay before restarting a crashed Ollama; doubles"),
+    Spec("OGPU_RESTART_BACKOFF_MAX", "30", _seconds(0, 3600), "longest delay between crash restarts"),
+    Spec("OGPU_REMEDY_MAX", "3", _int_range(0, 100),
+         "restarts with a corrected environment, in all (kept in the state directory across restarts)"),
+    Spec("OGPU_STOP_GRACE", "10", _seconds(0, 3600),
+         "grace period: seconds between TERM and KILL of Ollama's process group on stop"),
+    Spec("OGPU_READY_TIMEOUT", "120", _seconds(1, 86400), "seconds to wait for Ollama's /api/version after start"),
+    Spec("OGPU_DRIVER_LIB_DIRS", "", _dir_list,
+         "extra directories to search for the driver's libcuda.so.1, ':'-separated, searched first"),
+    Spec("OGPU_SHIM", "", _optional_path, "a prebuilt shim library to use instead of compiling one (absolute path)"),
+    Spec("OGPU_LOG_FORMAT", "auto", _choice("auto", "console", "json"),
+         "our log lines: console on a terminal and JSON lines otherwise (auto), or forced"),
+    Spec("OGPU_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "our log level"),
+)
+SPEC_BY_KEY: Final = {spec.key: spec for spec in SPECS}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something worth one log line that does not stop us, e.g. an unknown OGPU_ key."""
+
+    where: str
+    key: str
+    message: str
+    suggestion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration. Attributes mirror SPECS; `sources` says where each value came from."""
+
+    mode: Mode
+    ollama: str
+    may_override: frozenset[str]
+    require_gpu: bool
+    restart_max: int
+    restart_window: float
+    restart_backoff: float
+    restart_backoff_max: float
+    remedy_max: int
+    stop_grace: float
+    ready_timeout: float
+    driver_lib_dirs: tuple[Path, ...]
+    shim: Path | None
+    log_format: str
+    log_level: str
+    sources: Mapping[str, str]  # OGPU_ key -> 'default' | 'FILE:LINE' | 'environment' | 'command line'
+    raw: Mapping[str, str]  # OGPU_ key -> text as given
+    ollama_env: Mapping[str, str]  # non-OGPU keys from our files, for Ollama's environment
+    ollama_env_sources: Mapping[str, str]
+    files: tuple[Path, ...]  # the files read, lowest layer first
+    host: OllamaHost
+    dirs: Dirs
+    warnings: tuple[ConfigWarning, ...] = field(default=())
+
+
+def packaged_file() -> Path:
+    """The defaults file shipped inside the package (config/ollama-gpu.env in the repository)."""
+    return Path(str(importlib.resources.files("launcher._config").joinpath("ollama-gpu.env")))
+
+
+def user_file(env: Mapping[str, str]) -> Path | None:
+    """$XDG_CONFIG_HOME/ollama-gpu/ollama-gpu.env, with XDG's default of ~/.config."""
+    base = env.get("XDG_CONFIG_HOME", "")
+    if not base.startswith("/"):
+        home = env.get("HOME", "")
+        if not home.startswith("/"):
+            return None
+        base = str(Path(home) / ".config")
+    return Path(base) / "ollama-gpu" / "ollama-gpu.env"
+
+
+def read_env_file(path: Path, *, required: bool) -> list[tuple[str, str, int]]:
+    """(key, value, line) for each assignment in an env file; ConfigError for an unreadable or malformed file.
+
+    Values are literal (no ${VAR} expansion), as in systemd's EnvironmentFile=.
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            bindings = list(parse_stream(stream))
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(str(path), None, None, "no such file") from None
+        return []
+    except IsADirectoryError:
+        raise ConfigError(str(path), None, None, "is a directory, not an env file") from None
+    except PermissionError:
+        raise ConfigError(str(path), None, None, "cannot be read (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), None, None, f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(str(path), None, None, f"cannot be read ({exc.strerror})") from None
+    out: list[tuple[str, str, int]] = []
+    for binding in bindings:
+        line = binding.original.line
+        if binding.error:
+            text = binding.original.string.strip()[:60]
+            raise ConfigError(f"{path}:{line}", None, None, f"cannot parse {text!r}: expected KEY=VALUE")
+        if binding.key is None:
+            continue  # blank line or comment
+        out.append((binding.key, binding.value or "", line))
+    return out
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid OGPU_ key closest to a misspelt one, if any is close."""
+    found = difflib.get_close_matches(key.upper(), list(SPEC_BY_KEY), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+@dataclass(slots=True)
+class _Layers:
+    raw: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    ollama_env: dict[str, str] = field(default_factory=dict)
+    ollama_env_sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[ConfigWarning] = field(default_factory=list)
+
+    def put(self, key: str, value: str, where: str) -> None:
+        if key in RESERVED:
+            return
+        if key.startswith(PREFIX):
+            if key not in SPEC_BY_KEY:
+                hint = nearest_key(key)
+                message = "unknown setting" + (f"; did you mean {hint}?" if hint else "")
+                self.warnings.append(ConfigWarning(where, key, message, hint))
+                return
+            self.raw[key] = value
+            self.sources[key] = where
+        else:
+            self.ollama_env[key] = value
+            self.ollama_env_sources[key] = where
+
+
+def load_settings(
+    env: Mapping[str, str],
+    env_files: Sequence[Path] = (),
+    cli: Mapping[str, str] | None = None,
+    *,
+    defaults_file: Path | None = None,
+    uid: int | None = None,
+) -> Settings:
+    """Build Settings from every layer; ConfigError (one line) on any bad input."""
+    layers = _Layers()
+    for spec in SPECS:
+        layers.raw[spec.key] = spec.default
+        layers.sources[spec.key] = DEFAULT
+    files: list[Path] = []
+
+    packaged = defaults_file or packaged_file()
+    for key, value, _line in read_env_file(packaged, required=False):
+        layers.put(key, value, DEFAULT)
+    files.append(packaged)
+
+    optional: list[Path | None] = [system_file(env), user_file(env)]
+    for path in optional:
+        if path is None:
+            continue
+        for key, value, line in read_env_file(path, required=False):
+            layers.put(key, value, f"{path}:{line}")
+        if path.exists():
+            files.append(path)
+    for path in env_files:
+        for key, value, line in read_env_file(path, required=True):
+            layers.put(key, value, f"{path}:{line}")
+        files.append(path)
+
+    for key, value in env.items():
+        if key.startswith(PREFIX):
+            layers.put(key, value, ENVIRONMENT)
+    for key, value in (cli or {}).items():
+        layers.put(key, value, COMMAND_LINE)
+
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        text = layers.raw[spec.key]
+        try:
+            values[spec.attr] = spec.parse(text)
+        except ValueError as exc:
+            raise ConfigError(layers.sources[spec.key], spec.key, text, str(exc)) from None
+
+    # The Ollama environment: files first, the real environment wins (it is what Ollama would see anyway).
+    host = parse_ollama_host(env.get("OLLAMA_HOST", layers.ollama_env.get("OLLAMA_HOST")))
+    dirs = resolve_dirs(env, os.geteuid() if uid is None else uid, host.slug)
+    return Settings(
+        **{**values, "mode": Mode(values["mode"])},
+        sources=dict(layers.sources),
+        raw=dict(layers.raw),
+        ollama_env=dict(layers.ollama_env),
+        ollama_env_sources=dict(layers.ollama_env_sources),
+        files=tuple(files),
+        host=host,
+        dirs=dirs,
+        warnings=tuple(layers.warnings),
+    )
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Every effective setting with value and source, the Ollama env from our files, and the directories."""
+    return {
+        "settings": {
+            spec.key: {"value": settings.raw[spec.key], "source": settings.sources[spec.key]} for spec in SPECS
+        },
+        "ollama_env": {
+            key: {"value": value, "source": settings.ollama_env_sources[key]}
+            for key, value in sorted(settings.ollama_env.items())
+        },
+        "ollama_host": settings.host.netloc,
+        "directories": {
+            "runtime": str(settings.dirs.runtime),
+            "cache": str(settings.dirs.cache),
+            "state": str(settings.dirs.state),
+            "instance": settings.dirs.instance,
+        },
+        "files": [str(p) for p in settings.files],
+        "warnings": [
+            {"where": w.where, "key": w.key, "message": w.message, "suggestion": w.suggestion}
+            for w in settings.warnings
+        ],
+    }
+
+
+def iter_cli_overrides(namespace: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    """(OGPU_ key, text) for each setting flag given on the command line."""
+    for spec in SPECS:
+        value = namespace.get(spec.attr)
+        if value is not None:
+            yield spec.key, value

@@ -1,0 +1,138 @@
+"""Runtime, cache and state directories, resolved as DESIGN.md's runtime layout says, one set per Ollama instance."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = "ollama-gpu"
+
+
+class UnsafeDirectoryError(OSError):
+    """A fallback directory exists but is not ours alone (wrong owner, a link, or open to others)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dirs:
+    """Where this instance keeps its socket (runtime), shim builds (cache) and remedy history (state)."""
+
+    runtime: Path
+    cache: Path
+    state: Path
+    instance: str  # host-port slug of OLLAMA_HOST; names inside runtime/state carry it
+
+    @property
+    def events_socket(self) -> Path:
+        """The shim event socket of this instance."""
+        return self.runtime / f"events-{self.instance}.sock"
+
+    @property
+    def status_socket(self) -> Path:
+        """The status socket of this instance."""
+        return self.runtime / f"status-{self.instance}.sock"
+
+    @property
+    def state_file(self) -> Path:
+        """Remedy attempts and tried environments of this instance."""
+        return self.state / f"state-{self.instance}.json"
+
+
+def _home(env: Mapping[str, str]) -> Path | None:
+    home = env.get("HOME", "")
+    return Path(home) if home.startswith("/") else None
+
+
+def _xdg(env: Mapping[str, str], key: str) -> Path | None:
+    value = env.get(key, "")
+    # The XDG spec: relative paths are invalid and must be ignored.
+    return Path(value) / APP if value.startswith("/") else None
+
+
+def _systemd(env: Mapping[str, str], key: str) -> Path | None:
+    # systemd may list several directories separated by ':'; the first is ours.
+    value = env.get(key, "").split(":")[0]
+    return Path(value) if value.startswith("/") else None
+
+
+def tmp_fallback(uid: int, tmp: Path = Path("/tmp")) -> Path:
+    """`/tmp/ollama-gpu-$UID`, the last resort (created and checked by `ensure_tmp_fallback`)."""
+    return tmp / f"{APP}-{uid}"
+
+
+def ensure_tmp_fallback(path: Path, uid: int) -> Path:
+    """Create `path` 0700; refuse it unless it is a real directory owned by `uid` and closed to others."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError(f"{path} is not a directory (a link or a file); remove it")
+    if st.st_uid != uid:
+        raise UnsafeDirectoryError(f"{path} belongs to uid {st.st_uid}, not {uid}; remove it or set RUNTIME_DIRECTORY")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+# name -> (systemd variable, XDG variable, path under a non-root user's home, root's system path)
+_LAYOUT: dict[str, tuple[str, str, str | None, str]] = {
+    "runtime": ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR", None, "/run/ollama-gpu"),
+    "cache": ("CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache/ollama-gpu", "/var/cache/ollama-gpu"),
+    "state": ("STATE_DIRECTORY", "XDG_STATE_HOME", ".local/state/ollama-gpu", "/var/lib/ollama-gpu"),
+}
+
+
+def _pick(env: Mapping[str, str], name: str, uid: int, tmp: Path) -> Path:
+    systemd_key, xdg_key, home_rel, system = _LAYOUT[name]
+    found = _systemd(env, systemd_key) or _xdg(env, xdg_key)
+    if found is not None:
+        return found
+    if uid == 0:
+        return Path(system)
+    home = _home(env)
+    if home_rel is not None and home is not None:
+        return home / home_rel
+    base = tmp_fallback(uid, tmp)
+    return base if name == "runtime" else base / name
+
+
+def resolve_dirs(
+    env: Mapping[str, str],
+    uid: int,
+    instance: str,
+    tmp: Path = Path("/tmp"),
+) -> Dirs:
+    """First that applies: systemd's variable, XDG, then root's system path or a user's home, then /tmp.
+
+    Root (uid 0) is a system service: /run, /var/cache and /var/lib. Another user without systemd or XDG
+    variables gets ~/.cache and ~/.local/state, and /tmp/ollama-gpu-$UID for the runtime directory (and for
+    the rest too when there is no home). Pure: nothing is created here (see `ensure_dirs`).
+    """
+    return Dirs(
+        runtime=_pick(env, "runtime", uid, tmp),
+        cache=_pick(env, "cache", uid, tmp),
+        state=_pick(env, "state", uid, tmp),
+        instance=instance,
+    )
+
+
+def ensure_dirs(dirs: Dirs, uid: int, tmp: Path = Path("/tmp")) -> Dirs:
+    """Create the three directories (0700); the /tmp fallback gets its owner and link checks first."""
+    fallback = tmp_fallback(uid, tmp)
+    for path in (dirs.runtime, dirs.cache, dirs.state):
+        if path == fallback or fallback in path.parents:
+            ensure_tmp_fallback(fallback, uid)
+        ensure_private_dir(path)
+    return dirs
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700 for the last component; fix a looser mode we own."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
