@@ -272,7 +272,9 @@ def read_env_file(path: Path, *, required: bool) -> list[tuple[str, str, int]]:
         raise ConfigError(str(path), None, None, f"cannot be read ({exc.strerror})") from None
     out: list[tuple[str, str, int]] = []
     for binding in bindings:
-        line = binding.original.line
+        text = binding.original.string
+        # python-dotenv counts blank lines before a binding into it: the key sits after them.
+        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
         if binding.error:
             text = binding.original.string.strip()[:60]
             raise ConfigError(f"{path}:{line}", None, None, f"cannot parse {text!r}: expected KEY=VALUE")

@@ -35,10 +35,16 @@ def wants_console(fmt: str, stream: IO[str], env: MutableMapping[str, str] | Non
         return False
 
 
-def _colors(env: MutableMapping[str, str]) -> bool:
+def _colors(env: MutableMapping[str, str], stream: IO[str]) -> bool:
+    """Colour only a terminal that can show it; NO_COLOR and FORCE_COLOR as everyone reads them."""
     if env.get("NO_COLOR"):
         return False
-    return env.get("TERM", "") != "dumb" or bool(env.get("FORCE_COLOR"))
+    if env.get("FORCE_COLOR"):
+        return True
+    try:
+        return stream.isatty() and env.get("TERM", "") != "dumb"
+    except (AttributeError, ValueError):
+        return False
 
 
 def configure(
@@ -49,7 +55,7 @@ def configure(
     console = wants_console(fmt, out)
     renderer: structlog.typing.Processor
     if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=_colors(dict(os.environ)))
+        renderer = structlog.dev.ConsoleRenderer(colors=_colors(dict(os.environ), out))
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False, ensure_ascii=False)
     structlog.configure(
