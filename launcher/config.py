@@ -188,6 +188,8 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec("OGPU_DRIVER_LIB_DIRS", "", _dir_list,
          "extra directories to search for the driver's libcuda.so.1, ':'-separated, searched first"),
     Spec("OGPU_SHIM", "", _optional_path, "a prebuilt shim library to use instead of compiling one (absolute path)"),
+    Spec("OGPU_RECORD", "", _optional_path,
+         "append every event (log, shim, proc, supervisor) as JSON lines to this file, for replay and bug reports"),
     Spec("OGPU_LOG_FORMAT", "auto", _choice("auto", "console", "json"),
          "our log lines: console on a terminal and JSON lines otherwise (auto), or forced"),
     Spec("OGPU_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "our log level"),
@@ -222,6 +224,7 @@ class Settings:
     ready_timeout: float
     driver_lib_dirs: tuple[Path, ...]
     shim: Path | None
+    record: Path | None
     log_format: str
     log_level: str
     sources: Mapping[str, str]  # OGPU_ key -> 'default' | 'FILE:LINE' | 'environment' | 'command line'
