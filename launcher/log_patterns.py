@@ -1,0 +1,549 @@
+"""Ollama log patterns as data: rows keyed by generation (reference/ollama-internals.md A–D and pre-slog 0.1.x)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Generations: "0" = 0.1.x–0.2.x (pre-slog and early slog), A–D as in the reference.
+GENERATIONS: Final = ("0", "A", "B", "C", "D")
+ALL: Final = frozenset(GENERATIONS)
+
+# (first version, first version not included, generation). v0.25–v0.29 were never tagged; v0.34+ is not known yet.
+VERSION_TABLE: Final = (
+    ((0, 0, 0), (0, 3, 0), "0"),
+    ((0, 3, 0), (0, 5, 8), "A"),
+    ((0, 5, 8), (0, 12, 4), "B"),
+    ((0, 12, 4), (0, 26, 0), "C"),
+    ((0, 30, 0), (0, 34, 0), "D"),
+)
+
+# Whether the runner's `offloaded N/M layers to GPU` proves placement (reference A.5 trap: in the gen 0/A llama.cpp
+# `llama_supports_gpu_offload()` is a compile-time constant, so the line is printed even after CUDA init failed).
+OFFLOAD_LINE_TRUSTED: Final = {"0": False, "A": False, "B": True, "C": True, "D": True}
+
+# Lowest CUDA compute capability any generation's bundled CUDA build runs on (reference A.4, B.4, D.3: 5.0).
+MIN_COMPUTE: Final = {"0": 5.0, "A": 5.0, "B": 5.0, "C": 5.0, "D": 5.0}
+
+# gfx targets of the ROCm builds Ollama shipped (Dockerfile / CMake presets of each era); an AMD GPU outside the list
+# is dropped unless HSA_OVERRIDE_GFX_VERSION is set. "0"/A: ROCm 5.7–6.1; B on: ROCm 6.x with RDNA1/3.5/4 added.
+ROCM_TARGETS: Final = {
+    "0": frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx940", "gfx941", "gfx942", "gfx1030", "gfx1100",
+                    "gfx1101", "gfx1102"}),
+    "A": frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx940", "gfx941", "gfx942", "gfx1030", "gfx1100",
+                    "gfx1101", "gfx1102"}),
+}
+
+Data = dict[str, Any]
+Builder = Callable[[re.Match[str]], "Data | None"]
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """`0.12.4`, `0.30.0-rc2`, `v0.1.9` → a tuple; None when it is not a version."""
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return None
+    return int(m[1]), int(m[2]), int(m[3] or 0)
+
+
+def generation_of(version: str) -> str | None:
+    """The generation of an Ollama version, or None when the table does not know it."""
+    v = parse_version(version)
+    if v is None:
+        return None
+    for first, stop, gen in VERSION_TABLE:
+        if first <= v < stop:
+            return gen
+    return None
+
+
+# --- cause tables: text of an error → cause -------------------------------------------------------------------
+
+# CUDA driver/runtime errors, by message text or CUresult/cudaError code (CUDA driver API docs, cuda.h).
+CUDA_ERROR_CAUSES: Final = (
+    (re.compile(r"forward compatibility was attempted|\b804\b"), "driver_library_mismatch"),
+    (re.compile(r"unsupported display driver|driver/library version mismatch|version mismatch|\b803\b"),
+     "driver_library_mismatch"),
+    (re.compile(r"driver version is insufficient|driver is too old|too old or missing|\b35\b"), "driver_too_old"),
+    (re.compile(r"stub library|\b34\b"), "stub_library"),
+    (re.compile(r"no CUDA-capable device|no nvidia devices|\b100\b"), "device_filter_hides_gpu"),
+    (re.compile(r"no kernel image|architectural feature absent|not compiled with support for this arch|\b209\b"),
+     "unsupported_compute_capability"),
+    (re.compile(r"named symbol not found|init failure: 500\b|err: 500\b|\b500\b"), "driver_container_incompat"),
+    (re.compile(r"unknown error|\b999\b"), "uvm_not_loaded"),
+    (re.compile(r"out of memory|\b2\b$"), "insufficient_vram"),
+    (re.compile(r"[Pp]ermission denied|\b(?:46|47)\b"), "permission_denied"),
+    (re.compile(r"symbol lookup for \S+ failed"), "driver_too_old"),
+)
+
+# The dynamic loader's text (dlerror) when a GPU backend or driver library does not load.
+DLERROR_CAUSES: Final = (
+    (re.compile(r"/stubs?/"), "stub_library"),
+    (re.compile(r"libcuda\.so[.\d]*: cannot open shared object|nvcuda\.dll"), "libcuda_not_found"),
+    (re.compile(r"lib(?:cudart|cublas|cublasLt)\S*: cannot open shared object"), "missing_gpu_runners"),
+    (re.compile(r"failed to map segment|[Oo]peration not permitted"), "tmp_noexec"),
+    (re.compile(r"[Pp]ermission denied"), "permission_denied"),
+    (re.compile(r"undefined symbol: cu\w+|symbol lookup error"), "backend_load_failed"),
+)
+
+
+def classify(text: str, table: tuple[tuple[re.Pattern[str], str], ...], default: str = "unknown") -> str:
+    """First cause whose pattern occurs in `text`."""
+    for pattern, cause in table:
+        if pattern.search(text):
+            return cause
+    return default
+
+
+# --- value helpers ----------------------------------------------------------------------------------------------
+
+_KV = re.compile(r'([\w.]+|"[^"]*")=("(?:[^"\\]|\\.)*"|\[[^\]]*\]|\S*)')
+_UNITS: Final = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40, "KB": 1000, "MB": 10**6,
+                 "GB": 10**9}
+
+
+def kv(text: str) -> dict[str, str]:
+    """slog `key=value` pairs of a line (quotes removed)."""
+    out: dict[str, str] = {}
+    for k, v in _KV.findall(text):
+        out[k.strip('"')] = v[1:-1] if len(v) >= 2 and v[0] == '"' and v[-1] == '"' else v
+    return out
+
+
+def size_bytes(text: str) -> int | None:
+    """`"1.7 GiB"` → bytes; None when unreadable."""
+    m = re.match(r'"?\s*([\d.]+)\s*([KMGT]?i?B)', text)
+    if not m or m[2] not in _UNITS:
+        return None
+    try:
+        return int(float(m[1]) * _UNITS[m[2]])
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+_ARG = re.compile(r"(?:^|\s)(--?[\w-]+)(?:[ =]([^\s-][^\s]*))?")
+
+
+def runner_cmd(cmd: str) -> Data:
+    """What a runner's argv says: role, program, model, port, requested GPU layers, library dir or variant."""
+    args: dict[str, str] = {}
+    for flag, value in _ARG.findall(cmd):
+        args.setdefault(flag, value)
+    layers = args.get("--n-gpu-layers", args.get("-ngl", args.get("--gpu-layers")))
+    variant = None
+    m = re.search(r"[/\\](?:runners|lib[/\\]ollama)[/\\](\w+)[/\\]", cmd)
+    if m:
+        variant = m[1]
+    if "--list-devices" in args or ("--model" not in args and "-m" not in args):
+        role = "discovery"
+    else:
+        role = "model"
+    program = cmd.split(" ", 1)[0] if cmd else ""
+    return {"role": role, "program": program[-200:], "model": (args.get("--model") or args.get("-m") or "")[-200:],
+            "port": _int(args.get("--port")), "gpu_layers": _int(layers), "variant": variant, "cmd": cmd[:2000]}
+
+
+# --- rows -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pattern: where `needle` occurs, `regex` is searched and `build` turns the match into event data."""
+
+    kind: str
+    needle: str
+    regex: re.Pattern[str]
+    build: Builder | None = None  # default: the named groups
+    gens: frozenset[str] = ALL
+    const: Mapping[str, Any] = field(default_factory=dict)
+    msg: str | None = None  # set: the row is found by this exact slog `msg=` value instead of by `needle`
+
+    def event_data(self, m: re.Match[str]) -> Data | None:
+        """The event data of a match, or None when the match is not an event after all."""
+        data = self.build(m) if self.build else {k: v for k, v in m.groupdict().items() if v is not None}
+        if data is None:
+            return None
+        return {**self.const, **data}
+
+
+def _r(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _inference_compute(m: re.Match[str]) -> Data | None:
+    f = kv(m["rest"])
+    library = f.get("library", "").lower()
+    if not library:
+        return None
+    if library == "cpu":
+        return {"kind": "no_gpu", "reason": "discovery found only the CPU"}
+    return {"kind": "gpu_discovered", "library": library, "id": f.get("id"), "name": f.get("description") or
+            f.get("name"), "compute": f.get("compute"), "driver": f.get("driver"), "variant": f.get("variant"),
+            "libdirs": f.get("libdirs"), "total": f.get("total"), "available": f.get("available"),
+            "type": f.get("type")}
+
+
+def _dropped(cause: str) -> Builder:
+    def build(m: re.Match[str]) -> Data:
+        f = kv(m.string)
+        return {"cause": cause, "library": f.get("library"), "name": f.get("description") or f.get("name") or
+                f.get("device"), "compute": f.get("compute") or f.get("cc") or f.get("gpu_type")}
+    return build
+
+
+def _cuda_failure(where: str) -> Builder:
+    def build(m: re.Match[str]) -> Data:
+        error = m["error"].strip()
+        return {"where": where, "error": error[:500], "code": _int(m.groupdict().get("code")),
+                "cause": classify(error, CUDA_ERROR_CAUSES)}
+    return build
+
+
+def _library_failed(m: re.Match[str]) -> Data:
+    error = (m["error"] or "").strip()
+    path = m["path"] or ""
+    cause = classify(error, CUDA_ERROR_CAUSES)
+    if cause == "unknown":
+        cause = classify(f"{path} {error}", DLERROR_CAUSES)
+    if "/stubs/" in path:
+        cause = "stub_library"
+    return {"path": path[-300:], "error": error[:500], "cause": cause}
+
+
+def _backend_failed(m: re.Match[str]) -> Data:
+    path, error = m["path"], m["error"].strip()
+    gpu = re.search(r"ggml-(?!cpu|base)(\w+)", path)
+    return {"path": path[-300:], "error": error[:500], "backend": gpu[1] if gpu else None,
+            "cause": classify(error, DLERROR_CAUSES, "backend_load_failed")}
+
+
+def _offload(m: re.Match[str]) -> Data:
+    return {"n": int(m["n"]), "m": int(m["m"]), "form": "llm_load_tensors" if m["pfx"] else "current"}
+
+
+def _buffer(m: re.Match[str]) -> Data | None:
+    what = (m["what"] or "model").strip().lower()
+    if what != "model":
+        return None  # KV, compute and output buffers follow the weights; only weight placement is evidence
+    return {"device": m["dev"], "what": what, "mib": _float(m["mib"]), "gpu": is_gpu_device(m["dev"])}
+
+
+def _weights(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    dev = f.get("device") or f.get("buffer") or ""
+    return {"device": dev, "bytes": size_bytes(f.get("size", "")), "gpu": is_gpu_device(dev)}
+
+
+def _graph(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    dev = f.get("backend") or f.get("device") or ""
+    return {"device": dev, "bytes": size_bytes(f.get("size", "")), "gpu": is_gpu_device(dev)}
+
+
+def _plan(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    return {"library": f.get("library") or m["lib"], "requested": _int(f.get("layers.requested")),
+            "model_layers": _int(f.get("layers.model")), "offload": _int(f.get("layers.offload")),
+            "split": f.get("layers.split")}
+
+
+def _start(m: re.Match[str]) -> Data:
+    return runner_cmd(m["cmd"])
+
+
+def _server_config(m: re.Match[str]) -> Data:
+    env = dict(re.findall(r"\b(CUDA_VISIBLE_DEVICES|ROCR_VISIBLE_DEVICES|HIP_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL|"
+                          r"GGML_VK_VISIBLE_DEVICES|OLLAMA_LLM_LIBRARY|OLLAMA_VULKAN|OLLAMA_INTEL_GPU|"
+                          r"OLLAMA_IGPU_ENABLE|HSA_OVERRIDE_GFX_VERSION|OLLAMA_NUM_GPU|OLLAMA_DEBUG):"
+                          r"([^\s\]\"]*)", m.string))
+    return {"env": env}
+
+
+def _list(text: str) -> list[str]:
+    return [x for x in re.split(r"[\s,]+", text.strip().strip('"[]')) if x][:64]
+
+
+def _gpu_libraries(m: re.Match[str]) -> Data:
+    return {"paths": [p[-300:] for p in _list(m["paths"])]}
+
+
+def _runners(m: re.Match[str]) -> Data:
+    return {"runners": _list(m["list"])}
+
+
+def _filter(m: re.Match[str]) -> Data | None:
+    f = kv(m.string)
+    for var in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+                "GGML_VK_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VERSION"):
+        if var in f:
+            return {"var": var, "value": f[var]}
+    return {"var": None, "value": None}
+
+
+def _sched(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    libs = re.findall(r"Library:(\w+)", f.get("runner.inference", ""))
+    return {"libraries": [x.lower() for x in libs], "size": size_bytes(f.get("runner.size", "")),
+            "vram": size_bytes(f.get("runner.vram", ""))}
+
+
+def _selected(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    return {"library": (f.get("library") or "").lower(), "name": f.get("description") or f.get("name")}
+
+
+def _discovery_failed(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    error = " ".join(x for x in (f.get("error"), f.get("detail"), m.groupdict().get("what")) if x)
+    if re.search(r"time(?:d)? ?out|deadline|timeout", error):
+        cause = "discovery_timeout"
+    elif re.search(r"baackend|backend|TMPDIR|tmp", error) and re.search(r"denied|read-only|permission", error):
+        cause = "permission_denied"
+    else:
+        cause = classify(error, CUDA_ERROR_CAUSES)
+    return {"error": error[:500], "cause": cause}
+
+
+def _exited(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    text = f.get("string") or f.get("error") or ""
+    return {"signal": "signal" in text, "status": text[:200]}
+
+
+def _failed(m: re.Match[str]) -> Data:
+    error = (m.groupdict().get("error") or m.group(0)).strip()
+    cause = "insufficient_vram" if re.search(r"out[- ]of[- ]memory|OOM", error) else classify(error, CUDA_ERROR_CAUSES)
+    if re.search(r"noexec|permission denied", error, re.I) and "/tmp" in error:
+        cause = "tmp_noexec"
+    return {"error": error[:500], "cause": cause}
+
+
+def _crash(cause: str = "unknown") -> Builder:
+    def build(m: re.Match[str]) -> Data:
+        text = m.group(0)[:300]
+        c = cause if cause != "from_text" else classify(text, CUDA_ERROR_CAUSES)
+        return {"text": text, "cause": c}
+    return build
+
+
+def _amd_versions(m: re.Match[str]) -> Data:
+    return {"targets": [t.split(":")[0] for t in _list(m["list"]) if t.startswith("gfx")]}
+
+
+def _load_request(m: re.Match[str]) -> Data:
+    gl = m["gl"]
+    return {"gpu_layers": 0 if gl == "[]" else int(gl)}
+
+
+def _library_override(m: re.Match[str]) -> Data:
+    return {"value": m["value"]}
+
+
+def is_gpu_device(name: str) -> bool:
+    """True for a ggml buffer/device name on a GPU (CUDA0, ROCm1, Vulkan0, Metal), false for CPU and host buffers."""
+    n = name.strip('"')
+    if not n:
+        return False
+    upper = n.upper()
+    return not (upper.startswith(("CPU", "BLAS", "AMX")) or upper.endswith("_HOST") or upper in {"CPU_MAPPED"})
+
+
+PRE = frozenset({"0"})
+OLD = frozenset({"0", "A", "B"})  # in-process (cgo) discovery
+AB = frozenset({"A", "B"})
+GO_ENGINE = frozenset({"B", "C"})
+BOOTSTRAP = frozenset({"C", "D"})
+GEN_D = frozenset({"D"})
+
+ROWS: Final[tuple[Row, ...]] = (
+    # identity and configuration (all generations)
+    Row("version", "Listening on", _r(r"Listening on (?P<address>\S+) \(version (?P<version>[^)\s]+)\)")),
+    Row("server_config", "server config", _r(r"server config"), _server_config),
+    # discovery, every generation from 0.1.3x
+    Row("discovery", "inference compute", _r(r"inference compute(?P<rest>.*)"), _inference_compute),
+    Row("device_filter", "user overrode visible devices", _r(r"user overrode visible devices"), _filter, BOOTSTRAP),
+    Row("gpu_dropped", "dropping integrated GPU", _r(r"dropping integrated GPU"), _dropped("unsupported_igpu"),
+        GEN_D),
+    Row("gpu_dropped", "not in compiled architectures", _r(r"compute capability not in compiled architectures"),
+        _dropped("unsupported_compute_capability"), GEN_D),
+    Row("gpu_dropped", "NVIDIA driver too old", _r(r"NVIDIA driver too old"), _dropped("driver_too_old"), GEN_D),
+    Row("gpu_dropped", "didn't fully initialize", _r(r"filtering device which didn't fully initialize.*?"
+                                                       r"library=(?P<library>\w+)"),
+        lambda m: {"cause": "unsupported_gpu_arch" if m["library"].lower() == "rocm"
+                   else "unsupported_compute_capability", "library": m["library"]}, BOOTSTRAP),
+    Row("discovery_failed", "failure during", _r(r"failure during (?:llama-server )?GPU discovery"),
+        _discovery_failed, BOOTSTRAP),
+    Row("discovery_failed", "timed out waiting for server startup",
+        _r(r"discovery: (?P<what>timed out waiting for server startup)"), _discovery_failed, GEN_D),
+    Row("discovery_failed", "watchdog timed out", _r(r"GPU discovery (?P<what>watchdog timed out)"),
+        _discovery_failed, GEN_D),
+    Row("no_gpu", "vram-based default context", _r(r'total_vram="?0 B"?'), None, BOOTSTRAP,
+        {"reason": "total VRAM is 0 B"}),
+    Row("library_skipped", "at user's request", _r(r"skipping available library at user's request"),
+        lambda m: {"cause": "forced_cpu_library"}, BOOTSTRAP),
+    # in-process discovery (0.1.x to v0.12.3)
+    Row("no_gpu", "no compatible GPUs were discovered", _r(r"no compatible GPUs were discovered"), None, OLD,
+        {"reason": "no compatible GPUs were discovered"}),
+    Row("no_gpu", "no GPU detected", _r(r"no GPU detected"), None, PRE, {"reason": "no GPU detected"}),
+    Row("gpu_discovered", "Nvidia GPU detected", _r(r"Nvidia GPU detected"), None, PRE, {"library": "cuda"}),
+    Row("gpu_discovered", "Compute Capability detected", _r(r"^(?!.*too old).*CUDA Compute Capability detected: "
+                                                            r"(?P<compute>[\d.]+)"), None, PRE, {"library": "cuda"}),
+    Row("gpu_dropped", "GPU is too old", _r(r"CUDA GPU is too old.*?Compute Capability detected: (?P<compute>[\d.]+)"),
+        None, OLD, {"cause": "unsupported_compute_capability", "library": "cuda"}),
+    Row("gpu_libraries", "GPU libraries", _r(r'[Dd]iscovered GPU libraries:? (?:paths=)?(?P<paths>"?\[[^\]]*\]?)'),
+        _gpu_libraries, OLD),
+    Row("library_failed", "nable to load", _r(r"[Uu]nable to load (?:cudart|CUDA management|nvcuda|nvml|cuda driver|"
+                                              r"cudart library|management)[^/\\=]*?(?:library=)?(?P<path>[A-Za-z]?:?"
+                                              r"[/\\]\S*?)(?::? error=|: |\s+)(?P<error>.*)"), _library_failed, OLD),
+    Row("library_failed", "version mismatch between driver", _r(r"version mismatch between driver and cuda driver "
+                                                               r"library(?P<error>.*)"),
+        lambda m: {"error": m["error"][:300], "cause": "driver_library_mismatch"}, OLD),
+    Row("library_failed", "no nvidia devices detected", _r(r"no nvidia devices detected(?P<error>.*)"),
+        lambda m: {"error": m["error"][:300], "cause": "device_filter_hides_gpu"}, OLD),
+    Row("library_failed", "unknown error initializing cuda", _r(r"unknown error initializing cuda driver library"
+                                                               r"(?P<error>.*)"),
+        lambda m: {"error": m["error"][:300], "cause": "uvm_not_loaded"}, OLD),
+    Row("cuda_init_failed", "err: ", _r(r"^(?P<fn>cuInit|cudaSetDevice|cudaGetDeviceCount|cudaDriverGetVersion) err: "
+                                        r"(?P<error>(?P<code>\d+).*)"), _cuda_failure("discovery"), OLD),
+    Row("cpu_lacks_avx", "does not have", _r(r"CPU does not have (?:minimum )?(?:vector extensions|AVX)"), None, OLD),
+    Row("cpu_lacks_avx", "GPU runner incompatible", _r(r"GPU runner incompatible with host system, CPU does not have "
+                                                      r"AVX"), None, frozenset({"A"})),
+    Row("runners_available", "Dynamic LLM libraries", _r(r"Dynamic LLM libraries(?: \[|\" runners=\"?\[|\s+runners="
+                                                         r"\"?\[)(?P<list>[^\]]*)\]"), _runners, frozenset({"0", "A"})),
+    Row("amd_detected", "detected amdgpu versions", _r(r"detected amdgpu versions \[(?P<list>[^\]]*)\]"),
+        _amd_versions, OLD),
+    Row("gpu_dropped", "is not supported", _r(r"amdgpu (?:\[\d+\] )?(?P<compute>gfx\w+)? ?is not supported"),
+        None, OLD, {"cause": "unsupported_gpu_arch", "library": "rocm"}),
+    Row("gfx_override", "skipping rocm gfx compatibility check", _r(r"skipping rocm gfx compatibility check"), None,
+        OLD),
+    Row("library_override", "user override", _r(r"user override.*?OLLAMA_LLM_LIBRARY=(?P<value>\S+)"),
+        _library_override, AB),
+    Row("stub_warning", "is a stub library", _r(r"is a stub library"), None, ALL, {"cause": "stub_library"}),
+    Row("runner_failed", "noexec", _r(r"(?P<error>.*may have noexec set.*)"), None, OLD, {"cause": "tmp_noexec"}),
+    # scheduler plans (estimates: never proof of placement, reference section 5)
+    Row("offload_plan", "offload to ", _r(r"offload to (?P<lib>\w+)"), _plan, OLD),
+    Row("offload_plan", "", _r(r"msg=offload (?P<lib>)"), _plan, OLD, msg="offload"),
+    Row("offload_plan", "VRAM available, loading up to", _r(r"VRAM available, loading up to (?P<offload>\d+) GPU "
+                                                            r"layers"), lambda m: {"offload": int(m["offload"])}, PRE),
+    Row("placement_plan", "will fit in available VRAM", _r(r"will fit in available VRAM"), None, ALL,
+        {"gpu": True}),
+    Row("placement_plan", "finished setting up", _r(r"finished setting up"), _sched, ALL),
+    Row("placement_plan", "insufficient VRAM to load any model layers",
+        _r(r"insufficient VRAM to load any model layers"), None, ALL, {"gpu": False, "cause": "insufficient_vram"}),
+    Row("scheduler_selected", "selecting single GPU", _r(r"selecting single GPU"), _selected, GEN_D),
+    Row("placement_plan", "compatible gpu libraries", _r(r"compatible gpu libraries\"? compatible=\[\]"), None, AB,
+        {"gpu": False}),
+    Row("load_request", "", _r(r"GPULayers:(?P<gl>\[\]|\d+)"), _load_request, GO_ENGINE, msg="load"),
+    Row("low_vram_mode", "entering low vram mode", _r(r"entering low vram mode"), None, GO_ENGINE),
+    Row("estimate_fallback", "VRAM tracking", _r(r"VRAM tracking: no per-device buffer sizes"), None, GEN_D),
+    # runner lifecycle
+    Row("runner_start", "starting llama server", _r(r'starting llama server.*?cmd="?(?P<cmd>[^"]*)'), _start, AB),
+    Row("runner_start", "starting runner", _r(r'starting runner.*?cmd="?(?P<cmd>[^"]*)'), _start,
+        frozenset({"B", "C"})),
+    Row("runner_start", "starting llama-server", _r(r'starting llama-server.*?cmd="?(?P<cmd>[^"]*)'), _start, GEN_D),
+    Row("runner_start", "running llama-server for discovery", _r(r'running llama-server for discovery.*?'
+                                                                 r'cmd=(?P<cmd>\S*)'),
+        lambda m: {"role": "discovery", "program": m["cmd"][-200:]}, GEN_D),
+    Row("runner_start", "starting llama runner", _r(r"starting llama runner"), None, PRE, {"role": "model"}),
+    Row("runner_start", "Loading Dynamic llm server", _r(r"Loading Dynamic llm server: (?P<program>\S+)"),
+        lambda m: {"role": "model", "program": m["program"][-200:], "variant": (re.search(
+            r"[/\\](\w+)[/\\]libext_server", m["program"]) or [None, None])[1]}, PRE),
+    Row("runner_ready", "started in", _r(r"(?:llama runner|llama-server|runner) started in (?P<seconds>[\d.]+) "
+                                         r"seconds"), lambda m: {"seconds": _float(m["seconds"])}),
+    Row("runner_failed", "to become available", _r(r'status="?llm server error'), None, ALL,
+        {"error": "llm server error"}),
+    Row("runner_failed", "has terminated", _r(r"(?:llama runner|llama-server) process has terminated:? "
+                                              r"(?P<error>[^\"]*)"), _failed),
+    Row("runner_failed", "error loading llama server", _r(r"error loading llama server.*?error=\"?(?P<error>[^\"]*)"),
+        _failed),
+    Row("runner_failed", "terminated", _r(r"(?:llama runner|llama-server) terminated.*?error=\"?(?P<error>[^\"]*)"),
+        _failed),
+    Row("runner_failed", "timed out waiting for llama", _r(r"(?P<error>timed out waiting for llama[- ]\w+ to start.*)"),
+        _failed),
+    Row("runner_failed", "reported out-of-memory", _r(r"(?P<error>llama-server reported out-of-memory.*)"), _failed,
+        GEN_D),
+    Row("runner_failed", "unable to start runner", _r(r"(?P<error>unable to start runner.*)"), _failed, AB),
+    Row("runner_failed", "fork/exec", _r(r"(?P<error>fork/exec \S+: .*)"), _failed),
+    Row("runner_exited", "no longer running", _r(r"process no longer running"), _exited, GEN_D),
+    Row("model_load_failed", "failed to load model", _r(r"failed to load model(?: metadata)?.*?(?:error=)?"
+                                                        r"(?P<error>\".*|$)"),
+        lambda m: {"error": m["error"].strip('"')[:500]}),
+    # runner output: ggml / llama.cpp (every generation prints some of these)
+    Row("runner_devices", "found ", _r(r"(?:ggml_cuda_init|ggml_init_cublas): found (?P<count>\d+) CUDA devices"),
+        lambda m: {"count": int(m["count"]), "library": "cuda"}),
+    Row("runner_devices", "Vulkan devices", _r(r"ggml_vulkan: Found (?P<count>\d+) Vulkan devices"),
+        lambda m: {"count": int(m["count"]), "library": "vulkan"}),
+    Row("cuda_init_failed", "failed to initialize", _r(r"ggml_cuda_init: failed to initialize CUDA: (?P<error>.*)"),
+        _cuda_failure("runner")),
+    Row("device", "compute capability", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), compute capability "
+                                           r"(?P<compute>\d+\.\d+)"),
+        lambda m: {"index": int(m["index"]), "name": m["name"][:200], "compute": m["compute"]}),
+    Row("backend_loaded", "load_backend:", _r(r"load_backend: loaded (?P<backend>\S+) backend from (?P<path>\S+)"),
+        lambda m: {"backend": m["backend"], "path": m["path"][-300:], "gpu": m["backend"].upper() not in
+                   {"CPU", "BLAS", "RPC"}}),
+    Row("backend_failed", "load_backend:", _r(r"load_backend: failed to load (?P<path>\S+?):\s*(?P<error>.*)"),
+        _backend_failed),
+    Row("runner_system", "", _r(r"msg=system"),
+        lambda m: {"gpu_backends": sorted(set(re.findall(r"\b(CUDA|ROCm|Vulkan|Metal|SYCL)\.\d+\.", m.string)))},
+        GO_ENGINE, msg="system"),
+    Row("offload", "offloaded ", _r(r"(?P<pfx>llm_load_tensors: +)?offloaded (?P<n>\d+)/(?P<m>\d+) layers to GPU"),
+        _offload),
+    Row("buffer", "buffer size", _r(r"(?:llm_load_tensors|load_tensors|llama_kv_cache\w*|llama_context|sched_reserve|"
+                                    r"llama_new_context_with_model):\s+(?P<dev>[\w-]+)\s+(?P<what>model |KV |compute "
+                                    r"|output )?buffer size =\s+(?P<mib>[\d.]+) MiB"), _buffer),
+    Row("weights", "model weights", _r(r"model weights"), _weights, GO_ENGINE),
+    Row("compute_graph", "compute graph", _r(r"compute graph"), _graph, GO_ENGINE),
+    Row("runner_no_gpu", "no usable GPU found", _r(r"no usable GPU found"), None, ALL,
+        {"reason": "llama-server found no usable GPU"}),
+    Row("runner_no_gpu", "Not compiled with GPU offload support", _r(r"Not compiled with GPU offload support"), None,
+        ALL, {"reason": "CPU-only runner build"}),
+    Row("log_verbosity", "verbosity = ", _r(r"common_params_print_info: verbosity = (?P<level>\d+)"),
+        lambda m: {"level": int(m["level"])}),
+    # crashes
+    Row("runner_crash", "CUDA error", _r(r"CUDA error(?: (?P<code>\d+))?(?: at \S+)?:? ?(?P<error>.*)"),
+        lambda m: {"text": m.group(0)[:300], "code": _int(m["code"]),
+                   "cause": classify(m["error"], CUDA_ERROR_CAUSES)}),
+    Row("runner_crash", "not compiled with support for this arch", _r(r"not compiled with support for this arch"),
+        _crash("unsupported_compute_capability")),
+    Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"), _crash()),
+    Row("runner_crash", "rocBLAS error", _r(r"rocBLAS error:.*?(?:GPU arch ?: ?(?P<arch>gfx\w+))?$"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unsupported_gpu_arch" if m["arch"] else "unknown"}),
+    Row("runner_crash", "SIGABRT", _r(r"^SIGABRT: abort"), _crash()),
+    Row("runner_crash", "SIGSEGV", _r(r"^SIGSEGV: segmentation violation"), _crash()),
+    Row("runner_crash", "SIGILL", _r(r"^SIGILL: illegal instruction"), _crash()),
+    Row("runner_crash", "SIGBUS", _r(r"^SIGBUS: bus error"), _crash()),
+    Row("runner_crash", "__libc_start_main", _r(r"__libc_start_main"), _crash()),
+    Row("runner_crash", "rip ", _r(r"^rip\s+0x[0-9a-f]+$"), _crash()),
+    # process-level findings
+    Row("ld_preload_failed", "LD_PRELOAD cannot be preloaded",
+        _r(r"object '(?P<object>[^']*)' from LD_PRELOAD cannot be preloaded"),
+        lambda m: {"object": m["object"][-300:]}),
+)
+
+
+def _check_needles() -> None:
+    """Needles must not contain one another's prefix relation, or the needle scan could hide a row."""
+    needles = sorted({r.needle for r in ROWS if r.msg is None})
+    for a in needles:
+        for b in needles:
+            if a != b and b.startswith(a):
+                raise ValueError(f"needle {a!r} is a prefix of {b!r}")
+
+
+_check_needles()
