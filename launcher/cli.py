@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(commands)
     args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits 2
     env = dict(os.environ)
+    overrides = dict(iter_cli_overrides(vars(args)))
     try:
-        settings = load_settings(env, args.env_file, dict(iter_cli_overrides(vars(args))))
+        settings = load_settings(env, args.env_file, overrides)
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
@@ -61,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in settings.warnings:
         log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
                     suggestion=warning.suggestion)
-    ctx = Context(settings=settings, log=log, env=env)
+    ctx = Context(settings=settings, log=log, env=env,
+                  reload=lambda: load_settings(dict(os.environ), args.env_file, overrides))
     try:
         return int(commands[args.command].run(args, ctx))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ class Exit(enum.IntEnum):
     """Exit codes of `serve` and of the supervisor-facing commands."""
 
     OK = 0
+    FAILED = 1  # a command's own check failed (`shim build`, `doctor`): said in one line
     USAGE = 2  # bad usage or configuration: nothing was started
     NOT_RUNNING = 3  # `status`: no supervisor running
     NO_GPU_REQUIRED = 4  # OGPU_REQUIRE_GPU set and no usable GPU

@@ -90,35 +90,46 @@ class SharedStream:
 class LineSplitter:
     """Cuts a byte stream into complete lines (without the newline); over-long lines are truncated and counted."""
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    def __init__(self, max_line: int = MAX_LINE, *, after_gap: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_line
-        self._discarding = False
+        self._discarding = after_gap  # after skipped bytes the first line is a tail: drop it
         self.truncated = 0
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Complete lines found in `data` (with what was held from before)."""
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                break
-            piece = data[start:nl]
-            if self._discarding:
-                self._discarding = False
-                self._buf.clear()
-            else:
-                self._buf += piece
-                yield bytes(self._buf[: self._max])
-                self._buf.clear()
-            start = nl + 1
-        if not self._discarding:
-            self._buf += data[start:]
+        if b"\n" not in data:
+            if not self._discarding:
+                self._buf += data
+                if len(self._buf) > self._max:
+                    yield bytes(self._buf[: self._max])
+                    self.truncated += 1
+                    self._buf.clear()
+                    self._discarding = True
+            return
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        first = parts[0]
+        if self._discarding:
+            self._discarding = False
+        else:
+            self._buf += first
             if len(self._buf) > self._max:
-                yield bytes(self._buf[: self._max])
                 self.truncated += 1
-                self._buf.clear()
-                self._discarding = True
+            yield bytes(self._buf[: self._max])
+        self._buf.clear()
+        for line in parts[1:]:
+            if len(line) > self._max:
+                self.truncated += 1
+                yield line[: self._max]
+            else:
+                yield line
+        self._buf += tail
+        if len(self._buf) > self._max:
+            yield bytes(self._buf[: self._max])
+            self.truncated += 1
+            self._buf.clear()
+            self._discarding = True
 
     def close(self) -> Iterator[bytes]:
         """The last line if the stream ended without a newline."""
@@ -137,27 +148,63 @@ class Line:
     truncated: bool = False
 
 
-class LineQueue:
-    """Bounded hand-off to the parser thread: `offer` never blocks; a full queue skips the line and counts it."""
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Bytes as read from one of Ollama's streams; `gap` says chunks before it were skipped."""
 
-    def __init__(self, maxsize: int = 10000) -> None:
-        self._q: queue.Queue[Line | None] = queue.Queue(maxsize)
-        self.skipped = 0
+    stream: str
+    data: bytes
+    gap: bool = False
 
-    def offer(self, line: Line) -> None:
-        """Queue a line for the parser, or count it as skipped."""
+
+class ChunkQueue:
+    """Bounded hand-off from the pump to the parser thread, chunk by chunk so the pump does no per-line work.
+
+    `offer` never blocks: when the parser lags and the queue is full the chunk is skipped and counted, and the next
+    chunk of that stream is marked as following a gap (the parser then drops the cut line instead of gluing two
+    halves together). `lines()` is the parser thread's side: complete lines, numbered across both streams.
+    """
+
+    def __init__(self, max_chunks: int = 256, max_line: int = MAX_LINE) -> None:
+        self._q: queue.Queue[Chunk | None] = queue.Queue(max_chunks)
+        self._gap: dict[str, bool] = {}
+        self._max_line = max_line
+        self.skipped_chunks = 0
+        self.skipped_bytes = 0
+        self.truncated = 0
+
+    def offer(self, stream: str, data: bytes) -> None:
+        """Queue a chunk for the parser, or count it as skipped."""
         try:
-            self._q.put_nowait(line)
+            self._q.put_nowait(Chunk(stream, data, self._gap.get(stream, False)))
+            self._gap[stream] = False
         except queue.Full:
-            self.skipped += 1
+            self.skipped_chunks += 1
+            self.skipped_bytes += len(data)
+            self._gap[stream] = True
 
     def close(self) -> None:
-        """Tell the consumer no more lines come (blocks only while the queue is full)."""
+        """No more chunks (blocks only while the queue is full)."""
         self._q.put(None)
 
-    def __iter__(self) -> Iterator[Line]:
+    def lines(self) -> Iterator[Line]:
+        """Complete lines until `close()`; each stream's unfinished last line comes out at the end."""
+        splitters: dict[str, LineSplitter] = {}
+        number = 0
         while True:
-            item = self._q.get()
-            if item is None:
-                return
-            yield item
+            chunk = self._q.get()
+            if chunk is None:
+                break
+            splitter = splitters.get(chunk.stream)
+            if splitter is None or chunk.gap:
+                if splitter is not None:
+                    self.truncated += splitter.truncated
+                splitter = splitters[chunk.stream] = LineSplitter(self._max_line, after_gap=chunk.gap)
+            for raw in splitter.feed(chunk.data):
+                number += 1
+                yield Line(chunk.stream, number, raw, len(raw) >= self._max_line)
+        for name, splitter in splitters.items():
+            for raw in splitter.close():
+                number += 1
+                yield Line(name, number, raw)
+            self.truncated += splitter.truncated

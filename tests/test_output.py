@@ -7,7 +7,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.output import Line, LineQueue, LineSplitter, SharedStream
+from launcher.output import ChunkQueue, LineSplitter, SharedStream
 
 
 def read_all(fd: int) -> bytes:
@@ -98,10 +98,30 @@ class TestLineSplitter:
         assert splitter.truncated == 1
 
 
-class TestLineQueue:
-    def test_full_queue_skips_and_counts(self) -> None:
-        """offer() never blocks: lines past the bound are counted as skipped."""
-        q = LineQueue(maxsize=2)
-        for n in range(5):
-            q.offer(Line("stderr", n, b"x"))
-        assert q.skipped == 3
+class TestChunkQueue:
+    def test_lines_numbered_across_streams_and_last_line_kept(self) -> None:
+        """Chunks become complete lines in arrival order; an unfinished last line comes out at close."""
+        q = ChunkQueue()
+        q.offer("stderr", b"a\nb")
+        q.offer("stdout", b"x\n")
+        q.offer("stderr", b"c\nd")
+        q.close()
+        got = [(line.stream, line.number, line.raw) for line in q.lines()]
+        assert got == [("stderr", 1, b"a"), ("stdout", 2, b"x"), ("stderr", 3, b"bc"), ("stderr", 4, b"d")]
+
+    def test_full_queue_skips_and_marks_gap(self) -> None:
+        """offer() never blocks: a skipped chunk is counted and the line it cut is not glued to the next one."""
+        q = ChunkQueue(max_chunks=2)
+        q.offer("stderr", b"one\nhal")
+        q.offer("stderr", b"f\ntwo\n")
+        q.offer("stderr", b"LOST\nLO")  # queue full: skipped
+        assert q.skipped_chunks == 1 and q.skipped_bytes == 7
+        got = []
+        lines = q.lines()
+        got.append(next(lines).raw)
+        got.append(next(lines).raw)
+        got.append(next(lines).raw)
+        q.offer("stderr", b"ST\nthree\n")  # after the gap: the cut line 'ST' is dropped
+        q.close()
+        got.extend(line.raw for line in lines)
+        assert got == [b"one", b"half", b"two", b"three"]

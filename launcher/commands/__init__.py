@@ -11,4 +11,4 @@ from __future__ import annotations
 from typing import Final
 
 # Order is the order of `ollama-gpu --help`.
-COMMANDS: Final[tuple[str, ...]] = ("config",)
+COMMANDS: Final[tuple[str, ...]] = ("serve", "env", "config", "shim", "explain")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,3 +16,4 @@ class Context:
     settings: Settings
     log: Any  # structlog FilteringBoundLogger
     env: Mapping[str, str]
+    reload: Callable[[], Settings] | None = None  # the same layers read again (SIGHUP); raises ConfigError

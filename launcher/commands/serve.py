@@ -1,0 +1,131 @@
+"""`ollama-gpu serve [ARGS]`: a drop-in for `ollama serve ARGS` that proves where models run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from launcher import log as logsetup
+from launcher import shim_events
+from launcher.children import ChildRegistry, set_subreaper
+from launcher.commands.context import Context
+from launcher.config import Mode
+from launcher.environment import EnvPlan
+from launcher.events import Event, now
+from launcher.exitcodes import Exit
+from launcher.log_input import Line as LogLine
+from launcher.log_input import clean
+from launcher.ollama_logs import LogParser
+from launcher.output import Line, SharedStream
+from launcher.paths import UnsafeDirectoryError, ensure_dirs
+from launcher.proctree import TreeWatcher
+from launcher.restarts import CrashBudget
+from launcher.sdnotify import Notifier
+from launcher.startup import prepare
+from launcher.supervisor import Supervisor, exec_off
+
+HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Everything after `serve` goes to `ollama serve` unchanged."""
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+
+
+class Recorder:
+    """The event sink of this first version: JSON lines to OGPU_RECORD (the board plugs in here)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._out: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8") if path else None  # noqa: SIM115
+        self.count = 0
+
+    def __call__(self, event: Event) -> None:
+        self.count += 1
+        if self._out is not None:
+            self._out.write(event.to_json() + "\n")
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Start and supervise Ollama; returns the exit code of DESIGN.md."""
+    settings = ctx.settings
+    notifier = Notifier(ctx.env)
+    if settings.mode is Mode.OFF:
+        prepared = prepare(settings, ctx.env, ChildRegistry(), ctx.log, args.args)
+        exec_off(prepared.plan.argv, dict(prepared.plan.env), notifier)
+        return Exit.USAGE  # not reached: exec replaces us, or raises
+
+    out, err = SharedStream(sys.stdout.fileno()), SharedStream(sys.stderr.fileno())
+    log = logsetup.configure(settings.log_format, settings.log_level, err)  # our lines share stderr with Ollama
+    try:
+        ensure_dirs(settings.dirs, os.geteuid())
+    except (UnsafeDirectoryError, OSError) as exc:
+        print(f"ollama-gpu: configuration error: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    if os.getpid() != 1 and not set_subreaper():
+        log.warning("no_subreaper", problem="PR_SET_CHILD_SUBREAPER failed",
+                    consequence="orphaned runners are reaped by init, not by us")
+
+    supervisor: Supervisor | None = None
+
+    def on_orphan(orphan: Any) -> None:
+        if supervisor is not None:
+            supervisor.on_orphan(orphan)
+
+    registry = ChildRegistry(on_orphan=on_orphan)
+    prepared = prepare(settings, ctx.env, registry, log, args.args)
+    for advice in prepared.plan.advice:
+        log.warning("advice", fix=advice, mode=settings.mode.value)
+    for change in prepared.plan.changes:
+        if change.key not in ("LD_PRELOAD", "OGPU_EVENTS"):
+            log.info("environment_change", key=change.key, action=change.action, reason=change.reason)
+
+    server = None
+    if prepared.plan.shim is not None:
+        try:
+            server = shim_events.ShimEventServer(settings.dirs.events_socket).start()
+        except OSError as exc:
+            log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
+
+    recorder = Recorder(settings.record)
+    parser = LogParser()
+
+    def on_line(line: Line) -> None:
+        text, pid = clean(line.raw)
+        for event in parser.feed(LogLine(line.number, text, pid, line.truncated)):
+            recorder(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
+
+    shim_path = prepared.plan.shim
+
+    def reload() -> EnvPlan | None:
+        """SIGHUP: read the configuration layers again and plan anew (a bad file keeps the running plan)."""
+        if ctx.reload is None:
+            return None
+        new = ctx.reload()
+        for warning in new.warnings:
+            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
+        return prepare(new, ctx.env, registry, log, args.args).plan
+
+    supervisor = Supervisor(
+        plan=prepared.plan, host=settings.host, registry=registry, log=log, out=out, err=err, notifier=notifier,
+        crash_budget=CrashBudget(settings.restart_max, settings.restart_window, settings.restart_backoff,
+                                 settings.restart_backoff_max),
+        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=recorder, line_sink=on_line,
+        event_server=server,
+        make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
+        reload=reload,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        if server is not None:
+            log.debug("shim_events_stats", **server.stats().to_dict())
+            server.close()
+        recorder.close()

@@ -1,0 +1,1 @@
+"""Small test doubles for the supervisor's generic mechanics (not Ollama look-alikes: see tests/ollama_sim)."""
