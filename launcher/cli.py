@@ -20,8 +20,27 @@ from launcher.exitcodes import Exit, signal_exit
 PROG = "ollama-gpu"
 
 
-def _commands() -> dict[str, ModuleType]:
-    return {name: importlib.import_module(f"launcher.commands.{name}") for name in COMMANDS}
+_VALUED = frozenset({"--env-file", *(spec.flag for spec in SPECS)})
+
+
+def _wanted(argv: Sequence[str]) -> list[str]:
+    """The command modules this run needs: only the one named (serve starts faster without the others' imports);
+    all of them when none is named or help is asked for. Reads argv as argparse will: every option before the
+    command takes one value unless written --flag=value."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            return list(COMMANDS)
+        if arg.startswith("-"):
+            i += 2 if arg in _VALUED else 1
+            continue
+        return [arg] if arg in COMMANDS else list(COMMANDS)
+    return list(COMMANDS)
+
+
+def _commands(argv: Sequence[str]) -> dict[str, ModuleType]:
+    return {name: importlib.import_module(f"launcher.commands.{name}") for name in _wanted(argv)}
 
 
 def build_parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
@@ -48,7 +67,8 @@ def build_parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (launcher.exitcodes)."""
-    commands = _commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands(argv)
     parser = build_parser(commands)
     args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits 2
     env = dict(os.environ)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,9 +18,6 @@ from launcher.config import Mode
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
-from launcher.log_input import Line as LogLine
-from launcher.log_input import clean
-from launcher.ollama_logs import LogParser
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, ensure_dirs
 from launcher.proctree import TreeWatcher
@@ -51,6 +49,24 @@ class Recorder:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
+
+
+def _line_consumer(sink: Recorder) -> Callable[[Line], None]:
+    """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started."""
+    state: dict[str, Any] = {}
+
+    def on_line(line: Line) -> None:
+        if not state:
+            from launcher.log_input import Line as LogLine
+            from launcher.log_input import clean
+            from launcher.ollama_logs import LogParser
+
+            state.update(parser=LogParser(), clean=clean, LogLine=LogLine)
+        text, pid = state["clean"](line.raw)
+        for event in state["parser"].feed(state["LogLine"](line.number, text, pid, line.truncated)):
+            sink(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
+
+    return on_line
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -95,12 +111,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
 
     recorder = Recorder(settings.record)
-    parser = LogParser()
+    on_line = _line_consumer(recorder)
 
-    def on_line(line: Line) -> None:
-        text, pid = clean(line.raw)
-        for event in parser.feed(LogLine(line.number, text, pid, line.truncated)):
-            recorder(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
 
     shim_path = prepared.plan.shim
 
