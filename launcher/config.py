@@ -135,6 +135,20 @@ def _dir_list(text: str) -> tuple[Path, ...]:
     return tuple(Path(p.strip()) for p in parts)
 
 
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})\Z")
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """`host:port` or `[v6]:port`, or nothing (off)."""
+    value = text.strip()
+    if not value:
+        return None
+    m = _HOST_PORT.match(value)
+    if m is None or not 1 <= int(m["port"]) <= 65535:
+        raise ValueError("expected host:port (e.g. 127.0.0.1:9835 or [::1]:9835), or nothing for off")
+    return (m["v6"] or m["host"], int(m["port"]))
+
+
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -190,6 +204,8 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec("OGPU_SHIM", "", _optional_path, "a prebuilt shim library to use instead of compiling one (absolute path)"),
     Spec("OGPU_RECORD", "", _optional_path,
          "append every event (log, shim, proc, supervisor) as JSON lines to this file, for replay and bug reports"),
+    Spec("OGPU_METRICS_ADDR", "", _host_port,
+         "serve Prometheus metrics on http://host:port/metrics (e.g. 127.0.0.1:9835); empty: off"),
     Spec("OGPU_LOG_FORMAT", "auto", _choice("auto", "console", "json"),
          "our log lines: console on a terminal and JSON lines otherwise (auto), or forced"),
     Spec("OGPU_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "our log level"),
@@ -225,6 +241,7 @@ class Settings:
     driver_lib_dirs: tuple[Path, ...]
     shim: Path | None
     record: Path | None
+    metrics_addr: tuple[str, int] | None
     log_format: str
     log_level: str
     sources: Mapping[str, str]  # OGPU_ key -> 'default' | 'FILE:LINE' | 'environment' | 'command line'

@@ -117,7 +117,8 @@ def find_driver(
                 break
 
     real_dir: Path | None = None
-    for directory in search_dirs(root, extra_dirs):
+    on_path = [Path(e) for e in _split_path_list(env.get("LD_LIBRARY_PATH", ""))]
+    for directory in search_dirs(root, [*extra_dirs, *on_path]):
         if not is_stub_dir(directory) and (_under(root, directory) / SONAME).exists():
             real_dir = directory
             break
@@ -126,7 +127,8 @@ def find_driver(
 
 
 def search_dirs(root: Path, extra_dirs: Sequence[Path] = ()) -> list[Path]:
-    """The operator's OGPU_DRIVER_LIB_DIRS first, then the known driver locations (globs expanded under root)."""
+    """`extra_dirs` first (the operator's OGPU_DRIVER_LIB_DIRS, then LD_LIBRARY_PATH's entries), then the known
+    driver locations (globs expanded under root)."""
     out: list[Path] = [Path(d) for d in extra_dirs]
     out.extend(Path(d) for d in KNOWN_DIRS)
     for pattern in KNOWN_GLOBS:

@@ -1,9 +1,8 @@
 """The environment plan: what `ollama serve` is started with, and why each variable differs from ours.
 
 The user's environment, plus the variables from our files that the environment does not set, plus `LD_PRELOAD`
-(our shim first), `OGPU_EVENTS`, and — in mode auto — the driver library directory when the loader would not
-find `libcuda.so.1`. `NOTIFY_SOCKET` and `WATCHDOG_*` are ours (systemd speaks to the supervisor) and are
-removed; nothing else is dropped.
+(our shim first) and `OGPU_EVENTS`. `NOTIFY_SOCKET` and `WATCHDOG_*` are ours (systemd speaks to the supervisor)
+and are removed; nothing else is dropped. Remedies (launcher/remedies.py) change a plan through `with_patch`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Final
 
 from launcher.config import Mode, Settings
-from launcher.driverlib import DriverFinding
 
 OURS: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 EVENTS_VAR: Final = "OGPU_EVENTS"
@@ -70,7 +68,6 @@ def plan_environment(
     serve_args: Sequence[str] = (),
     shim: Path | None = None,
     events_socket: Path | None = None,
-    driver: DriverFinding | None = None,
 ) -> EnvPlan:
     """Build Ollama's environment. `shim` is None when it is off or failed its preflight."""
     env = dict(base_env)
@@ -92,16 +89,6 @@ def plan_environment(
             env[EVENTS_VAR] = str(events_socket)
             changes.append(Change(EVENTS_VAR, "set", str(events_socket), "where the shim sends its events"))
 
-    if driver is not None and driver.needs_dir and driver.real_dir is not None:
-        entries = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
-        value = ":".join([*entries, str(driver.real_dir)])
-        reason = f"libcuda.so.1 is in {driver.real_dir} but the loader would not find it (libcuda_not_found)"
-        if settings.mode is Mode.AUTO:
-            env["LD_LIBRARY_PATH"] = value
-            changes.append(Change("LD_LIBRARY_PATH", "set", value, reason))
-        elif settings.mode is not Mode.OFF:
-            advice.append(f"set LD_LIBRARY_PATH={value}: {reason}")
-
     return EnvPlan(
         argv=(ollama, "serve", *serve_args),
         env=env,
@@ -109,3 +96,22 @@ def plan_environment(
         shim=shim if settings.mode is not Mode.OFF else None,
         advice=tuple(advice),
     )
+
+
+def with_patch(plan: EnvPlan, patch: Mapping[str, str | None], reason: str) -> EnvPlan:
+    """The same plan with `patch` applied to Ollama's environment (None unsets), each change recorded with why."""
+    env = dict(plan.env)
+    changes = list(plan.changes)
+    for key, value in sorted(patch.items()):
+        if value is None:
+            env.pop(key, None)
+            changes.append(Change(key, "removed", None, reason))
+        else:
+            env[key] = value
+            changes.append(Change(key, "set", value, reason))
+    return EnvPlan(argv=plan.argv, env=env, changes=tuple(changes), shim=plan.shim, advice=plan.advice)
+
+
+def with_advice(plan: EnvPlan, advice: str) -> EnvPlan:
+    """The same plan with one more fix we report but do not apply."""
+    return EnvPlan(argv=plan.argv, env=plan.env, changes=plan.changes, shim=plan.shim, advice=(*plan.advice, advice))

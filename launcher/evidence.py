@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from launcher.events import Event
-from launcher.log_patterns import MIN_COMPUTE, OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
-from launcher.vocabulary import CAUSES, OUTCOMES
+from launcher.log_patterns import (
+    DLERROR_CAUSES,
+    MIN_COMPUTE,
+    OFFLOAD_LINE_TRUSTED,
+    ROCM_TARGETS,
+    classify,
+    generation_of,
+)
+from launcher.proctree import classify as classify_argv
+from launcher.vocabulary import CAUSES, FILTER_VARS, INTENT_VARS, OUTCOMES
 
 # When several causes are in evidence, the first in this list is the one reported: the most specific and the most
 # actionable first, the ones that are often a consequence of another (a filter, a generic load failure) last.
@@ -23,8 +32,7 @@ CAUSE_PRIORITY: Final = (
 # A CPU result with one of these causes is what the machine or the operator asked for, not a fallback.
 EXPECTED_CPU_CAUSES: Final = frozenset({"none", "operator_forced_cpu", "unsupported_igpu"})
 GPU_LIBRARIES: Final = frozenset({"cuda", "rocm", "vulkan", "metal", "oneapi", "sycl", "musa"})
-# Device filters: a value that hides every device is the operator choosing CPU (DESIGN.md principle 3).
-FILTER_VARS: Final = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+# A device-filter value that hides every device is the operator choosing CPU (DESIGN.md principle 3).
 HIDE_ALL_VALUES: Final = frozenset({"-1", "none", "void", "NoDevFiles"})
 LIST_CAP: Final = 64  # the board keeps at most this many events of each sort: the first ones and the latest ones
 RUNNER_CAP: Final = 8  # model loads remembered: the first few and the latest
@@ -58,6 +66,9 @@ class Verdict:
     generation: str | None = None
     version: str | None = None
     tier: str = "log"
+    subject: str = ""  # live tier: "discovery" or "runner <pid>"
+    signals: tuple[str, ...] = ()  # live tier: what each source says, e.g. "log:gpu", "shim:cpu"
+    disagreement: tuple[str, ...] = ()  # live tier: sources that contradict each other, one line each
 
     def __post_init__(self) -> None:
         seen: set[tuple[int | None, str]] = set()
@@ -77,7 +88,8 @@ class Verdict:
         """Plain JSON data (for `explain --json` and recordings)."""
         return {"outcome": self.outcome, "cause": self.cause, "evidence": [e.to_dict() for e in self.evidence],
                 "notes": list(self.notes), "findings": list(self.findings), "visible": self.visible,
-                "generation": self.generation, "version": self.version, "tier": self.tier}
+                "generation": self.generation, "version": self.version, "tier": self.tier,
+                "subject": self.subject, "signals": list(self.signals), "disagreement": list(self.disagreement)}
 
 
 def _ev(event: Event, says: str) -> Evidence:
@@ -108,6 +120,65 @@ class Runner:
 
 
 @dataclass
+class Proc:
+    """One process as the live sources saw it, keyed by (pid, start time): its class and its CUDA story."""
+
+    pid: int
+    start_time: int | None
+    seq: int  # arrival order of the first event about it
+    cls: str = "unknown"  # proctree's classes: model_runner, discovery_runner, server, …
+    hello: Event | None = None
+    cvd: str | None = None  # CUDA_VISIBLE_DEVICES as the process saw it (shim hello)
+    cu_init: list[Event] = field(default_factory=list)
+    devices: list[Event] = field(default_factory=list)
+    ctx: list[Event] = field(default_factory=list)
+    dlopen_ok: list[Event] = field(default_factory=list)
+    dlopen_failed: list[Event] = field(default_factory=list)
+    cuda_errors: list[Event] = field(default_factory=list)
+    snapshot: Event | None = None
+    libs: frozenset[str] | None = None
+    libs_event: Event | None = None
+    ended: Event | None = None
+    log_runner: Runner | None = None  # the log's runner when this process appeared, and how many reports it had
+    log_reports: int = 0
+    baseline: dict[int, int] | None = None  # NVML per-GPU used bytes before it started
+    nvml_listed: Event | None = None
+    nvml_bytes: int = 0
+    nvml_last_listed: bool | None = None
+    nvml_last_seq: int = 0
+    rise: int = 0
+    rise_event: Event | None = None
+    rise_shared: bool = False
+
+    @property
+    def key(self) -> tuple[int, int | None]:
+        return (self.pid, self.start_time)
+
+    def total(self, group: str, *names: str) -> int:
+        """A sum of cumulative counters from the latest shim snapshot."""
+        if self.snapshot is None:
+            return 0
+        values = _d(self.snapshot, group, {}) or {}
+        return sum(int(values.get(n, 0) or 0) for n in names)
+
+
+@dataclass
+class Live:
+    """What the live sources (shim, /proc, NVML, supervisor) said, beside the log facts."""
+
+    seq: int = 0
+    procs: dict[tuple[int, int | None], Proc] = field(default_factory=dict)
+    server_pid: int | None = None
+    operator_env: dict[str, str | None] = field(default_factory=dict)  # as the operator set it; None = unset
+    ready: bool = False
+    nvml: Event | None = None  # the `gpus` or `unavailable` event
+    nvml_failed: Event | None = None
+    gpu_used: dict[int, int] | None = None  # the latest NVML sample
+    log_seq: int = 0  # arrival order of the latest log event
+    machine: Event | None = None  # the supervisor's `machine` facts: driver library, device nodes, NVML
+
+
+@dataclass
 class Facts:
     """Everything the log tier decides from; filled by the handlers, one event at a time."""
 
@@ -131,6 +202,7 @@ class Facts:
     verbosity: int | None = None
     sources: set[str] = field(default_factory=set)
     lines: int = 0
+    live: Live = field(default_factory=Live)
 
     def snapshot(self) -> Facts:
         """A copy whose lists a tier may extend without changing the board (verdicts are repeatable)."""
@@ -358,7 +430,194 @@ def _on_note(text: str) -> Handler:
     return handle
 
 
+# --- live handlers: shim, /proc, NVML and supervisor events → per-process facts ------------------------------------
+
+DISCOVERY_CLASSES: Final = frozenset({"server", "discovery_runner", "gpu_discover"})
+MODEL_CLASSES: Final = frozenset({"model_runner", "mlx_runner"})
+PROC_CAP: Final = 64  # processes remembered; the oldest ended ones go first
+# dlopen names whose failure matters: CPU variants and ggml's libnvidia-ml probes fail on healthy systems.
+GPU_DLOPEN: Final = re.compile(r"(?:^|/)lib(?:ggml-cuda|cuda\.so|cudart|cublas)")
+NVML_RISE_BYTES: Final = 128 << 20  # less than one CUDA context: below this a per-GPU rise proves nothing
+
+
+def _live_key(f: Facts, e: Event) -> Proc | None:
+    """The process an event is about: (pid, start time), or the latest process with that pid when none is given."""
+    if e.pid is None:
+        return None
+    live = f.live
+    st = _d(e, "start_time")
+    st = st if isinstance(st, int) and not isinstance(st, bool) else None
+    found = live.procs.get((e.pid, st))
+    if found is not None:
+        return found
+    if st is None:
+        same = [p for p in live.procs.values() if p.pid == e.pid]
+        if same:
+            return max(same, key=lambda p: p.seq)
+    else:
+        loose = live.procs.pop((e.pid, None), None)
+        if loose is not None:  # first seen without a start time (the shim's peer vanished before accept)
+            loose.start_time = st
+            live.procs[loose.key] = loose
+            return loose
+    runner = f.runner
+    p = Proc(e.pid, st, live.seq, baseline=dict(live.gpu_used) if live.gpu_used is not None else None,
+             log_runner=runner, log_reports=len(runner.reports))
+    if live.server_pid == e.pid:
+        p.cls = "server"
+    live.procs[p.key] = p
+    if len(live.procs) > PROC_CAP:
+        ended = [q for q in live.procs.values() if q.ended is not None] or list(live.procs.values())
+        del live.procs[min(ended, key=lambda q: q.seq).key]
+    return p
+
+
+def _on_proc_event(update: Callable[[Facts, Proc, Event], None]) -> Handler:
+    def handle(f: Facts, e: Event) -> None:
+        p = _live_key(f, e)
+        if p is not None:
+            update(f, p, e)
+    return handle
+
+
+def _hello(f: Facts, p: Proc, e: Event) -> None:
+    p.hello = e
+    p.cvd = _d(e, "cuda_visible_devices")
+    if p.cls == "unknown":
+        p.cls = classify_argv([str(a) for a in _d(e, "argv", ()) or ()])
+    if p.cls == "server" or p.pid == f.live.server_pid:
+        f.live.operator_env.setdefault("CUDA_VISIBLE_DEVICES", p.cvd)  # the server's own env is the operator's
+
+
+def _dlopen(f: Facts, p: Proc, e: Event) -> None:
+    name = str(_d(e, "name", ""))
+    if not GPU_DLOPEN.search(name):
+        return
+    _push(p.dlopen_ok if _d(e, "ok") else p.dlopen_failed, e)
+
+
+def _started(f: Facts, p: Proc, e: Event) -> None:
+    cls = str(_d(e, "cls", "unknown"))
+    if p.cls in ("unknown", "other") or cls != "other":
+        p.cls = cls
+
+
+def _libs(f: Facts, p: Proc, e: Event) -> None:
+    p.libs = frozenset(str(x) for x in _d(e, "libs", ()) or ())
+    p.libs_event = e
+
+
+def _env_missing(f: Facts, p: Proc, e: Event) -> None:
+    why = _d(e, "audit") or "LD_PRELOAD/OGPU_EVENTS not as planned"
+    f.finding(f"runner_env_missing: {p.cls} pid {p.pid} runs without the shim ({why})")
+
+
+def _ended(f: Facts, p: Proc, e: Event) -> None:
+    if p.ended is None:
+        p.ended = e
+
+
+def _on_ollama_started(f: Facts, e: Event) -> None:
+    f.live.server_pid = e.pid
+    env = _d(e, "env")
+    if isinstance(env, Mapping):
+        for key in INTENT_VARS:
+            f.live.operator_env[key] = None if env.get(key) is None else str(env.get(key))
+        set_env = {k: str(v) for k, v in env.items() if v is not None}
+        _on_config(f, Event("supervisor", "ollama_started", e.t, e.pid, {"env": set_env}))
+        for key in FILTER_VARS:  # an empty filter hides every device (reference fixtures: CUDA_VISIBLE_DEVICES=)
+            if set_env.get(key) == "":
+                f.add_problem("operator_forced_cpu", e, "config")
+
+
+def _on_ready(f: Facts, e: Event) -> None:
+    f.live.ready = True
+    version = _d(e, "version")
+    if version and f.version is None:
+        f.version = str(version)
+        f.generation = f.generation or generation_of(str(version))
+        f.generation_from = f.generation_from or "supervisor"
+
+
+def _on_nvml_state(f: Facts, e: Event) -> None:
+    f.live.nvml = e
+    cause = _d(e, "cause")
+    if cause:
+        f.add_problem(str(cause), e, "install")
+
+
+def _on_nvml_failed(f: Facts, e: Event) -> None:
+    f.live.nvml_failed = e
+    f.note(f"NVML stopped answering: {_d(e, 'reason')}")
+
+
+def _on_nvml_memory(f: Facts, e: Event) -> None:
+    live = f.live
+    used = {int(g["index"]): int(g["used"]) for g in _d(e, "gpus", ()) or ()
+            if isinstance(g, Mapping) and isinstance(g.get("index"), int) and isinstance(g.get("used"), int)}
+    alive = [p for p in live.procs.values() if p.ended is None]
+    models = [p for p in alive if p.cls in MODEL_CLASSES]
+    listed = _d(e, "processes")
+    if listed is not None and _d(e, "pids_comparable"):
+        held: dict[int, int] = {}
+        for entry in listed:
+            pid = entry.get("pid") if isinstance(entry, Mapping) else None
+            if isinstance(pid, int):
+                held[pid] = held.get(pid, 0) + int(entry.get("used") or 0)
+        for p in alive:
+            p.nvml_last_listed = p.pid in held
+            p.nvml_last_seq = live.seq
+            if p.pid in held:
+                p.nvml_listed = e
+                p.nvml_bytes = max(p.nvml_bytes, held[p.pid])
+    for p in models:
+        if p.baseline is None:
+            continue
+        rise = sum(u - p.baseline.get(i, u) for i, u in used.items())
+        p.nvml_last_seq = max(p.nvml_last_seq, live.seq)
+        p.rise_shared = p.rise_shared or len(models) > 1
+        if rise > p.rise:
+            p.rise, p.rise_event = rise, e
+    live.gpu_used = used
+
+
+LIVE_HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
+    ("shim", "hello"): _on_proc_event(_hello),
+    ("shim", "dlopen"): _on_proc_event(_dlopen),
+    ("shim", "cu_init"): _on_proc_event(lambda f, p, e: _push(p.cu_init, e)),
+    ("shim", "device"): _on_proc_event(lambda f, p, e: _push(p.devices, e)),
+    ("shim", "ctx"): _on_proc_event(lambda f, p, e: _push(p.ctx, e)),
+    ("shim", "cuda_error"): _on_proc_event(lambda f, p, e: _push(p.cuda_errors, e)),
+    ("shim", "snapshot"): _on_proc_event(lambda f, p, e: setattr(p, "snapshot", e)),
+    ("shim", "bye"): _on_proc_event(lambda f, p, e: None),
+    ("shim", "process_end"): _on_proc_event(_ended),
+    ("proc", "runner_started"): _on_proc_event(_started),
+    ("proc", "process_started"): _on_proc_event(_started),
+    ("proc", "runner_env_ok"): _on_proc_event(lambda f, p, e: None),
+    ("proc", "runner_env_missing"): _on_proc_event(_env_missing),
+    ("proc", "runner_libs"): _on_proc_event(_libs),
+    ("proc", "runner_exited"): _on_proc_event(_ended),
+    ("proc", "process_exited"): _on_proc_event(_ended),
+    ("nvml", "gpus"): _on_nvml_state,
+    ("nvml", "unavailable"): _on_nvml_state,
+    ("nvml", "sample_failed"): _on_nvml_failed,
+    ("nvml", "memory"): _on_nvml_memory,
+    ("supervisor", "ollama_started"): _on_ollama_started,
+    ("supervisor", "ready"): _on_ready,
+    ("supervisor", "restarted"): lambda f, e: None,
+    ("supervisor", "ollama_exited"): lambda f, e: None,
+    ("supervisor", "decision"): lambda f, e: None,
+    ("supervisor", "state"): lambda f, e: None,
+}
+
+
+def _on_machine(f: Facts, e: Event) -> None:
+    f.live.machine = e
+
+
 HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
+    **LIVE_HANDLERS,
+    ("supervisor", "machine"): _on_machine,
     ("log", "generation"): _on_generation,
     ("log", "parse_summary"): _on_summary,
     ("log", "server_config"): _on_config,
@@ -655,10 +914,410 @@ def log_tier(f: Facts) -> Verdict:
     return Verdict("unknown", "unknown", (), tuple(f.notes), tuple(f.findings), visible=False, **base)
 
 
-# Tiers, most demanding first: a tier decides when the sources it needs are present. Live tiers (shim, NVML, /proc)
-# are added here by the issues that build those sources; `explain` has only logs, so the log tier decides.
+# --- the live tier: two independent signals for `gpu`, a GPU seen by NVML or the shim for `cpu_fallback` -----------
+
+# cuInit results (CUresult, cuda.h) → cause. 100 (no device) depends on who set the device filter: _no_device_cause.
+CU_INIT_CAUSES: Final[Mapping[int, str]] = {
+    34: "stub_library",  # CUDA_ERROR_STUB_LIBRARY: the toolkit's stubs/libcuda.so was loaded as libcuda.so.1
+    35: "driver_too_old",  # CUDA_ERROR_INSUFFICIENT_DRIVER
+    46: "permission_denied",  # CUDA_ERROR_DEVICE_UNAVAILABLE: exclusive-process compute mode, device taken
+    500: "driver_container_incompat",  # CUDA_ERROR_NOT_FOUND at init: the container runtime's driver mismatch
+    803: "driver_library_mismatch",  # CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: kernel module and libcuda differ
+    804: "driver_library_mismatch",  # CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: forward-compat libcuda mismatch
+    999: "uvm_not_loaded",  # CUDA_ERROR_UNKNOWN: nvidia_uvm missing or broken (reference: after suspend/resume)
+}
+# Context creation results beyond cuInit's.
+CTX_CAUSES: Final[Mapping[int, str]] = {**CU_INIT_CAUSES, 2: "insufficient_vram"}  # CUDA_ERROR_OUT_OF_MEMORY
+NO_DEVICE: Final = 100
+# Strengths: "strong" (memory or kernels seen), "medium" (a device initialised, a report in the log), "weak" (libraries
+# mapped: the CUDA backend loads even with zero devices, so it only corroborates), "silence" (nothing seen where
+# something was due: never enough for a fallback on its own).
+STRENGTHS: Final = ("strong", "medium", "weak", "silence")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What one source says about one subject: gpu, partial or cpu, how strongly, why, and a cause if it names one."""
+
+    source: str
+    says: str
+    strength: str
+    evidence: tuple[Evidence, ...]
+    cause: str | None = None
+
+
+def _lev(e: Event, says: str) -> Evidence:
+    """Evidence from a live event (no log line): the event's kind and pid stand for the text."""
+    if e.source == "log":
+        return _ev(e, says)
+    return Evidence(e.source, e.kind, None, f"{e.source} {e.kind} pid={e.pid}", says)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _operator_value(f: Facts, key: str) -> str | None:
+    """An operator variable (None: unset or not known): the supervisor's env or the server's shim hello first, then
+    the log's `server config` line (where an empty value means unset)."""
+    if key in f.live.operator_env:
+        return f.live.operator_env[key]
+    return f.env.get(key) or None
+
+
+def _no_device_cause(f: Facts, p: Proc) -> str:
+    """cuInit 100: the operator's filter hides every device (their choice), or a filter hides the GPU."""
+    value = _operator_value(f, "CUDA_VISIBLE_DEVICES")
+    if value is not None:
+        return "operator_forced_cpu" if value.strip() in HIDE_ALL_VALUES or not value.strip() \
+            else "device_filter_hides_gpu"
+    if p.cvd is not None:
+        return "device_filter_hides_gpu"  # Ollama's own filter for this runner
+    return "unknown"
+
+
+def _dlopen_superseded(p: Proc, failed: Event) -> bool:
+    base = re.sub(r"\.so.*$", "", str(_d(failed, "name", "")).rsplit("/", 1)[-1])
+    return any(base and base in str(_d(ok, "name", "")) for ok in p.dlopen_ok if ok.t >= failed.t) or \
+        any(int(_d(c, "result", 1)) == 0 for c in p.cu_init)
+
+
+def _shim_causes(f: Facts, p: Proc) -> list[tuple[str, Event, str]]:
+    """(cause, event, what it says) for every CUDA failure the shim saw in this process."""
+    out: list[tuple[str, Event, str]] = []
+    for e in p.cu_init[-1:]:
+        code = int(_d(e, "result", 0))
+        if code == NO_DEVICE:
+            out.append((_no_device_cause(f, p), e, "cuInit: no CUDA-capable device (100)"))
+        elif code:
+            out.append((CU_INIT_CAUSES.get(code, "unknown"), e, f"cuInit failed with {code}"))
+    for e in p.dlopen_failed:
+        if not _dlopen_superseded(p, e):
+            cause = classify(str(_d(e, "error", "")), DLERROR_CAUSES, "backend_load_failed")
+            out.append((cause, e, f"dlopen {_d(e, 'name')} failed: {str(_d(e, 'error', ''))[:160]}"))
+    failed = [e for e in p.ctx if int(_d(e, "result", 0))]
+    if failed and not any(int(_d(e, "result", 1)) == 0 for e in p.ctx):
+        code = int(_d(failed[-1], "result", 0))
+        out.append((CTX_CAUSES.get(code, "unknown"), failed[-1], f"context creation failed with {code}"))
+    return out
+
+
+def _shim_initialised(p: Proc) -> list[Evidence]:
+    ok_init = any(int(_d(e, "result", 1)) == 0 for e in p.cu_init)
+    ev = [_lev(e, f"CUDA context on device {_d(e, 'device')}") for e in p.ctx if int(_d(e, "result", 1)) == 0]
+    if ok_init or not p.cu_init:
+        ev += [_lev(e, f"CUDA device {_d(e, 'ordinal')} {_d(e, 'name') or ''}".rstrip()) for e in p.devices[:2]]
+    return ev
+
+
+def _shim_signal(f: Facts, p: Proc, settled: bool) -> Signal | None:
+    if p.hello is None and not (p.cu_init or p.devices or p.ctx or p.dlopen_ok or p.dlopen_failed or p.snapshot):
+        return None
+    launches = p.total("launches", "kernel", "kernel_ex", "cooperative", "graph")
+    held = p.total("mem", "alloc_bytes") - p.total("mem", "free_bytes")
+    strong: list[Evidence] = []
+    if launches and p.snapshot is not None:
+        strong.append(_lev(p.snapshot, f"{launches} kernel launches"))
+    if held > 0 and p.snapshot is not None:
+        strong.append(_lev(p.snapshot, f"{_mib(held)} of device memory allocated"))
+    if strong:
+        return Signal("shim", "gpu", "strong", tuple(strong))
+    initialised = _shim_initialised(p)
+    if initialised:
+        return Signal("shim", "gpu", "medium", tuple(initialised))
+    causes = _shim_causes(f, p)
+    if causes:
+        cause = min((c for c, _, _ in causes), key=_rank)
+        return Signal("shim", "cpu", "strong", tuple(_lev(e, says) for _, e, says in causes[:3]), cause)
+    if settled and p.hello is not None:
+        return Signal("shim", "cpu", "silence", (_lev(p.hello, "the shim saw no CUDA device, memory or kernel"),))
+    return None
+
+
+def _proc_signal(p: Proc, settled: bool) -> Signal | None:
+    if p.libs is None or p.libs_event is None:
+        return None
+    if "libcuda" in p.libs and p.libs & {"ggml_cuda", "cudart", "cublas"}:
+        return Signal("proc", "gpu", "weak", (_lev(p.libs_event, "libcuda and the CUDA backend are mapped"),))
+    if "libcuda" not in p.libs and "ggml_cpu" in p.libs:
+        return Signal("proc", "cpu", "medium", (_lev(p.libs_event, "backends loaded, libcuda never mapped"),))
+    if settled and "libcuda" not in p.libs:
+        return Signal("proc", "cpu", "silence", (_lev(p.libs_event, "libcuda is not mapped"),))
+    return None
+
+
+def _nvml_signal(f: Facts, p: Proc, settled: bool) -> Signal | None:
+    nvml = f.live.nvml
+    if nvml is None or nvml.kind != "gpus":
+        return None
+    if p.nvml_listed is not None:
+        return Signal("nvml", "gpu", "strong", (_lev(p.nvml_listed, f"NVML: pid {p.pid} holds "
+                                                                     f"{_mib(p.nvml_bytes)} of GPU memory"),))
+    if p.rise >= NVML_RISE_BYTES and p.rise_event is not None:
+        if p.rise_shared:
+            f.note(f"GPU memory rose by {_mib(p.rise)} while several runners were alive: not attributed")
+        else:
+            return Signal("nvml", "gpu", "strong", (_lev(p.rise_event, f"GPU memory rose by {_mib(p.rise)} while "
+                                                                        "it was the only runner"),))
+    late = p.nvml_last_seq > f.live.log_seq  # the latest sample came after the latest log line
+    if settled and late and p.nvml_last_listed is False:
+        return Signal("nvml", "cpu", "medium", (_lev(nvml, f"NVML lists no GPU memory for pid {p.pid}"),))
+    if settled and late and p.baseline is not None and not p.rise_shared and p.nvml_last_listed is None:
+        return Signal("nvml", "cpu", "silence", (_lev(nvml, f"GPU memory did not rise while pid {p.pid} ran"),))
+    return None
+
+
+def _runner_log(f: Facts, p: Proc) -> Runner | None:
+    """The log's lines about this runner: the log's latest runner, only what came after the process appeared."""
+    latest = f.runners[-1]
+    if latest is p.log_runner:
+        if len(latest.reports) <= p.log_reports and latest.ready is None:
+            return None
+        return replace(latest, reports=latest.reports[p.log_reports:])
+    return latest
+
+
+def _log_signal(f: Facts, r: Runner | None) -> Signal | None:
+    if r is None:
+        return None
+    for judge_ in (_report_placement, _device_placement):
+        place = judge_(f, r)
+        if place is None or place.where is None:
+            continue
+        strength = "strong" if place.level == "report" else "medium"
+        if place.where == "cpu":
+            causes = [p.cause for p in f.problems if p.stage == "runner" or not p.superseded]
+            return Signal("log", "cpu", strength, place.evidence, min(causes, key=_rank) if causes else None)
+        return Signal("log", place.where, strength, place.evidence)
+    return None
+
+
+def _gpu_seen(f: Facts) -> list[Evidence]:
+    """A usable GPU seen by NVML or the shim (DESIGN principle 2: the condition for `cpu_fallback`)."""
+    nvml = f.live.nvml
+    if nvml is not None and nvml.kind == "gpus" and _d(nvml, "gpus"):
+        return [_lev(nvml, f"NVML sees {len(_d(nvml, 'gpus'))} GPU(s)")]
+    for p in f.live.procs.values():
+        seen = _shim_initialised(p)
+        if seen:
+            return seen[:1]
+    return []
+
+
+def _no_nvidia_here(f: Facts) -> bool:
+    """The machine shows no NVIDIA GPU at all: no device node, no driver library anywhere, NVML unavailable (the
+    supervisor's `machine` event). Then a CPU run is what the machine can do, whatever the log's loader errors."""
+    m = f.live.machine
+    if m is None:
+        return False
+    nvml = f.live.nvml
+    return (not _d(m, "device_nodes") and not _d(m, "driver_dir") and not _d(m, "loader_path")
+            and not (nvml is not None and nvml.kind == "gpus" and _d(nvml, "gpus")))
+
+
+def _decide(f: Facts, subject: str, signals: list[Signal], base: Mapping[str, Any], stages: frozenset[str],
+            degraded: str | None = None) -> Verdict:
+    """Combine the signals: disagreement is said; `gpu` needs two sources; a fallback needs a GPU seen and an
+    explicit negative (silence alone never restarts a server)."""
+    pos = [s for s in signals if s.says in ("gpu", "partial")]
+    neg = [s for s in signals if s.says == "cpu"]
+    firm_pos = [s for s in pos if s.strength != "weak"]
+    said = tuple(f"{s.source}:{s.says}" + ("" if s.strength in ("strong", "medium") else f"({s.strength})")
+                 for s in signals)
+    ev = tuple(e for s in signals for e in s.evidence)
+    kw = {**base, "subject": subject, "signals": said, "tier": "live"}
+    if not signals:
+        f.note("no source has said anything about this yet")
+        return Verdict("unknown", "unknown", (), tuple(f.notes), tuple(f.findings), visible=False, **kw)
+    if firm_pos and neg:
+        lines = tuple(f"{s.source} says {s.says}: " + "; ".join(e.says for e in s.evidence[:2]) for s in pos + neg)
+        f.note("the sources disagree: " + " / ".join(lines))
+        firm_sources = {s.source for s in firm_pos}  # a weak signal (libraries mapped) never outvotes a source
+        if len(firm_sources) >= 2 and any(s.strength == "strong" for s in pos):
+            outcome = "partial_offload" if any(s.says == "partial" for s in pos) else "gpu"
+            cause = "insufficient_vram" if outcome == "partial_offload" else "none"
+            return Verdict(outcome, cause, ev, tuple(f.notes), tuple(f.findings), disagreement=lines, **kw)
+        return Verdict("unknown", "unknown", ev, tuple(f.notes), tuple(f.findings), disagreement=lines, **kw)
+    if any(s.says == "partial" for s in pos):
+        return Verdict("partial_offload", "insufficient_vram", ev, tuple(f.notes), tuple(f.findings), **kw)
+    if len({s.source for s in pos}) >= 2 and firm_pos:
+        return Verdict("gpu", degraded or "none", ev, tuple(f.notes), tuple(f.findings), **kw)
+    if pos and not neg:
+        f.note(f"only {pos[0].source} shows GPU use: a gpu verdict needs a second, independent signal")
+        return Verdict("unknown", "unknown", ev, tuple(f.notes), tuple(f.findings), **kw)
+    return _decide_cpu(f, neg, ev, kw, stages)
+
+
+def _rank(cause: str) -> int:
+    return CAUSE_PRIORITY.index(cause) if cause in CAUSE_PRIORITY else len(CAUSE_PRIORITY)
+
+
+def _decide_cpu(f: Facts, neg: list[Signal], ev: tuple[Evidence, ...], kw: Mapping[str, Any],
+                stages: frozenset[str]) -> Verdict:
+    explicit = [s for s in neg if s.strength != "silence"]
+    candidates = [s.cause for s in neg if s.cause]
+    candidates += [p.cause for p in f.problems if p.stage in stages and (not p.superseded or p.stage == "runner")]
+    cause = min(candidates, key=_rank) if candidates else "unknown"
+    seen = _gpu_seen(f)
+    if cause in EXPECTED_CPU_CAUSES and cause != "none":
+        return Verdict("cpu_expected", cause, ev, tuple(f.notes), tuple(f.findings), **kw)
+    if not seen:
+        if cause in ("none", "unknown") and explicit:
+            f.note("neither NVML nor the shim saw a usable GPU")
+            return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **kw)
+        if _no_nvidia_here(f):
+            f.note(f"no NVIDIA device node, driver library or NVML on this machine: {cause} only says that the "
+                   "GPU backend cannot run here")
+            return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **kw)
+        f.note(f"no usable GPU seen by NVML or the shim, so this is not called a fallback; if a GPU is there, "
+               f"the cause is {cause}")
+        return Verdict("unknown", cause, ev, tuple(f.notes), tuple(f.findings), **kw)
+    if not explicit:
+        f.note("no source shows GPU use, but none shows a failure either: not called a fallback")
+        return Verdict("unknown", cause if cause != "none" else "unknown", ev + tuple(seen), tuple(f.notes),
+                       tuple(f.findings), **kw)
+    return Verdict("cpu_fallback", cause, ev + tuple(seen), tuple(f.notes), tuple(f.findings), **kw)
+
+
+RUNNER_STAGES: Final = frozenset({"runner", "discovery", "config", "install"})
+DISCOVERY_STAGES: Final = frozenset({"discovery", "config", "install"})
+
+
+def _base(f: Facts) -> dict[str, Any]:
+    return {"generation": f.generation, "version": f.version}
+
+
+def _settled(p: Proc, log_signal: Signal | None, r: Runner | None) -> bool:
+    """The runner is past the point where GPU use shows: it ended, or the log reported its load."""
+    return p.ended is not None or log_signal is not None or (r is not None and r.ready is not None)
+
+
+def _latest_model(f: Facts) -> Proc | None:
+    models = [p for p in f.live.procs.values() if p.cls in MODEL_CLASSES]
+    return max(models, key=lambda p: p.seq) if models else None
+
+
+def runner_verdict(f: Facts, p: Proc) -> Verdict:
+    """One model runner: log (if it is the latest runner), shim, /proc and NVML signals combined."""
+    latest = _latest_model(f) is p
+    r = _runner_log(f, p) if latest else None
+    log_sig = _log_signal(f, r)
+    settled = _settled(p, log_sig, r)
+    signals = [s for s in (log_sig, _shim_signal(f, p, settled), _proc_signal(p, settled),
+                           _nvml_signal(f, p, settled)) if s is not None]
+    subject = f"runner {p.pid}"
+    if latest and f.runners[-1].failures and log_tier(f.snapshot()).outcome == "crash":
+        crash = log_tier(f.snapshot())
+        return replace(crash, tier="live", subject=subject, signals=tuple(f"{s.source}:{s.says}" for s in signals))
+    degraded = "vulkan_selected_over_cuda" if latest and _vulkan_over_cuda(f) else None
+    if not latest:
+        f.note("log lines carry no pid: they are attributed to the newest model runner only")
+    return _decide(f, subject, signals, _base(f), RUNNER_STAGES, degraded)
+
+
+def _log_discovery_signal(f: Facts) -> tuple[Signal | None, bool]:
+    """(what the log says of discovery, whether only Vulkan found a GPU)."""
+    if f.discovered:
+        libraries = {str(_d(e, "library", "")) for e in f.discovered}
+        vulkan_only = bool(libraries) and libraries <= {"vulkan"}
+        ev = tuple(_ev(e, f"Ollama discovered {_d(e, 'library') or 'a GPU'} {_d(e, 'name') or ''}".rstrip())
+                   for e in f.discovered[:3])
+        return Signal("log", "gpu", "medium", ev), vulkan_only
+    active = [p for p in f.problems if not p.superseded and p.stage in DISCOVERY_STAGES]
+    if f.no_gpu or active:
+        ev = tuple(_ev(e, "Ollama found no usable GPU") for e in f.no_gpu[:2])
+        ev += tuple(_ev(p.event, f"cause: {p.cause}") for p in active[:2])
+        cause = min((p.cause for p in active), key=_rank) if active else None
+        return Signal("log", "cpu", "strong", ev, cause), False
+    return None, False
+
+
+def _nvml_discovery_signal(f: Facts) -> Signal | None:
+    nvml = f.live.nvml
+    if nvml is None or nvml.kind != "gpus" or not _d(nvml, "gpus"):
+        return None
+    gpus = [g for g in _d(nvml, "gpus") if isinstance(g, Mapping)]
+    names = {str(g.get(k)) for g in gpus for k in ("uuid", "name") if g.get(k)}
+    buses = {str(g.get("pci_bus_id", "")).lower()[-12:] for g in gpus if g.get("pci_bus_id")}
+    for e in f.discovered:
+        if str(_d(e, "id", "")) in names or str(_d(e, "name", "")) in names or \
+                (_d(e, "pci_id") and str(_d(e, "pci_id")).lower()[-12:] in buses):
+            return Signal("nvml", "gpu", "medium", (_lev(nvml, f"NVML sees the same GPU ({_d(e, 'name')})"),))
+    return Signal("nvml", "gpu", "weak", (_lev(nvml, f"NVML sees {len(gpus)} GPU(s)"),))
+
+
+def discovery_verdict(f: Facts) -> Verdict:
+    """The server's GPU discovery: the log's `inference compute`, CUDA in the discovery processes (the server itself
+    in generations A/B), their libraries, and NVML's GPUs."""
+    log_sig, vulkan_only = _log_discovery_signal(f)
+    procs = [p for p in f.live.procs.values() if p.cls in DISCOVERY_CLASSES]
+    shim = [s for s in (_shim_signal(f, p, settled=False) for p in procs) if s is not None]
+    shim_pos = [s for s in shim if s.says == "gpu"]
+    shim_sig = shim_pos[0] if shim_pos else (min(shim, key=lambda s: _rank(s.cause or "unknown")) if shim else None)
+    libs = [s for s in (_proc_signal(p, settled=False) for p in procs) if s is not None and s.says == "gpu"]
+    signals = [s for s in (log_sig, shim_sig, libs[0] if libs else None, _nvml_discovery_signal(f)) if s is not None]
+    degraded = "vulkan_selected_over_cuda" if _vulkan_over_cuda(f) else None
+    if vulkan_only and _gpu_seen(f):
+        cuda_failures = [s.cause for s in shim if s.says == "cpu" and s.cause]
+        cuda_failures += [p.cause for p in f.problems if p.stage in DISCOVERY_STAGES]
+        degraded = min(cuda_failures, key=_rank) if cuda_failures else "unknown"
+        f.note("the NVIDIA GPU is used through Vulkan because CUDA did not discover it")
+        signals = [s for s in signals if not (s.source == "shim" and s.says == "cpu")]
+    return _decide(f, "discovery", signals, _base(f), DISCOVERY_STAGES, degraded)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVerdicts:
+    """The live tier's answer: the server's discovery and each model runner, keyed by (pid, start time)."""
+
+    discovery: Verdict
+    runners: Mapping[tuple[int, int | None], Verdict]
+    cuda_discovered: bool = False  # CUDA itself found a GPU (log or shim): for RemedyContext.cuda_discovered
+
+    def latest(self) -> Verdict:
+        """The newest model runner's verdict, or discovery's when no model runner was seen."""
+        return list(self.runners.values())[-1] if self.runners else self.discovery
+
+
+def _after_discovery(runner: Verdict, discovery: Verdict) -> Verdict:
+    """A runner on the CPU with no cause of its own ran there because discovery found no usable GPU: it carries
+    discovery's outcome and cause (the fix is the same), not a reassuring `cpu_expected`."""
+    inherits = discovery.cause not in ("none", "unknown") and discovery.outcome in ("unknown", "cpu_fallback")
+    own = runner.cause not in ("none", "unknown")
+    if not inherits or own or runner.outcome not in ("cpu_expected", "unknown"):
+        return runner
+    note = f"the runner had no GPU to use: discovery found {discovery.outcome} ({discovery.cause})"
+    return replace(runner, outcome=discovery.outcome, cause=discovery.cause, notes=(*runner.notes, note))
+
+
+def live_verdicts(f: Facts) -> LiveVerdicts:
+    """Verdicts for discovery and every model runner (each on its own copy of the facts' notes)."""
+    discovery = discovery_verdict(f.snapshot())
+    runners = {}
+    for p in sorted((p for p in f.live.procs.values() if p.cls in MODEL_CLASSES), key=lambda p: p.seq):
+        runners[p.key] = _after_discovery(runner_verdict(f.snapshot(), p), discovery)
+    return LiveVerdicts(discovery, runners, cuda_discovered(f))
+
+
+def cuda_discovered(f: Facts) -> bool:
+    """CUDA found a GPU: a CUDA `inference compute`/device line in the log, or a device the shim saw initialised."""
+    return any(_d(e, "library") == "cuda" for e in f.discovered) or \
+        any(_shim_initialised(p) for p in f.live.procs.values())
+
+
+def _has_live(f: Facts) -> bool:
+    return bool(f.sources & {"shim", "proc", "nvml"})
+
+
+def live_tier(f: Facts) -> Verdict:
+    """The single verdict `explain` and `judge` return when live sources are present: the newest runner's."""
+    return live_verdicts(f).latest()
+
+
+# Tiers, most demanding first: a tier decides when the sources it needs are present. With shim, /proc or NVML events
+# the live tier decides (`serve`, replays of its recordings); `explain` has only logs, so the log tier decides.
 Tier = tuple[str, Callable[[Facts], bool], Callable[[Facts], Verdict]]
-TIERS: Final[tuple[Tier, ...]] = (("log", lambda f: True, log_tier),)
+TIERS: Final[tuple[Tier, ...]] = (("live", _has_live, live_tier), ("log", lambda f: True, log_tier))
 
 
 class Board:
@@ -667,9 +1326,21 @@ class Board:
     def __init__(self) -> None:
         self.facts = Facts()
         self.ignored = 0
+        self.starts = 0
 
     def add(self, event: Event) -> None:
-        """Take one event; kinds no handler knows are counted, never an error."""
+        """Take one event; kinds no handler knows are counted, never an error. Each `ollama_started` after the first
+        begins a fresh set of facts: verdicts are about the Ollama that runs now (a restart re-verifies)."""
+        if event.source == "supervisor" and event.kind == "ollama_started":
+            self.starts += 1
+            if self.starts > 1:  # machine facts outlive a restart of Ollama
+                machine, nvml = self.facts.live.machine, self.facts.live.nvml
+                self.facts = Facts()
+                self.facts.live.machine, self.facts.live.nvml = machine, nvml
+        live = self.facts.live
+        live.seq += 1
+        if event.source == "log":
+            live.log_seq = live.seq
         self.facts.sources.add(event.source)
         handler = HANDLERS.get((event.source, event.kind))
         if handler is None:
@@ -683,6 +1354,10 @@ class Board:
             if applies(self.facts):
                 return decide(self.facts.snapshot())
         return Verdict("unknown", "unknown", visible=False)
+
+    def live(self) -> LiveVerdicts:
+        """Discovery's verdict and each model runner's, by (pid, start time) in start order (for `serve`/`status`)."""
+        return live_verdicts(self.facts)
 
 
 def judge(events: Iterable[Event]) -> Verdict:

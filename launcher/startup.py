@@ -12,7 +12,10 @@ from launcher import shim_build
 from launcher.children import ChildRegistry, SpawnError
 from launcher.config import Mode, Settings
 from launcher.driverlib import DriverFinding, find_driver, ld_cache
-from launcher.environment import EnvPlan, plan_environment
+from launcher.environment import EnvPlan, plan_environment, with_advice, with_patch
+from launcher.policy import Action, decide_proactive
+from launcher.remedies import RemedyContext, proactive
+from launcher.restarts import RemedyBudget
 
 
 def registry_runner(registry: ChildRegistry) -> shim_build.Runner:
@@ -83,6 +86,16 @@ def prepare(
     shim_path = resolved.path if resolved is not None and resolved.ok else None
     plan = plan_environment(
         env, settings, ollama=resolve_ollama(settings.ollama, env), serve_args=serve_args, shim=shim_path,
-        events_socket=settings.dirs.events_socket if shim_path is not None else None, driver=driver,
+        events_socket=settings.dirs.events_socket if shim_path is not None else None,
     )
+    ctx = RemedyContext(env=plan.env, may_override=settings.may_override, driver=driver)
+    budget = RemedyBudget(settings.dirs.state_file, settings.remedy_max)  # proactive patches are not counted
+    for decision in decide_proactive(proactive(ctx), settings.mode, None, budget):
+        plan_ = decision.plan
+        if plan_ is None:
+            continue
+        if decision.action is Action.APPLY_NOW and plan_.patch is not None:
+            plan = with_patch(plan, plan_.patch, f"{plan_.cause}: {plan_.advice}")
+        elif decision.action is Action.ADVISE:
+            plan = with_advice(plan, f"{plan_.cause}: {', '.join(plan_.changes) or plan_.instruction}")
     return Prepared(plan=plan, shim=resolved, shim_problem=problem, driver=driver)

@@ -29,6 +29,7 @@ from launcher.proctree import TreeWatcher
 from launcher.readiness import probe_version
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
+from launcher.vocabulary import INTENT_VARS
 
 SCAN_INTERVAL = 0.2
 READ_SIZE = 1 << 20
@@ -72,6 +73,10 @@ class Supervisor:
     make_watcher: Callable[[int], TreeWatcher] | None = None
     reload: Callable[[], EnvPlan | None] | None = None  # SIGHUP: a new plan, or None to keep the old one
     give_up_code: int = Exit.CRASH_LOOP
+    # READY waits for this too once /api/version answers: True go, False wait (e.g. GPU discovery still running).
+    ready_gate: Callable[[float], bool] | None = None  # called with the seconds since the API first answered
+    tick: Callable[[Supervisor], None] | None = None  # runs in the loop's thread each turn (decisions, remedies)
+    status_server: Any = None  # launcher.status.StatusServer (fileno(), handle())
 
     state: State = State.STARTING
     ollama: Child | None = None
@@ -93,6 +98,9 @@ class Supervisor:
     _pending_restart: str | None = None  # reason, applied when no model runner is alive
     _sink_broken: bool = False
     _killed_after_grace: bool = False
+    _answered_at: float | None = None  # when /api/version first answered in this start
+    _fail_code: int | None = None
+    version: str = ""
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -107,6 +115,8 @@ class Supervisor:
             self._parser_thread.start()
         if self.event_server is not None:
             self._sel.register(self.event_server.fileno(), selectors.EVENT_READ, "shim")
+        if self.status_server is not None:
+            self._sel.register(self.status_server.fileno(), selectors.EVENT_READ, "status")
         try:
             if not self._start():
                 return self._finish()
@@ -155,8 +165,9 @@ class Supervisor:
         self._set_state(State.STARTING, pid=self.ollama.pid)
         self.log.info("ollama_started", pid=self.ollama.pid, argv=list(self.plan.argv), restarts=self.restarts,
                       shim=str(self.plan.shim) if self.plan.shim else None)
+        intent = {key: self.plan.env.get(key) for key in INTENT_VARS}  # the operator's choices, None = unset
         self._emit(Event("supervisor", "ollama_started", now(), self.ollama.pid,
-                         {"argv": list(self.plan.argv), "restarts": self.restarts}))
+                         {"argv": list(self.plan.argv), "restarts": self.restarts, "env": intent}))
         self._watcher = self.make_watcher(os.getpid()) if self.make_watcher else None
         self._ready_flag.clear()
         threading.Thread(target=self._probe_ready, args=(self.ollama,), name="ollama-gpu-ready", daemon=True).start()
@@ -180,6 +191,8 @@ class Supervisor:
     def _next_timeout(self) -> float:
         t = time.monotonic()
         candidates = [1.0]
+        if self._answered_at is not None and self.state is State.STARTING:
+            candidates.append(0.05)  # waiting on the ready gate
         if self._watcher is not None and self.state in (State.STARTING, State.RUNNING):
             candidates.append(self._next_scan - t)
         if self._restart_at is not None:
@@ -196,6 +209,8 @@ class Supervisor:
                 self._pump(key.fd)
             elif key.data == "shim":
                 self._shim_events()
+            elif key.data == "status":
+                self.status_server.handle()
         self._handle_signals()
         for child in self.registry.reap():
             if child is self.ollama:
@@ -203,6 +218,10 @@ class Supervisor:
         t = time.monotonic()
         if self._ready_flag.is_set() and self.state is State.STARTING:
             self._ready_flag.clear()
+            self._answered_at = t
+            self.version = getattr(self, "_ready_version", "")
+            self.log.info("api_answering", pid=self.ollama.pid if self.ollama else None, ollama_version=self.version)
+        if self._answered_at is not None and self.state is State.STARTING and self._gate_open(t):
             self._became_ready()
         if self._watcher is not None and t >= self._next_scan and self.state in (State.STARTING, State.RUNNING):
             self._next_scan = t + SCAN_INTERVAL
@@ -217,10 +236,26 @@ class Supervisor:
             self._stop_deadline = t + 5.0  # reap deadline after KILL
             if self.ollama is None or self.ollama.done.is_set():
                 self._set_state(State.STOPPED)
+        if self.tick is not None and not self._sink_broken and self.state in (State.STARTING, State.RUNNING):
+            try:
+                self.tick(self)
+            except Exception as exc:  # our bug: drop to observe, Ollama keeps running
+                self._internal_error("policy", exc)
+
+    def _gate_open(self, t: float) -> bool:
+        assert self._answered_at is not None
+        if self.ready_gate is None:
+            return True
+        try:
+            return bool(self.ready_gate(t - self._answered_at))
+        except Exception as exc:  # our bug: never hold READY back for it
+            self._internal_error("ready_gate", exc)
+            return True
 
     def _became_ready(self) -> None:
         assert self.ollama is not None
-        version = getattr(self, "_ready_version", "")
+        self._answered_at = None
+        version = self.version
         self._set_state(State.RUNNING, version=version)
         self.log.info("ready", pid=self.ollama.pid, url=self.host.url("/api/version"), ollama_version=version)
         self._emit(Event("supervisor", "ready", now(), self.ollama.pid, {"version": version}))
@@ -378,6 +413,21 @@ class Supervisor:
 
     # --- restarts and stops ------------------------------------------------------------------------------------
 
+    def restart_with(self, plan: EnvPlan, reason: str, *, immediately: bool) -> None:
+        """Adopt `plan` and restart: now (discovery-time, before READY) or once no model runner is alive."""
+        self.plan = plan
+        if immediately:
+            if self.state in (State.STARTING, State.RUNNING):
+                self._restart_now(reason)
+            return
+        self.request_restart(reason)
+
+    def model_runner_alive(self) -> bool:
+        """A model is loaded (a model runner process is alive): restarting now would cut a request."""
+        if self._watcher is not None:
+            self._scan_tree()
+        return self._model_runner_alive()
+
     def request_restart(self, reason: str) -> None:
         """Restart Ollama with the current plan as soon as no model runner is alive (never mid-request)."""
         if self.state not in (State.STARTING, State.RUNNING):
@@ -407,12 +457,19 @@ class Supervisor:
         self._drain_pipes(time.monotonic() + 0.5)
         self._emit(Event("supervisor", "restarted", now(), self.ollama.pid, {"reason": reason}))
         self.restarts += 1
+        self._answered_at = None
+        self._set_state(State.STARTING, reason=reason)
         self._start()
 
     def _forward_available(self) -> None:
         for key, _mask in self._sel.select(0):
             if key.data == "pipe":
                 self._pump(key.fd)
+
+    def fail(self, code: int) -> None:
+        """Stop Ollama and exit with `code` (e.g. 4: OGPU_REQUIRE_GPU and no usable GPU)."""
+        self._fail_code = code
+        self.stop(signal.SIGTERM)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Begin a stop: the signal to Ollama, KILL of its group after the grace period."""
@@ -422,7 +479,7 @@ class Supervisor:
         self.notifier.stopping()
         self.log.info("stopping", signal=signal.Signals(signum).name, grace_s=self.stop_grace)
         if self.state is State.BACKOFF or self.ollama is None or self.ollama.done.is_set():
-            self.exit_status = Exit.OK
+            self.exit_status = self._fail_code if self._fail_code is not None else Exit.OK
             self._set_state(State.STOPPED, reason="stopped while Ollama was down")
             return
         self._set_state(State.STOPPING, signal=signum)
@@ -460,6 +517,8 @@ class Supervisor:
         self._reap_leftovers(time.monotonic() + 2.0)
         if self.state is State.STOPPING:
             self.exit_status = Exit.OK if code == 0 else code
+            if self._fail_code is not None:
+                self.exit_status = self._fail_code
             self.log.info("stopped", ollama_exit=code, killed_after_grace=self._killed_after_grace)
             self._set_state(State.STOPPED, ollama_exit=code)
             return

@@ -34,6 +34,14 @@ CAUSES: Final = (
     "unknown",
 )
 
+# Variables that select devices: a filter that names none hides every GPU.
+FILTER_VARS: Final = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+# The operator's intent (DESIGN contract 3): device selection or forced CPU, never changed unless listed in
+# OGPU_MAY_OVERRIDE. The supervisor reports their values at each start so the board tells them from Ollama's own.
+INTENT_VARS: Final = (*FILTER_VARS, "OLLAMA_LLM_LIBRARY", "OLLAMA_VULKAN", "GGML_VK_VISIBLE_DEVICES")
+# A scheduler assigned the GPUs: its filters are never widened.
+SCHEDULER_VARS: Final = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "NVIDIA_VISIBLE_DEVICES")
+
 # Audit findings are not causes of a CPU fallback (DESIGN.md, cause vocabulary).
 FINDINGS: Final = ("runner_env_missing",)
 

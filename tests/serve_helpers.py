@@ -160,3 +160,25 @@ def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: f
 def marker(path: Path) -> Callable[[], bool]:
     """A condition: the file exists and is non-empty."""
     return lambda: path.exists() and path.stat().st_size > 0
+
+
+def command_for_nobody() -> list[str]:
+    """`ollama-gpu` as uid 65534 may run it: the venv's interpreter may live under root's 0700 home, so the system's
+    python of the same minor version (same ABI) runs with the venv's site-packages added as a site directory."""
+    import sysconfig
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}", sys.executable):
+        real = Path(candidate).resolve()
+        if real.exists() and all(p.stat().st_mode & 0o005 == 0o005 for p in real.parents if p != Path("/")):
+            boot = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+                    "runpy.run_module('launcher.cli', run_name='__main__')")
+            return [candidate, "-c", boot, sysconfig.get_paths()["purelib"]]
+    raise AssertionError(f"no python{version} that an unprivileged user can run: install Debian's python{version}")
+
+
+def as_nobody() -> None:
+    """preexec_fn: drop to uid/gid 65534 with no supplementary groups."""
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import structlog
 
+from launcher.children import ChildRegistry
 from launcher.config import Settings, load_settings
 from launcher.driverlib import find_driver, parse_ld_cache
-from launcher.environment import plan_environment, split_preload, with_preload
+from launcher.environment import plan_environment, split_preload, with_patch, with_preload
+from launcher.startup import prepare
+
+
+@pytest.fixture(scope="module")
+def shim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shim build for the module."""
+    return tmp_path_factory.mktemp("cache")
 
 
 def settings(tmp_path: Path, **env: str) -> Settings:
@@ -66,20 +76,45 @@ class TestPlan:
         assert plan.env["OLLAMA_GPU_OVERHEAD"] == "1024"
         assert plan.env["OLLAMA_KEEP_ALIVE"] == "5m"
 
-    @pytest.mark.parametrize(("mode", "applied"), [("auto", True), ("advise", False), ("observe", False)])
-    def test_driver_directory_remedy_only_in_auto(self, tmp_path: Path, mode: str, applied: bool) -> None:
-        """A driver the loader cannot see is added to LD_LIBRARY_PATH in auto, only advised otherwise."""
-        lib(tmp_path, "/usr/local/nvidia/lib64")
-        driver = find_driver({"LD_LIBRARY_PATH": "/opt/x"}, root=tmp_path)
-        assert driver.needs_dir
-        plan = plan_environment({"LD_LIBRARY_PATH": "/opt/x"}, settings(tmp_path, OGPU_MODE=mode), ollama="ollama",
-                                driver=driver)
+    def test_with_patch_records_each_change(self, tmp_path: Path) -> None:
+        """A remedy patch sets and unsets variables and says why for each."""
+        plan = plan_environment({"CUDA_VISIBLE_DEVICES": "-1", "A": "1"}, settings(tmp_path), ollama="ollama")
+        patched = with_patch(plan, {"CUDA_VISIBLE_DEVICES": None, "OLLAMA_VULKAN": "0"}, "because")
+        assert "CUDA_VISIBLE_DEVICES" not in patched.env and patched.env["OLLAMA_VULKAN"] == "0"
+        assert patched.env["A"] == "1"
+        assert [(c.key, c.action, c.reason) for c in patched.changes[-2:]] == [
+            ("CUDA_VISIBLE_DEVICES", "removed", "because"), ("OLLAMA_VULKAN", "set", "because")]
+
+
+class TestProactiveRemedy:
+    @pytest.mark.parametrize(("mode", "applied", "advised"),
+                             [("auto", True, False), ("advise", False, True), ("observe", False, False)])
+    def test_driver_directory_only_in_auto(self, tmp_path: Path, shim_cache: Path, mode: str, applied: bool,
+                                           advised: bool) -> None:
+        """A driver the loader cannot see is added to LD_LIBRARY_PATH before Ollama starts in auto, only advised in
+        advise, left alone in observe."""
+        root = tmp_path / "root"
+        lib(root, "/usr/local/nvidia/lib64")
+        s = settings(tmp_path, OGPU_MODE=mode, CACHE_DIRECTORY=str(shim_cache))
+        prepared = prepare(s, {"LD_LIBRARY_PATH": "/opt/x", "PATH": os.environ["PATH"]}, ChildRegistry(),
+                           structlog.get_logger(), root=root)
+        assert prepared.driver.needs_dir
         if applied:
-            assert plan.env["LD_LIBRARY_PATH"] == "/opt/x:/usr/local/nvidia/lib64"
-            assert not plan.advice
+            assert prepared.plan.env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64:/opt/x"
         else:
-            assert plan.env["LD_LIBRARY_PATH"] == "/opt/x"
-            assert "/usr/local/nvidia/lib64" in plan.advice[0]
+            assert prepared.plan.env["LD_LIBRARY_PATH"] == "/opt/x"
+        assert bool([a for a in prepared.plan.advice if "libcuda_not_found" in a]) is advised
+
+    def test_stub_directory_dropped(self, tmp_path: Path, shim_cache: Path) -> None:
+        """A toolkit stubs directory first on LD_LIBRARY_PATH is removed before start."""
+        root = tmp_path / "root"
+        lib(root, "/usr/local/cuda/lib64/stubs")
+        lib(root, "/usr/lib/x86_64-linux-gnu")
+        s = settings(tmp_path, CACHE_DIRECTORY=str(shim_cache))
+        prepared = prepare(s, {"LD_LIBRARY_PATH": "/usr/local/cuda/lib64/stubs:/opt/y", "PATH": os.environ["PATH"]},
+                           ChildRegistry(), structlog.get_logger(), root=root)
+        assert prepared.driver.stub_first
+        assert "stubs" not in prepared.plan.env["LD_LIBRARY_PATH"]
 
 
 class TestDriverScan:

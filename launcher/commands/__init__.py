@@ -11,4 +11,4 @@ from __future__ import annotations
 from typing import Final
 
 # Order is the order of `ollama-gpu --help`.
-COMMANDS: Final[tuple[str, ...]] = ("serve", "env", "config", "shim", "explain")
+COMMANDS: Final[tuple[str, ...]] = ("serve", "status", "doctor", "explain", "env", "config", "shim", "systemd")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pwd
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,15 +17,20 @@ from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
 from launcher.config import Mode
+from launcher.controller import Controller
+from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
+from launcher.nvml import NvmlSampler
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, ensure_dirs
 from launcher.proctree import TreeWatcher
-from launcher.restarts import CrashBudget
+from launcher.remedies import RemedyContext
+from launcher.restarts import CrashBudget, RemedyBudget
 from launcher.sdnotify import Notifier
 from launcher.startup import prepare
+from launcher.status import StatusServer
 from launcher.supervisor import Supervisor, exec_off
 
 HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
@@ -35,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 class Recorder:
-    """The event sink of this first version: JSON lines to OGPU_RECORD (the board plugs in here)."""
+    """Every event as JSON lines to OGPU_RECORD (for replay and bug reports); nothing when unset."""
 
     def __init__(self, path: Path | None) -> None:
         self._out: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8") if path else None  # noqa: SIM115
@@ -51,7 +58,7 @@ class Recorder:
             self._out.close()
 
 
-def _line_consumer(sink: Recorder) -> Callable[[Line], None]:
+def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
     """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started."""
     state: dict[str, Any] = {}
 
@@ -67,6 +74,35 @@ def _line_consumer(sink: Recorder) -> Callable[[Line], None]:
             sink(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
 
     return on_line
+
+
+def _user() -> str:
+    """The user we run as (the service user whose device permissions matter)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def machine_event(driver: DriverFinding, dev: Path = Path("/dev")) -> Event:
+    """What the machine shows of an NVIDIA GPU before Ollama starts: device nodes and the driver library."""
+    try:
+        nodes = sorted(p.name for p in dev.iterdir() if p.name.startswith("nvidia") or p.name == "dxg")
+    except OSError:
+        nodes = []
+    return Event("supervisor", "machine", now(), None, {
+        "device_nodes": nodes, "driver_dir": str(driver.real_dir) if driver.real_dir else None,
+        "loader_path": str(driver.loader_path) if driver.loader_path and not driver.stub_first else None})
+
+
+def ollama_library_dirs(ollama: str) -> tuple[str, ...] | None:
+    """The entries of Ollama's `lib/ollama` (cuda_v12, cuda_v13, vulkan, ...) beside its binary; None if unknown."""
+    exe = shutil.which(ollama) or ollama
+    libdir = Path(os.path.realpath(exe)).parent.parent / "lib" / "ollama"
+    try:
+        return tuple(sorted(p.name for p in libdir.iterdir() if p.is_dir()))
+    except OSError:
+        return None
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -111,9 +147,32 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
 
     recorder = Recorder(settings.record)
-    on_line = _line_consumer(recorder)
+    nvml = NvmlSampler()
+    nvml_events = nvml.start()
+    driver_version = nvml.state.driver_version if nvml.state is not None else None
+    budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
+    if budget.load_error:
+        log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
+                    action="starting with a fresh remedy budget")
+    library_dirs = ollama_library_dirs(prepared.plan.argv[0])
 
+    def remedy_context(env: Mapping[str, str], generation: str | None, cuda: bool) -> RemedyContext:
+        return RemedyContext(env=env, may_override=settings.may_override, driver=prepared.driver,
+                             generation=generation, driver_version=driver_version, library_dirs=library_dirs,
+                             tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=_user())
 
+    exported = None
+    if settings.metrics_addr is not None:
+        from launcher import metrics  # prometheus_client is imported only when metrics are on
+
+        exported = metrics.start(settings.metrics_addr, log)  # None (one warning) if it cannot bind
+    record = recorder if exported is None else metrics.tee(recorder, exported[0].observe)
+    controller = Controller(settings=settings, budget=budget, log=log, record=record,
+                            remedy_context=remedy_context, nvml=nvml)
+    for event in nvml_events:
+        controller.sink(event)
+    controller.sink(machine_event(prepared.driver))
+    on_line = _line_consumer(controller.sink)
     shim_path = prepared.plan.shim
 
     def reload() -> EnvPlan | None:
@@ -129,14 +188,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         plan=prepared.plan, host=settings.host, registry=registry, log=log, out=out, err=err, notifier=notifier,
         crash_budget=CrashBudget(settings.restart_max, settings.restart_window, settings.restart_backoff,
                                  settings.restart_backoff_max),
-        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=recorder, line_sink=on_line,
-        event_server=server,
+        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=controller.sink,
+        line_sink=on_line, event_server=server,
         make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
-        reload=reload,
+        reload=reload, ready_gate=controller.ready_gate, tick=controller.tick,
     )
+    status_server = None
+    try:
+        status_server = StatusServer(settings.dirs.status_socket, lambda: controller.status(supervisor)).start()
+        supervisor.status_server = status_server
+    except OSError as exc:
+        log.warning("status_socket_unavailable", path=str(settings.dirs.status_socket), error=str(exc))
     try:
         return supervisor.run()
     finally:
+        if status_server is not None:
+            status_server.close()
+        if exported is not None:
+            exported[1].close()
+        nvml.close()
         if server is not None:
             log.debug("shim_events_stats", **server.stats().to_dict())
             server.close()

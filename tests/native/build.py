@@ -35,6 +35,7 @@ class NativeBuild:
     shim: Path  # libollama_gpu_shim.so
     mock_dir: Path  # holds libcuda.so.1
     mock_novareserve_dir: Path  # libcuda.so.1 without cuMemAddressReserve
+    mock_stub_dir: Path  # .../stubs/libcuda.so.1 that is always a stub (error 34), like the CUDA toolkit's
     ggml_cuda: Path  # libggml-cuda.so (DT_NEEDED libcuda.so.1)
     probe: Path
     probe_direct: Path  # linked against libcuda.so.1
@@ -83,6 +84,7 @@ def layout(root: Path) -> NativeBuild:
         shim=root / "shim" / "libollama_gpu_shim.so",
         mock_dir=root / "mock",
         mock_novareserve_dir=root / "mock-novareserve",
+        mock_stub_dir=root / "mock-stub" / "stubs",
         ggml_cuda=root / "ggml" / "libggml-cuda.so",
         probe=root / "probe",
         probe_direct=root / "probe_direct",
@@ -114,11 +116,13 @@ def _build_all(b: NativeBuild) -> None:
     cc = shlex.split(_cc())
     src = HERE
     lib = [*cc, *CFLAGS, "-shared", "-fPIC"]
-    for d in (b.mock_dir, b.mock_novareserve_dir, b.ggml_cuda.parent, b.libcaller.parent / "deps"):
+    for d in (b.mock_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent, b.libcaller.parent / "deps"):
         d.mkdir(parents=True, exist_ok=True)
     soname = "-Wl,-soname,libcuda.so.1"
     _run([*lib, soname, "-o", str(b.mock_dir / "libcuda.so.1"), str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_NO_VA_RESERVE", "-o", str(b.mock_novareserve_dir / "libcuda.so.1"),
+          str(src / "mockcuda.c"), "-lpthread"], src)
+    _run([*lib, soname, "-DMOCKCUDA_ALWAYS_STUB", "-o", str(b.mock_stub_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
     cuda = ["-L", str(b.mock_dir), "-l:libcuda.so.1"]
     _run([*lib, "-o", str(b.ggml_cuda), str(src / "mockggml_cuda.c"), *cuda, "-ldl"], src)

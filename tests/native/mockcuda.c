@@ -11,7 +11,8 @@
  *   MOCKCUDA_DRIVER_VERSION what cuDriverGetVersion reports (default 13000).
  *   MOCKCUDA_INIT_ERROR     cuInit returns this CUresult (e.g. 999, 100, 803) and the driver stays uninitialised.
  *   MOCKCUDA_STUB=1         behave like the toolkit's stubs/libcuda.so: every call returns 34
- *                           (CUDA_ERROR_STUB_LIBRARY).
+ *                           (CUDA_ERROR_STUB_LIBRARY). Built with -DMOCKCUDA_ALWAYS_STUB the library is a stub
+ *                           whatever the environment (tests put it in a `stubs/` directory, first on the path).
  *   MOCKCUDA_FAIL           "fn=code[,fn=code]": these exported functions return `code` (after cuInit), e.g.
  *                           "cuLaunchKernel=700" or "cuLibraryGetKernel=209".
  *   CUDA_VISIBLE_DEVICES    as the real driver: a comma list of indices or UUIDs (GPU-/MIG- prefix, a unique
@@ -69,6 +70,9 @@ static int nfails;
 
 static int stub_mode(void)
 {
+#ifdef MOCKCUDA_ALWAYS_STUB /* the toolkit's stubs/libcuda.so itself, as a file: no environment needed */
+    return 1;
+#endif
     const char *s = getenv("MOCKCUDA_STUB");
     return s && strcmp(s, "1") == 0;
 }

@@ -216,7 +216,9 @@ def _triple(sim: Sim, gpudir: str, extra: dict[str, str]) -> tuple[list[Gpu], st
         if not m:
             continue
         idx = int(m[1])
-        cc = ccs.get(idx, (0, 0))
+        if idx not in ccs:  # CUDA did not initialise in the probe (e.g. driver too old): real Ollama says why only
+            continue        # at TRACE; the dir simply reports no CUDA device
+        cc = ccs[idx]
         if archs and cc[0] * 100 + cc[1] * 10 not in archs:
             sim.line("skip_arch", device=f"CUDA{idx}", cc=cc[0] * 100 + cc[1] * 10,
                      archs="[" + " ".join(str(a) for a in sorted(archs)) + "]", libDirs=_libdirs_attr(sim, gpudir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import sys
 import threading
@@ -14,12 +15,14 @@ from tests.ollama_sim.layout import Layout
 
 
 def generation() -> Generation:
-    """OLLAMA_SIM_GENERATION (B, C or D; default D): which Ollama this install pretends to be."""
+    """OLLAMA_SIM_GENERATION (B, C or D; default D): which Ollama this install pretends to be. OLLAMA_SIM_VERSION
+    makes it print another version (e.g. one newer than any known generation) with the same behaviour."""
     name = os.environ.get("OLLAMA_SIM_GENERATION", "D").strip().upper() or "D"
     if name not in GENERATIONS:
         sys.stderr.write(f"ollama-sim: OLLAMA_SIM_GENERATION={name!r} is not one of {sorted(GENERATIONS)}\n")
         raise SystemExit(2)
-    return GENERATIONS[name]
+    version = os.environ.get("OLLAMA_SIM_VERSION", "").strip()
+    return dataclasses.replace(GENERATIONS[name], version=version) if version else GENERATIONS[name]
 
 
 def set_comm(name: str) -> None:

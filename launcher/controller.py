@@ -1,0 +1,225 @@
+"""The loop closer of `serve`: every event to the board, verdicts to the policy, decisions to the supervisor.
+
+Events arrive from two threads (the loop: shim, /proc, supervisor; the parser thread: log lines), so the board is
+fed under a lock; verdicts are judged and acted on only in the loop's thread (`tick`), where restarts are safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.config import Mode, Settings
+from launcher.environment import with_patch
+from launcher.events import Event, now
+from launcher.evidence import Board, LiveVerdicts, Verdict
+from launcher.policy import Action, Decision, Situation, decide
+from launcher.remedies import RemedyContext
+from launcher.restarts import RemedyBudget
+from launcher.supervisor import State, Supervisor
+
+NVML_INTERVAL = 1.0
+JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
+DISCOVERY_GRACE = 30.0  # READY waits at most this long after /api/version for the discovery verdict
+UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown generation: observe, do not wait)
+GENERATIONS_WITH_START_DISCOVERY = frozenset({"A", "B", "C", "D"})
+
+
+def _key(verdict: Verdict) -> tuple[str, str]:
+    return verdict.outcome, verdict.cause
+
+
+@dataclass
+class Controller:
+    """Feeds the board and turns verdict changes into decisions for the supervisor."""
+
+    settings: Settings
+    budget: RemedyBudget
+    log: Any
+    record: Callable[[Event], None] = lambda _e: None
+    remedy_context: Callable[[Mapping[str, str], str | None, bool], RemedyContext] | None = None
+    board: Board = field(default_factory=Board)
+    verdicts: LiveVerdicts | None = None
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    advised: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    failed_require_gpu: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _dirty: bool = False
+    _last_judged: float = 0.0
+    _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    _wake: Callable[[], None] | None = None
+    nvml: Any = None  # launcher.nvml.NvmlSampler, sampled from the loop every NVML_INTERVAL
+    _last_sample: float = 0.0
+
+    # --- events (any thread) --------------------------------------------------------------------------------
+
+    def sink(self, event: Event) -> None:
+        """Take one event from any source."""
+        with self._lock:
+            self.board.add(event)
+            if event.source == "supervisor" and event.kind == "ollama_started":
+                self._seen.clear()
+                self._decided.clear()
+            self._dirty = True
+        self.record(event)
+
+    # --- the loop's thread ------------------------------------------------------------------------------------
+
+    def tick(self, sup: Supervisor) -> None:
+        """Judge (at most every JUDGE_INTERVAL while events arrive) and act on what changed."""
+        t = time.monotonic()
+        if self.nvml is not None and t - self._last_sample >= NVML_INTERVAL:
+            self._last_sample = t
+            for event in self.nvml.sample():
+                self.sink(event)
+        if not self._dirty or t - self._last_judged < JUDGE_INTERVAL:
+            return
+        with self._lock:
+            self._dirty = False
+            self._last_judged = t
+            verdicts = self.board.live()
+            generation = self.board.facts.generation
+        self.verdicts = verdicts
+        subjects = [("discovery", "discovery", verdicts.discovery)]
+        subjects += [(f"runner {pid}", "runner", v) for (pid, _st), v in verdicts.runners.items()]
+        for subject, which, verdict in subjects:
+            if self._seen.get(subject) != _key(verdict):
+                self._seen[subject] = _key(verdict)
+                self._emit_verdict(subject, verdict)
+                if verdict.cause == "none":  # healthy now: earlier advice for it no longer applies
+                    self.advised = {k: v for k, v in self.advised.items() if k[0] != subject}
+            decided = (*_key(verdict), generation or "")  # a generation learnt later is a new situation
+            if self._decided.get(subject) == decided:
+                continue
+            self._decided[subject] = decided
+            self._act(sup, which, subject, verdict, generation)
+        self._check_require_gpu(sup, verdicts, generation)
+
+    def _emit_verdict(self, subject: str, verdict: Verdict) -> None:
+        level = "info" if verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none",
+                                                                                          "operator_forced_cpu") \
+            else "warning"
+        getattr(self.log, level)("verdict", subject=subject, outcome=verdict.outcome, cause=verdict.cause,
+                                 signals=list(verdict.signals), disagreement=list(verdict.disagreement) or None)
+        self.record(Event("supervisor", "verdict", now(), None, {"subject": subject, **verdict.to_dict()}))
+
+    def _act(self, sup: Supervisor, which: str, subject: str, verdict: Verdict, generation: str | None) -> None:
+        situation = Situation(verdict, which, self.settings.mode, generation, ready=sup.state is State.RUNNING,
+                              runner_alive=sup.model_runner_alive(), t=now())
+        cuda = bool(self.verdicts and self.verdicts.cuda_discovered)
+        ctx = self.remedy_context(sup.plan.env, generation, cuda) if self.remedy_context else RemedyContext(
+            env=sup.plan.env, may_override=self.settings.may_override, generation=generation, cuda_discovered=cuda)
+        decision = decide(situation, ctx, self.budget)
+        self.record(decision.event)
+        self.decisions.append(dict(decision.event.data))
+        if decision.action is Action.NOTHING:
+            return
+        if decision.action is Action.ADVISE or decision.patch is None:
+            self._advise(subject, decision)
+            return
+        self._apply(sup, subject, decision)
+
+    def _advise(self, subject: str, decision: Decision) -> None:
+        plan = decision.plan
+        item = {"subject": subject, "cause": decision.cause, "reason": decision.reason,
+                "instruction": plan.instruction if plan else None, "advice": plan.advice if plan else None,
+                "changes": list(plan.changes) if plan else []}
+        if (subject, decision.cause) not in self.advised:
+            self.log.warning("advice", **item)
+        self.advised[(subject, decision.cause)] = item
+
+    def _apply(self, sup: Supervisor, subject: str, decision: Decision) -> None:
+        patch = decision.patch or {}
+        plan = with_patch(sup.plan, patch, f"remedy for {decision.cause}")
+        immediately = decision.action is Action.APPLY_NOW
+        self.budget.record(patch, decision.cause)
+        item = {"subject": subject, "cause": decision.cause, "changes": list(decision.plan.changes)
+                if decision.plan else [], "when": "now" if immediately else "when idle", "reason": decision.reason}
+        self.applied.append(item)
+        self.log.warning("remedy", **item)
+        if not immediately:
+            self._advise(subject, decision)
+        sup.restart_with(plan, f"remedy for {decision.cause}", immediately=immediately)
+
+    def _check_require_gpu(self, sup: Supervisor, verdicts: LiveVerdicts, generation: str | None) -> None:
+        """OGPU_REQUIRE_GPU: no usable GPU after discovery (and nothing left to try) ends the service with exit 4."""
+        if not self.settings.require_gpu or self.failed_require_gpu:
+            return
+        discovery = verdicts.discovery
+        if discovery.outcome in ("unknown", "gpu"):
+            return
+        pending = any(d.get("action") in (Action.APPLY_NOW.value, Action.APPLY_WHEN_IDLE.value)
+                      for d in self.decisions[-1:])
+        if pending:
+            return
+        self.failed_require_gpu = True
+        self.log.error("no_usable_gpu", outcome=discovery.outcome, cause=discovery.cause,
+                       action="OGPU_REQUIRE_GPU is set: stopping with exit 4")
+        sup.fail(4)
+
+    # --- READY and status ------------------------------------------------------------------------------------
+
+    def ready_gate(self, since_answer: float) -> bool:
+        """READY=1 waits for the discovery verdict where the generation discovers GPUs at start (so a discovery-time
+        remedy restarts before any client is told we are up), at most DISCOVERY_GRACE seconds."""
+        with self._lock:
+            generation = self.board.facts.generation
+            discovery_logged = bool(self.board.facts.discovered or self.board.facts.no_gpu)
+        if since_answer >= DISCOVERY_GRACE:
+            return True
+        if generation is None:
+            return since_answer >= UNKNOWN_VERSION_GRACE
+        if generation not in GENERATIONS_WITH_START_DISCOVERY:
+            return True
+        verdicts = self.verdicts
+        decided = verdicts is not None and verdicts.discovery.outcome != "unknown"
+        if not (decided or discovery_logged):  # Ollama has not said what it found yet
+            return False
+        if self._dirty:  # judge what arrived before deciding that no discovery-time remedy is coming
+            return False
+        last = self.decisions[-1] if self.decisions else None
+        return not (last and last.get("which") == "discovery" and last.get("action") == Action.APPLY_NOW.value)
+
+    def status(self, sup: Supervisor) -> dict[str, Any]:
+        """The document `ollama-gpu status` prints."""
+        verdicts = self.verdicts
+        facts = self.board.facts
+        discovery = verdicts.discovery.to_dict() if verdicts else {"outcome": "unknown", "cause": "unknown"}
+        runners = [{"pid": pid, "start_time": st, **v.to_dict()} for (pid, st), v in
+                   (verdicts.runners.items() if verdicts else [])]
+        acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
+        what = self._what_to_do(discovery, runners)
+        return {
+            "running": True, "state": sup.state.value, "mode": self.settings.mode.value,
+            "ready": sup.state is State.RUNNING, "discovery_acceptable": acceptable,
+            "ollama": {"pid": sup.ollama.pid if sup.ollama else None, "version": facts.version or sup.version,
+                       "generation": facts.generation, "host": self.settings.host.netloc},
+            "discovery": discovery, "runners": runners,
+            "remedies": {"applied": self.applied, "advised": list(self.advised.values()),
+                         "budget": {"used": len(self.budget.attempts), "max": self.budget.max_attempts}},
+            "crash_restarts": {"recent": sup.crash_budget.recent, "max": sup.crash_budget.max_restarts},
+            "restarts": sup.restarts, "what_to_do": what,
+        }
+
+    def _what_to_do(self, discovery: Mapping[str, Any], runners: list[dict[str, Any]]) -> str:
+        if self.advised:
+            last = list(self.advised.values())[-1]
+            return str(last.get("instruction") or last.get("advice") or "")
+        worst = [discovery, *runners]
+        if any(v.get("outcome") in ("cpu_fallback", "partial_offload", "crash") for v in worst):
+            return "see the verdict's evidence; `ollama-gpu doctor` checks the machine"
+        return "nothing to do"
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """Let events from other threads wake the loop so decisions are not delayed by its idle timeout."""
+        self._wake = wake
+
+    @property
+    def mode(self) -> Mode:
+        """The configured mode."""
+        return self.settings.mode
