@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tests.cli_helpers import REPO, clean_env
-from tests.serve_helpers import FAKE_SERVER, Serve, descendants, free_port, wait_for
+from tests.serve_helpers import FAKE_SERVER, Serve, as_nobody, command_for_nobody, descendants, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ class TestDirectoriesAndPid1:
         """As uid 65534, with systemd's directory variables and with none: directories resolved, runtime 0700."""
         if os.geteuid() != 0:
             pytest.fail("this test switches to an unprivileged uid and must run as root (as CI does)")
-        command = _command_for_nobody()
+        command = command_for_nobody()
         base = Path(tempfile.mkdtemp(prefix="ogpu-nobody-"))  # pytest's tmp_path is closed to other users
         fallback = Path("/tmp/ollama-gpu-65534")
         fallback_existed = fallback.exists()
@@ -273,10 +273,10 @@ class TestDirectoriesAndPid1:
                 env.update(RUNTIME_DIRECTORY=str(base / "run"), CACHE_DIRECTORY=str(base / "cache"),
                            STATE_DIRECTORY=str(base / "state"))
             config = subprocess.run([*command, "config", "--json"], env=env, capture_output=True, text=True,
-                                    timeout=60, preexec_fn=_as_nobody, check=False)
+                                    timeout=60, preexec_fn=as_nobody, check=False)
             assert config.returncode == 0, config.stderr
             dirs = json.loads(config.stdout)["directories"]
-            serve = Serve(args(), env, preexec=_as_nobody, command=command)
+            serve = Serve(args(), env, preexec=as_nobody, command=command)
             serve.wait_event("ready")
             runtime = Path(dirs["runtime"])
             mode, owner = runtime.stat().st_mode & 0o777, runtime.stat().st_uid
@@ -305,27 +305,6 @@ class TestDirectoriesAndPid1:
         assert _zombies_under(serve.pid) == []
         os.kill(supervisor.pid, signal.SIGTERM)
         assert serve.wait() == 0
-
-
-def _command_for_nobody() -> list[str]:
-    """`ollama-gpu` as uid 65534 may run it: the venv's interpreter may live under root's 0700 home, so the system's
-    python of the same minor version (same ABI) runs with the venv's site-packages added as a site directory."""
-    import sysconfig
-
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}", sys.executable):
-        real = Path(candidate).resolve()
-        if real.exists() and all(p.stat().st_mode & 0o005 == 0o005 for p in real.parents if p != Path("/")):
-            boot = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
-                    "runpy.run_module('launcher.cli', run_name='__main__')")
-            return [candidate, "-c", boot, sysconfig.get_paths()["purelib"]]
-    pytest.fail(f"no python{version} that an unprivileged user can run: install Debian's python{version}")
-
-
-def _as_nobody() -> None:
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
 
 
 def _zombies_under(pid: int) -> list[int]:

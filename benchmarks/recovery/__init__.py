@@ -1,0 +1,1 @@
+"""Recovery figures: evidence-to-verdict latency, and fallback-to-verified-GPU time, on the simulator."""
