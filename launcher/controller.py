@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from launcher.config import Mode, Settings
@@ -114,6 +114,8 @@ class Controller:
         cuda = bool(self.verdicts and self.verdicts.cuda_discovered)
         ctx = self.remedy_context(sup.plan.env, generation, cuda) if self.remedy_context else RemedyContext(
             env=sup.plan.env, may_override=self.settings.may_override, generation=generation, cuda_discovered=cuda)
+        if self.verdicts is not None:  # the GPUs in UUIDs, for device-filter remedies
+            ctx = replace(ctx, gpus=self.verdicts.gpus, cuda_saw=self.verdicts.cuda_saw)
         decision = decide(situation, ctx, self.budget)
         self.record(decision.event)
         self.decisions.append(dict(decision.event.data))

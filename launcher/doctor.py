@@ -32,6 +32,7 @@ from launcher.events import Event
 from launcher.evidence import HIDE_ALL_VALUES
 from launcher.log_patterns import CUDA_ERROR_CAUSES, DLERROR_CAUSES, classify, generation_of
 from launcher.nvml import Gpu, Nvml, NvmlFailure, NvmlState
+from launcher.paths import current_user
 from launcher.remedy_text import advice
 from launcher.shim_events import PROCESS_END, ShimEventServer
 from launcher.vocabulary import FILTER_VARS
@@ -213,14 +214,6 @@ def ollama_environment(env: Mapping[str, str], from_files: Mapping[str, str]) ->
     for key, value in from_files.items():
         out.setdefault(key, value)
     return out
-
-
-def current_user() -> str:
-    """The name of the user we run as (the uid when it has no name)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 # --- NVML (launcher.nvml is the one choke point; this only adapts its answer) ---------------------------------------

@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from launcher import device_evidence as gpus_ev
+from launcher import devices
+from launcher.device_evidence import DeviceUse
 from launcher.events import Event
 from launcher.log_patterns import (
     DLERROR_CAUSES,
@@ -17,7 +20,7 @@ from launcher.log_patterns import (
     generation_of,
 )
 from launcher.proctree import classify as classify_argv
-from launcher.vocabulary import CAUSES, FILTER_VARS, INTENT_VARS, OUTCOMES
+from launcher.vocabulary import CAUSES, FILTER_VARS, INTENT_VARS, OUTCOMES, SCHEDULER_VARS
 
 # When several causes are in evidence, the first in this list is the one reported: the most specific and the most
 # actionable first, the ones that are often a consequence of another (a filter, a generic load failure) last.
@@ -69,6 +72,7 @@ class Verdict:
     subject: str = ""  # live tier: "discovery" or "runner <pid>"
     signals: tuple[str, ...] = ()  # live tier: what each source says, e.g. "log:gpu", "shim:cpu"
     disagreement: tuple[str, ...] = ()  # live tier: sources that contradict each other, one line each
+    devices: tuple[DeviceUse, ...] = ()  # per GPU: used, visible, discovered or hidden (and by whom), in UUIDs
 
     def __post_init__(self) -> None:
         seen: set[tuple[int | None, str]] = set()
@@ -89,7 +93,8 @@ class Verdict:
         return {"outcome": self.outcome, "cause": self.cause, "evidence": [e.to_dict() for e in self.evidence],
                 "notes": list(self.notes), "findings": list(self.findings), "visible": self.visible,
                 "generation": self.generation, "version": self.version, "tier": self.tier,
-                "subject": self.subject, "signals": list(self.signals), "disagreement": list(self.disagreement)}
+                "subject": self.subject, "signals": list(self.signals), "disagreement": list(self.disagreement),
+                "devices": [d.to_dict() for d in self.devices]}
 
 
 def _ev(event: Event, says: str) -> Evidence:
@@ -117,6 +122,7 @@ class Runner:
     plans: list[Event] = field(default_factory=list)  # the server's intent: estimates, argv, scheduler choice
     failures: list[Event] = field(default_factory=list)  # crashes, terminations, runner_failed
     ready: Event | None = None
+    layers: dict[str, int] = field(default_factory=dict)  # llama.cpp's `layer N assigned to device X`, counted
 
 
 @dataclass
@@ -149,6 +155,7 @@ class Proc:
     rise: int = 0
     rise_event: Event | None = None
     rise_shared: bool = False
+    held: dict[int, int] = field(default_factory=dict)  # NVML: bytes per GPU index, listed for it or risen alone
 
     @property
     def key(self) -> tuple[int, int | None]:
@@ -301,6 +308,12 @@ def _on_report(f: Facts, e: Event) -> None:
     _push(runner.reports, e)
     if e.kind == "runner_devices" and int(_d(e, "count", 0) or 0) > 0:
         _on_discovered(f, e)
+
+
+def _on_layer(f: Facts, e: Event) -> None:
+    if not f.discovery_mode:
+        device = str(_d(e, "device", ""))
+        f.runner.layers[device] = f.runner.layers.get(device, 0) + 1
 
 
 def _restarted(runner: Runner, e: Event) -> bool:
@@ -521,7 +534,7 @@ def _on_ollama_started(f: Facts, e: Event) -> None:
     f.live.server_pid = e.pid
     env = _d(e, "env")
     if isinstance(env, Mapping):
-        for key in INTENT_VARS:
+        for key in (*INTENT_VARS, *SCHEDULER_VARS, devices.ORDER_VAR):
             f.live.operator_env[key] = None if env.get(key) is None else str(env.get(key))
         set_env = {k: str(v) for k, v in env.items() if v is not None}
         _on_config(f, Event("supervisor", "ollama_started", e.t, e.pid, {"env": set_env}))
@@ -560,16 +573,22 @@ def _on_nvml_memory(f: Facts, e: Event) -> None:
     listed = _d(e, "processes")
     if listed is not None and _d(e, "pids_comparable"):
         held: dict[int, int] = {}
+        per_gpu: dict[int, dict[int, int]] = {}
         for entry in listed:
             pid = entry.get("pid") if isinstance(entry, Mapping) else None
             if isinstance(pid, int):
                 held[pid] = held.get(pid, 0) + int(entry.get("used") or 0)
+                if isinstance(entry.get("gpu"), int):
+                    gpu = per_gpu.setdefault(pid, {})
+                    gpu[entry["gpu"]] = gpu.get(entry["gpu"], 0) + int(entry.get("used") or 0) or 1
         for p in alive:
             p.nvml_last_listed = p.pid in held
             p.nvml_last_seq = live.seq
             if p.pid in held:
                 p.nvml_listed = e
                 p.nvml_bytes = max(p.nvml_bytes, held[p.pid])
+                for index, n in per_gpu.get(p.pid, {}).items():
+                    p.held[index] = max(p.held.get(index, 0), n)
     for p in models:
         if p.baseline is None:
             continue
@@ -578,6 +597,10 @@ def _on_nvml_memory(f: Facts, e: Event) -> None:
         p.rise_shared = p.rise_shared or len(models) > 1
         if rise > p.rise:
             p.rise, p.rise_event = rise, e
+        if not p.rise_shared and p.nvml_listed is None:
+            for i, u in used.items():
+                if u - p.baseline.get(i, u) >= NVML_RISE_BYTES:
+                    p.held[i] = max(p.held.get(i, 0), u - p.baseline.get(i, u))
     live.gpu_used = used
 
 
@@ -647,6 +670,8 @@ HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
     ("log", "runner_exited"): _on_exited,
     ("log", "runner_devices"): _on_report,
     ("log", "device"): _on_device,
+    ("log", "device_used"): _on_report,
+    ("log", "layer_assigned"): _on_layer,
     ("log", "backend_loaded"): _on_report,
     ("log", "backend_failed"): _on_backend_failed,
     ("log", "runner_system"): _on_report,
@@ -841,7 +866,31 @@ def _cause_outcome(cause: str) -> str:
 
 
 def log_tier(f: Facts) -> Verdict:
-    """The log-only rules (`explain`): runner reports beat scheduler plans; failures beat claims; silence is unknown."""
+    """The log-only rules (`explain`): runner reports beat scheduler plans; failures beat claims; silence is unknown.
+    The GPUs of the last load that reported any are named per device (`devices`)."""
+    v = _log_rules(f)
+    r = next((r for r in reversed(f.runners) if r.reports), None)
+    if r is None or v.outcome not in ("gpu", "partial_offload", "cpu_fallback", "crash"):
+        return v
+    return _named_devices(v, gpus_ev.build(log=r.reports, layers=r.layers))
+
+
+def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
+    """The verdict with its GPUs; a partial offload names the GPUs that lacked room, fullest first."""
+    uses = gpus_ev.with_room(uses, v.outcome == "partial_offload")
+    notes = list(v.notes)
+    full = gpus_ev.lacked_room(uses)
+    if full:
+        notes.append("partial offload: " + ", ".join(
+            u.label + (f" ({u.free_mib} MiB free at load)" if u.free_mib is not None else "") for u in full)
+            + " lacked room for the remaining layers")
+    line = gpus_ev.summary(uses)
+    if line and v.outcome in ("gpu", "partial_offload") and len([u for u in uses if u.state != "visible"]) > 1:
+        notes.append(f"GPUs: {line}")
+    return replace(v, devices=uses, notes=tuple(dict.fromkeys(notes)))
+
+
+def _log_rules(f: Facts) -> Verdict:
     _amd_problems(f)
     base = {"generation": f.generation, "version": f.version, "tier": "log"}
     if f.version_unknown:
@@ -1197,7 +1246,21 @@ def _latest_model(f: Facts) -> Proc | None:
     return max(models, key=lambda p: p.seq) if models else None
 
 
+def _operator(f: Facts) -> dict[str, str | None]:
+    return {k: _operator_value(f, k) for k in (*FILTER_VARS, *SCHEDULER_VARS, devices.ORDER_VAR)}
+
+
 def runner_verdict(f: Facts, p: Proc) -> Verdict:
+    """One model runner, with the GPUs it used (layers, weights, NVML memory per GPU) and those hidden from it."""
+    latest = _latest_model(f) is p
+    r = _runner_log(f, p) if latest else None
+    v = _runner_signals(f, p)
+    uses = gpus_ev.build(shim=p.devices, log=r.reports if r is not None else (), layers=r.layers if r else None,
+                         gpus=gpus_ev.nvml_gpus(f.live.nvml), held=p.held, process_cvd=p.cvd, operator=_operator(f))
+    return _named_devices(v, uses)
+
+
+def _runner_signals(f: Facts, p: Proc) -> Verdict:
     """One model runner: log (if it is the latest runner), shim, /proc and NVML signals combined."""
     latest = _latest_model(f) is p
     r = _runner_log(f, p) if latest else None
@@ -1263,7 +1326,52 @@ def discovery_verdict(f: Facts) -> Verdict:
         degraded = min(cuda_failures, key=_rank) if cuda_failures else "unknown"
         f.note("the NVIDIA GPU is used through Vulkan because CUDA did not discover it")
         signals = [s for s in signals if not (s.source == "shim" and s.says == "cpu")]
-    return _decide(f, "discovery", signals, _base(f), DISCOVERY_STAGES, degraded)
+    v = _decide(f, "discovery", signals, _base(f), DISCOVERY_STAGES, degraded)
+    view = _operator_view(f)
+    uses = gpus_ev.build(shim=view, log=f.discovered, gpus=gpus_ev.nvml_gpus(f.live.nvml),
+                         process_cvd=_operator_value(f, CVD), operator=_operator(f), discovery=True)
+    return _filter_reading(f, replace(v, devices=uses))
+
+
+CVD: Final = "CUDA_VISIBLE_DEVICES"
+
+
+def _operator_view(f: Facts) -> list[Event]:
+    """Shim `device` events of the discovery processes that ran under the operator's own CUDA_VISIBLE_DEVICES."""
+    op = _operator_value(f, CVD)
+    return [e for p in f.live.procs.values() if p.cls in DISCOVERY_CLASSES and p.hello is not None and p.cvd == op
+            for e in p.devices]
+
+
+def cuda_saw(f: Facts) -> tuple[str, ...] | None:
+    """UUIDs CUDA showed under the operator's filter, by ordinal: only when the shim saw every ordinal from 0 and the
+    log discovered as many CUDA GPUs (otherwise a partial enumeration could pass for a stale filter entry)."""
+    by_ordinal: dict[int, str] = {}
+    for e in _operator_view(f):
+        if isinstance(_d(e, "ordinal"), int) and _d(e, "uuid"):
+            by_ordinal.setdefault(int(_d(e, "ordinal")), str(_d(e, "uuid")))
+    found = sum(1 for e in f.discovered if _d(e, "library") == "cuda")
+    if not by_ordinal or sorted(by_ordinal) != list(range(len(by_ordinal))) or found != len(by_ordinal):
+        return None
+    return tuple(by_ordinal[i] for i in range(len(by_ordinal)))
+
+
+def _filter_reading(f: Facts, v: Verdict) -> Verdict:
+    """The operator's CUDA_VISIBLE_DEVICES read in UUIDs: a filter that names only GPUs that exist is the operator's
+    choice; one whose stale entry makes CUDA ignore GPUs listed after it is a degraded GPU path."""
+    value = _operator_value(f, CVD)
+    if not value or value.strip() in HIDE_ALL_VALUES or v.outcome != "gpu":
+        return v
+    gpus = gpus_ev.nvml_gpus(f.live.nvml)
+    reading = devices.read_filter(value, gpus, _operator(f), cuda_saw=None if gpus else cuda_saw(f))
+    notes = [*v.notes, *reading.notes]
+    who = gpus_ev.who_hid(value, _operator(f))
+    if reading.cuts_off and v.cause == "none":
+        notes.append(f"GPUs listed in {CVD} are hidden by a stale entry before them ({who})")
+        return replace(v, cause="device_filter_hides_gpu", notes=tuple(notes))
+    if not reading.stale:
+        notes.append(f"{who}: CUDA shows only the GPUs it names; that is the operator's choice, not a fallback")
+    return replace(v, notes=tuple(dict.fromkeys(notes)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1273,6 +1381,8 @@ class LiveVerdicts:
     discovery: Verdict
     runners: Mapping[tuple[int, int | None], Verdict]
     cuda_discovered: bool = False  # CUDA itself found a GPU (log or shim): for RemedyContext.cuda_discovered
+    gpus: tuple[devices.Gpu, ...] | None = None  # NVML's GPUs: for RemedyContext.gpus
+    cuda_saw: tuple[str, ...] | None = None  # UUIDs CUDA showed under the operator's filter: RemedyContext.cuda_saw
 
     def latest(self) -> Verdict:
         """The newest model runner's verdict, or discovery's when no model runner was seen."""
@@ -1296,7 +1406,7 @@ def live_verdicts(f: Facts) -> LiveVerdicts:
     runners = {}
     for p in sorted((p for p in f.live.procs.values() if p.cls in MODEL_CLASSES), key=lambda p: p.seq):
         runners[p.key] = _after_discovery(runner_verdict(f.snapshot(), p), discovery)
-    return LiveVerdicts(discovery, runners, cuda_discovered(f))
+    return LiveVerdicts(discovery, runners, cuda_discovered(f), gpus_ev.nvml_gpus(f.live.nvml), cuda_saw(f))
 
 
 def cuda_discovered(f: Facts) -> bool:

@@ -196,7 +196,7 @@ def _inference_compute(m: re.Match[str]) -> Data | None:
     return {"kind": "gpu_discovered", "library": library, "id": f.get("id"), "name": f.get("description") or
             f.get("name"), "compute": f.get("compute"), "driver": f.get("driver"), "variant": f.get("variant"),
             "libdirs": f.get("libdirs"), "total": f.get("total"), "available": f.get("available"),
-            "type": f.get("type")}
+            "type": f.get("type"), "pci_id": f.get("pci_id") or None, "filter_id": f.get("filter_id") or None}
 
 
 def _dropped(cause: str) -> Builder:
@@ -494,6 +494,11 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("device", "compute capability", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), compute capability "
                                            r"(?P<compute>\d+\.\d+)"),
         lambda m: {"index": int(m["index"]), "name": m["name"][:200], "compute": m["compute"]}),
+    Row("device_used", "using device ", _r(r"using device (?P<device>[\w-]+) \((?P<name>.+?)\)"
+                                          r"(?: \((?P<pci>[0-9A-Fa-f]+:[0-9A-Fa-f:.]+)\))? - (?P<free>\d+) MiB free"),
+        lambda m: {"device": m["device"], "name": m["name"][:200], "pci": m["pci"], "free_mib": int(m["free"])}),
+    Row("layer_assigned", "assigned to device ", _r(r"layer +(?P<il>\d+) assigned to device (?P<device>[\w-]+)"),
+        lambda m: {"layer": int(m["il"]), "device": m["device"]}),
     Row("backend_loaded", "load_backend:", _r(r"load_backend: loaded (?P<backend>\S+) backend from (?P<path>\S+)"),
         lambda m: {"backend": m["backend"], "path": m["path"][-300:], "gpu": m["backend"].upper() not in
                    {"CPU", "BLAS", "RPC"}}),

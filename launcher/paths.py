@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,3 +137,11 @@ def ensure_private_dir(path: Path) -> Path:
     if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
         path.chmod(0o700)
     return path
+
+
+def current_user() -> str:
+    """The name of the user we run as (the uid when it has no name): the service user whose permissions matter."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
+from launcher import devices
 from launcher.driverlib import DriverFinding, is_stub_dir
 from launcher.remedy_text import ADVICE
 from launcher.vocabulary import FILTER_VARS, INTENT_VARS, SCHEDULER_VARS
@@ -45,6 +46,8 @@ class RemedyContext:
     tmp_dir: Path | None = None  # an executable directory of ours for OLLAMA_TMPDIR
     cuda_discovered: bool = False  # CUDA itself found the GPU (then Vulkan taking it is a choice, not a rescue)
     service_user: str = "ollama"
+    gpus: tuple[devices.Gpu, ...] | None = None  # NVML's GPUs (None: NVML unavailable)
+    cuda_saw: tuple[str, ...] | None = None  # UUIDs CUDA showed under the current CUDA_VISIBLE_DEVICES, by ordinal
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,20 @@ def _names_no_gpu_library(key: str, value: str) -> bool:
     return key == "OLLAMA_LLM_LIBRARY" and not value.startswith(("cuda_", "rocm", "vulkan", "mlx_"))
 
 
+def _narrow_filter(ctx: RemedyContext) -> tuple[Patch | None, str]:
+    """CUDA_VISIBLE_DEVICES: drop the entries that name no GPU (CUDA stops reading at the first), so the GPUs the
+    operator listed after them are used; never more GPUs than listed, never `unset`. Other filters: unset if allowed."""
+    value = ctx.env.get("CUDA_VISIBLE_DEVICES")
+    if value is None or value.strip() in devices.HIDE_ALL:
+        return _unset_intent(tuple(k for k in FILTER_VARS if k != "CUDA_VISIBLE_DEVICES"), _hides_devices)(ctx)
+    ok, why = may_change("CUDA_VISIBLE_DEVICES", ctx)
+    if not ok:
+        return None, why
+    reading = devices.read_filter(value, ctx.gpus, ctx.env, cuda_saw=None if ctx.gpus else ctx.cuda_saw)
+    narrowed, why = devices.narrowed(reading)
+    return ({"CUDA_VISIBLE_DEVICES": narrowed}, "") if narrowed is not None else (None, why)
+
+
 def _vulkan_off(ctx: RemedyContext) -> tuple[Patch | None, str]:
     if not ctx.cuda_discovered:
         return None, "CUDA did not discover the GPU: turning Vulkan off would leave the CPU"
@@ -208,7 +225,7 @@ _ROWS: Final[tuple[Remedy, ...]] = (
            _unset_intent(INTENT_VARS, _forces_cpu)),
     Remedy("device_filter_hides_gpu", "discovery",
            "Make the device filter name the GPU: `nvidia-smi -L` lists UUIDs; set CUDA_VISIBLE_DEVICES=<uuid or "
-           "index> (or unset it), or list it in OGPU_MAY_OVERRIDE.", _unset_intent(FILTER_VARS, _hides_devices)),
+           "index> (or unset it), or list it in OGPU_MAY_OVERRIDE.", _narrow_filter),
     Remedy("forced_cpu_library", "discovery",
            "Unset OLLAMA_LLM_LIBRARY or set it to a directory this Ollama ships (`ls $(dirname $(readlink -f "
            "$(command -v ollama)))/../lib/ollama`), e.g. cuda_v13.",

@@ -29,7 +29,7 @@ from launcher.proctree import TreeWatcher
 from launcher.readiness import probe_version
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
-from launcher.vocabulary import INTENT_VARS
+from launcher.vocabulary import INTENT_VARS, SCHEDULER_VARS
 
 SCAN_INTERVAL = 0.2
 READ_SIZE = 1 << 20
@@ -165,7 +165,8 @@ class Supervisor:
         self._set_state(State.STARTING, pid=self.ollama.pid)
         self.log.info("ollama_started", pid=self.ollama.pid, argv=list(self.plan.argv), restarts=self.restarts,
                       shim=str(self.plan.shim) if self.plan.shim else None)
-        intent = {key: self.plan.env.get(key) for key in INTENT_VARS}  # the operator's choices, None = unset
+        # the operator's choices and what frames them (scheduler, CUDA's device order), None = unset
+        intent = {key: self.plan.env.get(key) for key in (*INTENT_VARS, *SCHEDULER_VARS, "CUDA_DEVICE_ORDER")}
         self._emit(Event("supervisor", "ollama_started", now(), self.ollama.pid,
                          {"argv": list(self.plan.argv), "restarts": self.restarts, "env": intent}))
         self._watcher = self.make_watcher(os.getpid()) if self.make_watcher else None

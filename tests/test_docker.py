@@ -123,11 +123,6 @@ class TestImageShape:
         assert json.loads(result.stdout)["settings"]["OGPU_SHIM"]["source"] == "environment"
 
 
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend, built once."""
-    return native.build()
-
 
 def nspid(pid: int) -> list[int]:
     """The pid of a process in each PID namespace it belongs to, outermost first (/proc/PID/status NSpid)."""

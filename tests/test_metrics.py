@@ -323,11 +323,6 @@ class TestSetting:
 # --- a real run: serve + simulator, recorded, replayed into Metrics ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend, built once."""
-    return native.build()
-
 
 def replay_file(path: Path) -> Metrics:
     metrics = Metrics()

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.ollama_sim import native
 from tests.ollama_sim.install import make_install
 from tests.serve_helpers import Serve, free_port, wait_for
 from tests.test_metrics import no_pid_label, parse, scrape, series, value
 from tests.test_serve_sim import generate, sim_env
-
-
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend, built once."""
-    return native.build()
 
 
 def test_scrape_after_fallback_and_recovery(tmp_path: Path, libs: native.NativeLibs) -> None:

@@ -21,11 +21,6 @@ REAL = SHARED / "fixtures" / "ollama-real-cpu"
 REAL_PREFIX = "/opt/ollama-0.32.15"
 
 
-@pytest.fixture(scope="session")
-def libs() -> native.NativeLibs:
-    """tests/native's mock driver and fake GGML CUDA backend, built once."""
-    return native.build()
-
 
 @pytest.fixture
 def install_d(tmp_path: Path, libs: native.NativeLibs) -> Install:

@@ -25,12 +25,6 @@ from tests.cli_helpers import REPO, clean_env
 from tests.serve_helpers import FAKE_SERVER, Serve, as_nobody, command_for_nobody, descendants, free_port, wait_for
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shim cache for the module: the shim is compiled once, not per test."""
-    return tmp_path_factory.mktemp("cache")
-
-
 def serve_env(tmp_path: Path, cache_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return clean_env(tmp_path, {"OLLAMA_HOST": f"127.0.0.1:{port}", "CACHE_DIRECTORY": str(cache_dir),
                                 "RUNTIME_DIRECTORY": str(tmp_path / "run"), "STATE_DIRECTORY": str(tmp_path / "st"),

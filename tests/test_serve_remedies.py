@@ -15,24 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from tests.cli_helpers import clean_env
 from tests.ollama_sim import native
 from tests.ollama_sim.install import Install, make_install
 from tests.serve_helpers import Serve, descendants, free_port, wait_for
-
-
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver (normal and stub builds) and the fake GGML CUDA backend."""
-    return native.build()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shim cache for the module."""
-    return tmp_path_factory.mktemp("cache")
 
 
 class Run:

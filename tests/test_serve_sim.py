@@ -21,18 +21,6 @@ from tests.ollama_sim.install import Install, make_install
 from tests.serve_helpers import Serve, descendants, free_port, wait_for
 
 
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend, built once."""
-    return native.build()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shim cache for the module."""
-    return tmp_path_factory.mktemp("cache")
-
-
 def install(tmp_path: Path, generation: str, libs: native.NativeLibs) -> Install:
     inst = make_install(tmp_path / "ollama", generation, cuda_backend=libs.ggml_cuda)
     inst.add_model("tiny")

@@ -154,11 +154,6 @@ class TestSystemdAnalyzeVerify:
 # --- the unit's ExecStart= as systemd runs it: service user, NOTIFY_SOCKET, the three directories ----------------
 
 
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend, built once."""
-    return native.build()
-
 
 @pytest.fixture
 def world_readable_base() -> Iterator[Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import pwd
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from launcher.events import Event, now
 from launcher.exitcodes import Exit
 from launcher.nvml import NvmlSampler
 from launcher.output import Line, SharedStream
-from launcher.paths import UnsafeDirectoryError, ensure_dirs
+from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.proctree import TreeWatcher
 from launcher.remedies import RemedyContext
 from launcher.restarts import CrashBudget, RemedyBudget
@@ -74,14 +73,6 @@ def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
             sink(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
 
     return on_line
-
-
-def _user() -> str:
-    """The user we run as (the service user whose device permissions matter)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 def machine_event(driver: DriverFinding, dev: Path = Path("/dev")) -> Event:
@@ -159,7 +150,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     def remedy_context(env: Mapping[str, str], generation: str | None, cuda: bool) -> RemedyContext:
         return RemedyContext(env=env, may_override=settings.may_override, driver=prepared.driver,
                              generation=generation, driver_version=driver_version, library_dirs=library_dirs,
-                             tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=_user())
+                             tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=current_user())
 
     exported = None
     if settings.metrics_addr is not None:

@@ -19,6 +19,8 @@
  *                           prefix is enough); parsing stops at the first entry that matches nothing (or repeats
  *                           one); no visible device => cuInit returns 100 (CUDA_ERROR_NO_DEVICE).
  *
+ * cuMemGetInfo reports the device of the calling thread's current context (cuCtxCreate*, cuCtxSetCurrent): its total
+ * memory, and 512 MiB less as free, so GPUs of mixed sizes show their own room.
  * Device memory is host memory (so copies and the two built-in kernels compute real results); launches run the
  * kernel synchronously.  Kernels, by name from any module: "noop" and "add_one" (params: CUdeviceptr*, int*
  * count; adds 1 to each int).  cuGetProcAddress{,_v2} return this library's own exported functions, choosing the
@@ -355,8 +357,9 @@ EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d)
     return OK;
 }
 
-/* contexts: one fake handle per device */
+/* contexts: one fake handle per device; the calling thread's current one decides what cuMemGetInfo reports */
 static char ctx_tag[MAXDEV];
+static __thread int current_dev;
 EXPORT CUresult cuDevicePrimaryCtxRetain(void **ctx, CUdevice d)
 {
     ENTER();
@@ -370,19 +373,32 @@ EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { ENTER(); return devic
 EXPORT CUresult cuCtxCreate_v2(void **ctx, unsigned int fl, CUdevice d)
 {
     (void)fl;
+    if (device(d))
+        current_dev = d;
     return cuDevicePrimaryCtxRetain(ctx, d);
 }
 EXPORT CUresult cuCtxCreate_v3(void **ctx, void *aff, int n, unsigned int fl, CUdevice d)
 {
     (void)aff; (void)n; (void)fl;
+    if (device(d))
+        current_dev = d;
     return cuDevicePrimaryCtxRetain(ctx, d);
 }
 EXPORT CUresult cuCtxCreate_v4(void **ctx, void *params, unsigned int fl, CUdevice d)
 {
     (void)params; (void)fl;
+    if (device(d))
+        current_dev = d;
     return cuDevicePrimaryCtxRetain(ctx, d);
 }
-EXPORT CUresult cuCtxSetCurrent(void *ctx) { ENTER(); (void)ctx; return OK; }
+EXPORT CUresult cuCtxSetCurrent(void *ctx)
+{
+    ENTER();
+    long d = (char *)ctx - ctx_tag;
+    if (ctx && d >= 0 && d < nvisible)
+        current_dev = (int)d;
+    return OK;
+}
 EXPORT CUresult cuCtxDestroy_v2(void *ctx) { ENTER(); (void)ctx; return OK; }
 EXPORT CUresult cuCtxSynchronize(void) { ENTER(); return OK; }
 EXPORT CUresult cuStreamSynchronize(void *s) { ENTER(); (void)s; return OK; }
@@ -392,7 +408,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *fr, size_t *total)
 {
     ENTER();
     if (!fr || !total) return INVALID_VALUE;
-    *total = phys[visible[0]].mem;
+    *total = phys[visible[current_dev < nvisible ? current_dev : 0]].mem;
     *fr = *total - (512ull << 20);
     return OK;
 }

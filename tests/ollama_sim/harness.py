@@ -7,10 +7,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import psutil
 
 from tests.ollama_sim.install import Install, _compile
 from tests.ollama_sim.procs import free_port
+from tests.serve_helpers import wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,15 +30,6 @@ def trace_preload() -> Path:
     return out
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `cond` until it returns something truthy, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class SimServer:

@@ -75,27 +75,39 @@ def parse(argv: list[str]) -> Args:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the model's layers went."""
+    """Where the model's layers went: `split` holds (device, layers) for every device that got layers."""
 
     gpu_layers: int
     total_layers: int
     device: cuda.Device | None
     gpu_bytes: int
     cpu_bytes: int
+    split: tuple[tuple[cuda.Device, int], ...] = ()
+
+
+def _split(want: int, caps: list[int], rooms: list[int]) -> list[int]:
+    """llama.cpp's default layer split, simplified: in proportion to each device's room, capped by what fits."""
+    total_room = sum(rooms) or 1
+    out = [min(cap, want * room // total_room) for cap, room in zip(caps, rooms, strict=True)]
+    for i in range(len(out)):  # what rounding or a full device left over goes to the next device with room
+        out[i] += max(0, min(caps[i] - out[i], want - sum(out)))
+    return out
 
 
 def place(loaded: ggml.Loaded, model: gguf.ModelInfo, requested: int | None) -> Placement:
-    """llama.cpp's fit, simplified: every layer that fits in the first device's free memory less the margin."""
+    """llama.cpp's fit, simplified: the last layers go to the GPUs (each keeps FIT_MARGIN free), the rest to the CPU."""
     total = model.n_layer + 1
-    dev = loaded.cuda_devices[0] if loaded.cuda_devices else None
-    if dev is None:
+    devs = loaded.cuda_devices
+    if not devs:
         return Placement(0, total, None, 0, model.size)
     want = total if requested is None or requested < 0 else min(requested, total)
     per_layer = max(1, model.size // total)
-    fits = max(0, dev.free - FIT_MARGIN) // per_layer
-    n = int(min(want, fits))
+    rooms = [max(0, d.free - FIT_MARGIN) for d in devs]
+    counts = _split(want, [r // per_layer for r in rooms], rooms)
+    n = sum(counts)
     gpu = model.size * n // total
-    return Placement(n, total, dev, gpu, model.size - gpu)
+    split = tuple((d, c) for d, c in zip(devs, counts, strict=True) if c)
+    return Placement(n, total, split[0][0] if split else devs[0], gpu, model.size - gpu, split)
 
 
 def system_info(loaded: ggml.Loaded) -> str:
@@ -128,25 +140,25 @@ def check_model(path: str, emit_error: Any) -> gguf.ModelInfo:
 
 
 def buffer_lines(p: Placement, cpu_name: str, ctx: int) -> list[str]:
-    """load_tensors / kv cache / compute buffer lines for a placement."""
+    """load_tensors / kv cache / compute buffer lines for a placement (one line per device that holds layers)."""
     lines = []
+    kv_devs = ["CPU"]
     if p.device is not None:
-        dev = f"CUDA{p.device.ordinal}"
         lines += ["load_tensors: offloading output layer to GPU",
                   f"load_tensors: offloading {max(0, p.gpu_layers - 1)} repeating layers to GPU",
                   f"load_tensors: offloaded {p.gpu_layers}/{p.total_layers} layers to GPU"]
         lines.append(f"load_tensors: {cpu_name:>12} model buffer size = {p.cpu_bytes / MIB:8.2f} MiB")
-        if p.gpu_layers:
-            lines.append(f"load_tensors: {dev:>12} model buffer size = {p.gpu_bytes / MIB:8.2f} MiB")
-        kv_dev = dev if p.gpu_layers else "CPU"
+        for dev, count in p.split:
+            share = p.gpu_bytes * count // max(1, p.gpu_layers)
+            lines.append(f"load_tensors: {'CUDA' + str(dev.ordinal):>12} model buffer size = {share / MIB:8.2f} MiB")
+        kv_devs = [f"CUDA{dev.ordinal}" for dev, _ in p.split] or ["CPU"]
     else:
         lines.append(f"load_tensors: {cpu_name:>12} model buffer size = {p.cpu_bytes / MIB:8.2f} MiB")
-        kv_dev = "CPU"
-    kv = ctx * 512
+    kv = ctx * 512 // len(kv_devs)
     lines += ["llama_context: constructing llama_context", f"llama_context: n_ctx                 = {ctx}",
-              f"llama_context: {'CPU':>10}  output buffer size = {0.12:8.2f} MiB",
-              f"llama_kv_cache: {kv_dev:>10} KV buffer size = {kv / MIB:8.2f} MiB",
-              f"sched_reserve: {kv_dev:>10} compute buffer size = {1.51:8.2f} MiB"]
+              f"llama_context: {'CPU':>10}  output buffer size = {0.12:8.2f} MiB"]
+    lines += [f"llama_kv_cache: {dev:>10} KV buffer size = {kv / MIB:8.2f} MiB" for dev in kv_devs]
+    lines += [f"sched_reserve: {dev:>10} compute buffer size = {1.51:8.2f} MiB" for dev in kv_devs]
     return lines
 
 
@@ -222,9 +234,9 @@ def llama_server(prog: str, argv: list[str]) -> int:
           f"from {a.model} (version GGUF V3 (latest))")
     plain("print_info: file format = GGUF V3 (latest)")
     plain(f"print_info: n_layer               = {model.n_layer}")
-    if p.device is not None:
-        plain(f"llama_prepare_model_devices: using device CUDA{p.device.ordinal} ({p.device.name}) "
-              f"({p.device.pci_bus_id}) - {cuda.mib(p.device.free)} MiB free")
+    for d in loaded.cuda_devices:
+        plain(f"llama_prepare_model_devices: using device CUDA{d.ordinal} ({d.name}) ({d.pci_bus_id}) - "
+              f"{cuda.mib(d.free)} MiB free")
     mode = "none" if a.load_mode == "none" else "mmap"
     plain(f"load_tensors: loading model tensors, this can take a while... (load_mode = {mode})")
     for line in buffer_lines(p, "CPU" if mode == "none" else "CPU_Mapped", a.ctx):

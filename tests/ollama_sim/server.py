@@ -137,11 +137,10 @@ class Sim:
         return "v11" if g.driver <= 12000 else "v12"
 
     # ---------------------------------------------------------------------------------------------- scheduling
-    def _values(self, model: models.Model, port: int, ctx: int, gpu: discovery.Gpu | None) -> dict[str, Any]:
+    def _values(self, model: models.Model, port: int, ctx: int, gpus: list[discovery.Gpu]) -> dict[str, Any]:
+        gpu = gpus[0] if gpus else None
         gpudir = (gpu.gpudir or self.layout.cuda_dir_for(self._variant(gpu))) if gpu else ""
-        visible = ""
-        if gpu:
-            visible = gpu.uuid if self.gen.name == "B" else self._remap(str(gpu.index))
+        visible = ",".join(g.uuid if self.gen.name == "B" else self._remap(str(g.index)) for g in gpus)
         layers = ["--n-gpu-layers", str(999)] if gpu else []
         return {"exe": self.layout.exe, "llama_server": self.layout.llama_server, "model": str(model.blob),
                 "port": str(port), "ctx": str(ctx), "parallel": "1", "batch": "512",
@@ -169,10 +168,19 @@ class Sim:
             self.runners[model.name] = r
             return r
 
+    def _choose(self, size: int) -> list[discovery.Gpu]:
+        """The scheduler's choice: the GPU with the most free memory when the model fits it alone (gen D's
+        `selecting single GPU`), else every GPU (llama-server splits the layers); gen B/C take the first."""
+        if len(self.gpus) < 2 or self.gen.name != "D":
+            return self.gpus[:1]
+        best = max(self.gpus, key=lambda g: g.free)
+        return [best] if size + (1 << 30) <= best.free else list(self.gpus)
+
     def _start(self, model: models.Model, ctx: int) -> Runner:
-        gpu = self.gpus[0] if self.gpus else None
+        chosen = self._choose(model.blob.stat().st_size)
+        gpu = chosen[0] if chosen else None
         port = procs.free_port()
-        values = self._values(model, port, ctx, gpu)
+        values = self._values(model, port, ctx, chosen)
         argv, env = spawnspec.spawn(self.gen, "model", os.environ, values, frozenset({"gpu"} if gpu else set()))
         blob = str(model.blob)
         if gpu is None:

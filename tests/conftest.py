@@ -1,0 +1,21 @@
+"""Fixtures shared by the test modules: the native test doubles and one shim cache, each built once a session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.ollama_sim import native
+
+
+@pytest.fixture(scope="session")
+def libs() -> native.NativeLibs:
+    """tests/native's mock CUDA driver (normal, stub and no-cuMemAddressReserve builds) and fake GGML CUDA backend."""
+    return native.build()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shim cache (CACHE_DIRECTORY) for the session: the shim is compiled once, not per test."""
+    return tmp_path_factory.mktemp("cache")
