@@ -255,8 +255,17 @@ class Settings:
 
 
 def packaged_file() -> Path:
-    """The defaults file shipped inside the package (config/ollama-gpu.env in the repository)."""
-    return Path(str(importlib.resources.files("launcher._config").joinpath("ollama-gpu.env")))
+    """The defaults file shipped inside the package (config/ollama-gpu.env in the repository, used as it is when
+    ollama-gpu runs from a checkout that was not installed)."""
+    return package_dir("launcher._config", "config") / "ollama-gpu.env"
+
+
+def package_dir(package: str, repo_dir: str) -> Path:
+    """A data folder shipped as a package (pyproject's package-dir), or its repository folder in a bare checkout."""
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / repo_dir
 
 
 def user_file(env: Mapping[str, str]) -> Path | None:

@@ -109,7 +109,9 @@ def build(*, shim: Sequence[Event] = (), log: Sequence[Event] = (), layers: Mapp
             draft(f"CUDA{e.data['ordinal']}").put("shim", uuid=e.data.get("uuid"), name=e.data.get("name"),
                                                    pci_bus_id=e.data.get("pci_bus_id"))
     for e in log:
-        _from_log(e, draft, discovery)
+        same_bus = [d.device for d in drafts.values() if e.data.get("pci_id") and d.device is not None
+                    and _bus(d.data.get("pci_bus_id")) == _bus(e.data["pci_id"])]
+        _from_log(e, draft, discovery, same_bus[0] if same_bus else None)
     for name, count in (layers or {}).items():
         if _GPU_NAME.match(name):
             draft(name).put("log", layers=count)
@@ -128,10 +130,13 @@ def build(*, shim: Sequence[Event] = (), log: Sequence[Event] = (), layers: Mapp
                 d.put("nvml", uuid=order[ordinal].uuid)
     out = [_finish(d, gpus, held, discovery) for d in sorted(drafts.values(), key=lambda d: _key(d.device))]
     seen = {x.uuid for x in out if x.uuid}
+    if any(x.uuid is None for x in out):
+        return tuple(out)  # a GPU the process used is not known by UUID: which of NVML's it left out is not either
     for g in sorted(gpus or (), key=lambda g: g.index):
         if g.uuid not in seen and not any(_parent_in(g, u) for u in seen):
-            out.append(DeviceUse(None, "hidden", g.uuid, g.pci_bus_id, g.name, g.index,
-                                 hidden_by=who_hid(process_cvd, operator), sources=("nvml",)))
+            hidden = process_cvd is not None  # unfiltered: CUDA saw it, the process just did not use it
+            out.append(DeviceUse(None, "hidden" if hidden else "visible", g.uuid, g.pci_bus_id, g.name, g.index,
+                                 hidden_by=who_hid(process_cvd, operator) if hidden else None, sources=("nvml",)))
     return tuple(out)
 
 
@@ -144,7 +149,8 @@ def _key(name: str | None) -> tuple[str, int]:
     return (m[1], int(m[2])) if m else (name or "", 0)
 
 
-def _from_log(e: Event, draft: Any, discovery: bool) -> None:
+def _from_log(e: Event, draft: Any, discovery: bool, into: str | None) -> None:
+    """One log event into the drafts; `into`: the device a discovered GPU already has (same PCI bus id)."""
     data = e.data
     if e.kind == "device_used" and _GPU_NAME.match(str(data.get("device", ""))):
         draft(data["device"]).put("log", name=data.get("name"), pci_bus_id=data.get("pci"),
@@ -157,7 +163,7 @@ def _from_log(e: Event, draft: Any, discovery: bool) -> None:
         d.sources.add("log")
     elif e.kind == "gpu_discovered" and discovery:
         index = str(data.get("filter_id") or data.get("id") or "")
-        name = f"CUDA{index}" if index.isdigit() else str(data.get("id") or "")
+        name = into or (f"CUDA{index}" if index.isdigit() else str(data.get("id") or ""))
         uuid = data.get("id") if str(data.get("id", "")).startswith(("GPU-", "MIG-")) else None
         draft(name).put("log", name=data.get("name"), pci_bus_id=data.get("pci_id"), uuid=uuid, discovered=True)
 

@@ -1394,7 +1394,7 @@ def _after_discovery(runner: Verdict, discovery: Verdict) -> Verdict:
     discovery's outcome and cause (the fix is the same), not a reassuring `cpu_expected`."""
     inherits = discovery.cause not in ("none", "unknown") and discovery.outcome in ("unknown", "cpu_fallback")
     own = runner.cause not in ("none", "unknown")
-    if not inherits or own or runner.outcome not in ("cpu_expected", "unknown"):
+    if not inherits or own or runner.outcome not in ("cpu_expected", "unknown", "cpu_fallback"):
         return runner
     note = f"the runner had no GPU to use: discovery found {discovery.outcome} ({discovery.cause})"
     return replace(runner, outcome=discovery.outcome, cause=discovery.cause, notes=(*runner.notes, note))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.resources
 import json
 import os
 import re
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import structlog
+
+from launcher.config import package_dir
 
 log = structlog.get_logger(__name__)
 
@@ -255,8 +256,8 @@ class BuildSpec:
 
 
 def shim_source_dir() -> Path:
-    """The shim's C sources as installed with the package (`shim/` in the repository)."""
-    return Path(str(importlib.resources.files("launcher._shim")))
+    """The shim's C sources as installed with the package (`shim/` in the repository, for a bare checkout)."""
+    return package_dir("launcher._shim", "shim")
 
 
 def read_build_spec(src_dir: Path) -> BuildSpec:

@@ -207,3 +207,18 @@ class TestBadInput:
         proc = run_cli(["frobnicate"], clean_env(tmp_path))
         assert proc.returncode == 2
         assert_no_traceback(proc.stderr)
+
+
+def test_defaults_and_shim_sources_found_in_a_bare_checkout() -> None:
+    """Run from a checkout that was never installed (as on the GPU machine), config/ and shim/ are still found."""
+    import subprocess
+    import sys
+
+    from tests.cli_helpers import REPO
+
+    code = ("import sys; sys.meta_path[:] = [m for m in sys.meta_path if 'editable' not in repr(m).lower()]; "
+            f"sys.path.insert(0, {str(REPO)!r}); "
+            "from launcher.config import packaged_file; from launcher.shim_build import shim_source_dir; "
+            "print(packaged_file()); print(shim_source_dir())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == [str(REPO / "config" / "ollama-gpu.env"), str(REPO / "shim")]

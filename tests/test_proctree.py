@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,10 +127,10 @@ class TestWatcherFakeProc:
 class TestWatcherRealProc:
     def test_real_children_and_env_audit(self, tmp_path: Path) -> None:
         """On the real /proc: a child runner named llama-server is found, classified and audited."""
-        exe = tmp_path / "llama-server"
-        exe.symlink_to("/bin/sleep")
+        # A Python process whose argv[0] is llama-server: it lives until killed (sleep would reject --model).
         env = {**os.environ, "LD_PRELOAD": "", "OGPU_EVENTS": SOCK}
-        proc = subprocess.Popen([str(exe), "--model", "/x", "5"], env=env, executable="/bin/sleep")
+        proc = subprocess.Popen([str(tmp_path / "llama-server"), "-c", "import time; time.sleep(60)", "--model", "/x"],
+                                env=env, executable=sys.executable)
         try:
             watcher = TreeWatcher(os.getpid(), Path(SHIM), Path(SOCK))
             deadline = time.monotonic() + 10

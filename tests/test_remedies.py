@@ -99,11 +99,12 @@ class TestOperatorIntent:
         plan = remedy_for("device_filter_hides_gpu", ctx(env, may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
         assert plan.patch is None and "scheduler" in plan.why_no_patch
 
-    def test_kubernetes_device_plugin_filters_are_never_widened(self) -> None:
-        """NVIDIA_VISIBLE_DEVICES from the device plugin marks a scheduler assignment."""
+    def test_container_runtime_allocation_is_not_a_reason_to_refuse(self) -> None:
+        """NVIDIA_VISIBLE_DEVICES (the container runtime's, set by the device plugin) only mounts the allocated GPUs:
+        unsetting a listed CUDA_VISIBLE_DEVICES inside the container cannot reach beyond them, so it is allowed."""
         env = {"CUDA_VISIBLE_DEVICES": "-1", "NVIDIA_VISIBLE_DEVICES": "GPU-1"}
         plan = remedy_for("operator_forced_cpu", ctx(env, may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
-        assert plan.patch is None
+        assert plan.patch == {"CUDA_VISIBLE_DEVICES": None}
 
     def test_forced_cpu_library_listed_is_unset(self) -> None:
         """OLLAMA_LLM_LIBRARY=cuda (no such dir since 0.12) is unset when listed."""

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from tests.ollama_sim import gguf, native
+from tests.ollama_sim.discovery import Gpu
+from tests.ollama_sim.gens import GENERATIONS
+from tests.ollama_sim.server import Sim
 from tests.test_serve_remedies import Run
 
 # Mock UUIDs (tests/native/mockcuda.c defaults for devices 0 and 1). Usable room per GPU is mem_mib - 1536 MiB
@@ -28,18 +31,6 @@ FOUR = ";".join((
     "name=NVIDIA A100-SXM4-40GB MIG 1g.5gb,cc=8.0,pci=0000:04:00.0,mem_mib=1560,"
     "uuid=MIG-9e8d7c6b-5a49-5838-2716-fedcba987654",
 ))
-
-
-@pytest.fixture(scope="module")
-def libs() -> native.NativeLibs:
-    """The mock driver and the fake GGML CUDA backend."""
-    return native.build()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shim cache for the module."""
-    return tmp_path_factory.mktemp("cache")
 
 
 def start(tmp: Path, libs: native.NativeLibs, cache: Path, devices: str, *, flags: tuple[str, ...] = (),
@@ -162,3 +153,26 @@ class TestFourGpus:
             ["0000:02:00.0", "0000:03:00.0"]
         assert GPU_C in used(verdict)
         assert run.stop() == 0
+
+
+class TestSimulatedScheduler:
+    @staticmethod
+    def sim(*free_mib: int) -> Sim:
+        sim = Sim.__new__(Sim)  # only the scheduler's inputs: the generation and the discovered GPUs
+        sim.gen = GENERATIONS["D"]
+        sim.gpus = [Gpu(i, f"GPU-{i}", "GPU", (9, 0), mib << 20, mib << 20, f"0000:0{i}:00.0", 13000, "")
+                    for i, mib in enumerate(free_mib)]
+        return sim
+
+    def test_a_model_that_fits_one_gpu_gets_the_roomiest(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Gen D's `selecting single GPU`: the GPU with the most free memory when the model fits it alone."""
+        monkeypatch.delenv("OLLAMA_SCHED_SPREAD", raising=False)
+        sim = self.sim(4000, 8000)
+        assert sim._choose(100 << 20) == [sim.gpus[1]]
+        assert sim._choose(7500 << 20) == sim.gpus  # too big for one: every GPU, llama-server splits it
+
+    def test_sched_spread_always_takes_every_gpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """OLLAMA_SCHED_SPREAD=1 (Ollama's own knob) spreads even a small model over every GPU."""
+        monkeypatch.setenv("OLLAMA_SCHED_SPREAD", "1")
+        sim = self.sim(4000, 8000)
+        assert sim._choose(100 << 20) == sim.gpus

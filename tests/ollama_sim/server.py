@@ -170,9 +170,12 @@ class Sim:
 
     def _choose(self, size: int) -> list[discovery.Gpu]:
         """The scheduler's choice: the GPU with the most free memory when the model fits it alone (gen D's
-        `selecting single GPU`), else every GPU (llama-server splits the layers); gen B/C take the first."""
+        `selecting single GPU`), else every GPU (llama-server splits the layers), always every GPU with
+        OLLAMA_SCHED_SPREAD=1; gen B/C take the first."""
         if len(self.gpus) < 2 or self.gen.name != "D":
             return self.gpus[:1]
+        if os.environ.get("OLLAMA_SCHED_SPREAD", "") in ("1", "true", "True"):
+            return list(self.gpus)
         best = max(self.gpus, key=lambda g: g.free)
         return [best] if size + (1 << 30) <= best.free else list(self.gpus)
 

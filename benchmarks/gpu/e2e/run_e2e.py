@@ -1,0 +1,844 @@
+"""The whole chain on a real GPU (issue #8): a real llama.cpp CUDA runner under `ollama-gpu serve`, induced faults,
+remedies, and the project's performance figures. Ends with one table.
+
+    # on the device machine, after build_llama.sh (device.sh does both):
+    python3 benchmarks/gpu/e2e/run_e2e.py --mode real --llama-bin /tmp/llama.cpp/build/bin \\
+        --tiny /tmp/ogpu-e2e/models/tiny-f16.gguf --bench-model /tmp/ogpu-e2e/models/rand-1b-f16.gguf --out "$OUT"
+    # here, without a GPU: the same script against tests/native's mock driver and the simulator's own llama-server
+    python3 benchmarks/gpu/e2e/run_e2e.py --mode mock --out /tmp/ogpu-e2e-mock
+
+The Ollama in front of the runner is the simulator of tests/ollama_sim in generation D (Ollama 0.30+): it runs the
+real `llama-server` named by OLLAMA_SIM_LLAMA_SERVER with Ollama's argv and environment (LD_LIBRARY_PATH,
+GGML_BACKEND_PATH=lib/ollama/cuda_v13/libggml-cuda.so, CUDA_VISIBLE_DEVICES), for discovery and for models.
+Each scenario is asserted from `ollama-gpu status --json` and the OGPU_RECORD event stream (docs/gpu-validation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent.parent / "shim_overhead"))
+
+import run as overhead  # noqa: E402  (benchmarks/shim_overhead/run.py: build_shim, timing_pairs, timing_inproc)
+from stack import (  # noqa: E402
+    LoaderView,
+    Server,
+    Stack,
+    broken_backend,
+    http_json,
+    restore_backend,
+    stub_dir,
+    wait_for,
+)
+
+from launcher.driverlib import KNOWN_DIRS  # noqa: E402
+from launcher.events import Event  # noqa: E402
+
+SETTLED = ("gpu", "cpu_fallback", "cpu_expected", "partial_offload", "crash")
+READY_S = 90.0
+VERDICT_S = 45.0
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One scenario's checks, what it observed and the figures it yields."""
+
+    name: str
+    proves: str
+    expect: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    got: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+    skipped: str = ""
+
+    def check(self, what: str, ok: bool, detail: object = "") -> bool:
+        self.checks.append((what, bool(ok), str(detail)[:400]))
+        return bool(ok)
+
+    @property
+    def result(self) -> str:
+        if self.skipped:
+            return "SKIP"
+        if self.error:
+            return "ERROR"
+        return "PASS" if self.checks and all(ok for _, ok, _ in self.checks) else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "proves": self.proves, "expect": self.expect, "result": self.result,
+                "got": self.got, "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in self.checks],
+                "metrics": self.metrics, "notes": self.notes, "error": self.error, "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scenario:
+        return cls(d["name"], d["proves"], d["expect"], [(c["check"], c["ok"], c["detail"]) for c in d["checks"]],
+                   d["got"], d["metrics"], d["notes"], d["error"], d["skipped"])
+
+
+# --- reading the event stream -------------------------------------------------------------------------------------
+
+
+def verdicts(events: list[Event], subject: str | None = None) -> list[Event]:
+    """supervisor/verdict events (optionally of one subject: "discovery" or "runner <pid>")."""
+    return [e for e in events if e.source == "supervisor" and e.kind == "verdict"
+            and (subject is None or e.data.get("subject") == subject)]
+
+
+def of_kind(events: list[Event], source: str, kind: str) -> list[Event]:
+    return [e for e in events if e.source == source and e.kind == kind]
+
+
+def vtext(e: Event | dict[str, Any] | None) -> str:
+    if e is None:
+        return "none"
+    d = e.data if isinstance(e, Event) else e
+    sig = ",".join(str(s) for s in d.get("signals") or [])
+    return f"{d.get('outcome')}/{d.get('cause')}" + (f" [{sig}]" if sig else "")
+
+
+def wait_verdict(srv: Server, subject: str, pred: Callable[[Event], bool], timeout: float = VERDICT_S,
+                 after: float = 0.0) -> Event | None:
+    """The first verdict of `subject` (recorded after monotonic time `after`) that satisfies `pred`."""
+    def find() -> Event | None:
+        for e in verdicts(srv.events(), subject):
+            if e.t >= after and pred(e):
+                return e
+        if not srv.alive():
+            return None
+        return None
+    return wait_for(find, timeout, 0.2)
+
+
+def settled(e: Event) -> bool:
+    return e.data.get("outcome") in SETTLED
+
+
+def decided(e: Event) -> bool:
+    """Settled, or a cause named while the outcome waits for a second source (no NVML: the mock stack)."""
+    return settled(e) or e.data.get("cause") not in ("unknown", "none", None)
+
+
+def fallback_ok(e: Event | None, cause: str, stack: Stack) -> bool:
+    """`cpu_fallback/<cause>`; on the mock stack (no NVML, so no usable GPU is seen) `unknown/<cause>` too."""
+    if e is None or e.data.get("cause") != cause:
+        return False
+    return e.data.get("outcome") == "cpu_fallback" or (stack.mode == "mock" and e.data.get("outcome") == "unknown")
+
+
+def shim_of(events: list[Event], pid: int | None = None) -> list[Event]:
+    return [e for e in events if e.source == "shim" and (pid is None or e.pid == pid)]
+
+
+def loaded_runner(srv: Server, sc: Scenario, model: str, num_ctx: int = 2048) -> Any:
+    """Load `model`; the model runner process, or None (with the reason in the scenario)."""
+    t0 = time.monotonic()
+    code, body = srv.load(model, num_ctx)
+    sc.metrics.setdefault("load_s", round(time.monotonic() - t0, 2))
+    sc.check("model load answered 200", code == 200, f"{code} {str(body)[:200]}")
+    runners = wait_for(srv.model_runners, 10, 0.1) or []
+    if not runners:
+        sc.check("a model runner is alive", False, "none found")
+        return None
+    return runners[-1]
+
+
+def nvml_used_by(pid: int, timeout: float = 10.0) -> int | None:
+    """GPU memory NVML lists for `pid` (bytes), 0 when not listed, None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+
+    def read() -> int:
+        total = 0
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if p.pid == pid:
+                    total += int(p.usedGpuMemory or 0) or 1
+        return total
+    try:
+        return int(wait_for(read, timeout, 0.2) or 0)
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def backend_to_verdict_ms(events: list[Event], pid: int) -> float | None:
+    """From the runner's backend decision (the shim's dlopen of libggml-cuda.so succeeding in that process) to the
+    supervisor's `gpu` verdict for it."""
+    opened = [e for e in shim_of(events, pid) if e.kind == "dlopen" and e.data.get("ok")
+              and "libggml-cuda" in str(e.data.get("name") or e.data.get("path"))]
+    done = [e for e in verdicts(events, f"runner {pid}") if e.data.get("outcome") == "gpu"]
+    if not opened or not done:
+        return None
+    return round((done[0].t - opened[0].t) * 1000, 1)
+
+
+def check_gpu_runner(srv: Server, sc: Scenario, runner: Any, stack: Stack) -> None:
+    """The model runner is on the GPU: verdict `gpu`, the shim's launches and memory, NVML lists its pid."""
+    rv = wait_verdict(srv, f"runner {runner.pid}", lambda e: e.data.get("outcome") == "gpu")
+    if rv is None:
+        last = verdicts(srv.events(), f"runner {runner.pid}")
+        sc.check("runner verdict gpu", False, vtext(last[-1] if last else None))
+        return
+    sc.got.append(f"runner {vtext(rv)}")
+    sc.check("runner verdict gpu/none", rv.data.get("cause") == "none", vtext(rv))
+    def launched() -> tuple[list[Event], int, dict[str, Any]] | None:
+        events = srv.events()
+        snaps = [e for e in shim_of(events, runner.pid) if e.kind == "snapshot"]
+        n = sum(int(v or 0) for v in (snaps[-1].data.get("launches") or {}).values()) if snaps else 0
+        got = (events, n, (snaps[-1].data.get("mem") or {}) if snaps else {})
+        return got if n or stack.mode != "real" else None
+
+    # The shim sends a snapshot from inside a hooked call, at most every 250 ms: after the load the runner is idle
+    # and its last counts (the warm-up's launches) stay unsent. Two short requests, 300 ms apart, flush them.
+    port = Server.port_of(runner)
+    if stack.mode == "real" and port:
+        for _ in range(2):
+            with contextlib.suppress(Exception):
+                completion(port, "Hello, my name is", 8)
+            time.sleep(0.3)
+    events, launches, mem = wait_for(launched, 5, 0.25) or (srv.events(), 0, {})
+    shim = shim_of(events, runner.pid)
+    sc.check("shim: the runner said hello and cuInit returned 0",
+             any(e.kind == "hello" for e in shim) and any(e.kind == "cu_init" and e.data.get("result") == 0
+                                                            for e in shim))
+    if stack.mode == "real":  # tests/native's fake backend launches nothing
+        sc.check("shim: kernels launched and device memory allocated in the runner",
+                 launches > 0 and int(mem.get("alloc_bytes", 0)) > 0,
+                 f"launches {launches}, alloc_bytes {mem.get('alloc_bytes')}")
+        sc.got.append(f"shim: {launches} launches, {int(mem.get('alloc_bytes', 0)) / 2**20:.0f} MiB allocated")
+    if stack.mode == "real":
+        used = nvml_used_by(runner.pid)
+        sc.check("NVML lists the runner's pid with GPU memory", bool(used), f"{(used or 0) / 2**20:.0f} MiB")
+        sc.got.append(f"NVML: pid {runner.pid} holds {(used or 0) / 2**20:.0f} MiB")
+    ms = backend_to_verdict_ms(events, runner.pid)
+    if ms is not None:
+        sc.metrics["backend_to_verdict_ms"] = ms
+    if stack.mode == "real":  # the verdict's signals grow after it is first reported: status has the current ones
+        want = {"log:gpu", "shim:gpu", "nvml:gpu"}
+
+        def signals() -> set[str] | None:
+            st = srv.status() or {}
+            rows = [r for r in st.get("runners") or [] if r.get("pid") == runner.pid]
+            got = set(rows[-1].get("signals") or []) if rows else set()
+            return got if want <= got else None
+        got = wait_for(signals, 8, 1.0)
+        sc.check("status: the runner's gpu verdict rests on the log, the shim and NVML", got is not None,
+                 sorted(got or []))
+
+
+def check_status(srv: Server, sc: Scenario, discovery: str | None, runner_pid: int | None = None,
+                 runner: str | None = None) -> dict[str, Any] | None:
+    """`ollama-gpu status --json` agrees with the event stream."""
+    st = srv.status()
+    if st is None:
+        sc.check("ollama-gpu status --json answers", False, "no answer")
+        return None
+    d = st.get("discovery") or {}
+    if discovery is not None:
+        sc.check(f"status: discovery {discovery}", f"{d.get('outcome')}/{d.get('cause')}" == discovery, vtext(d))
+    if runner_pid is not None and runner is not None:
+        rows = [r for r in st.get("runners") or [] if r.get("pid") == runner_pid]
+        got = vtext(rows[-1]) if rows else "runner missing"
+        sc.check(f"status: runner {runner}", bool(rows) and f"{rows[-1].get('outcome')}/{rows[-1].get('cause')}"
+                 == runner, got)
+    return st
+
+
+def advice_lines(srv: Server) -> list[dict[str, Any]]:
+    return [e for e in srv.our_lines() if e.get("event") == "advice"]
+
+
+# --- scenarios ----------------------------------------------------------------------------------------------------
+
+
+def healthy(stack: Stack, sc: Scenario) -> None:
+    srv = Server(stack, "healthy")
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        dv = wait_verdict(srv, "discovery", settled)
+        sc.got.append(f"discovery {vtext(dv)}")
+        sc.check("discovery verdict gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            check_gpu_runner(srv, sc, runner, stack)
+            check_status(srv, sc, "gpu/none", runner.pid, "gpu/none")
+        sc.check("no restart", not of_kind(srv.events(), "supervisor", "restarted"))
+    finally:
+        srv.stop()
+
+
+def driver_unreachable(stack: Stack, sc: Scenario) -> None:
+    view = LoaderView.hide_libcuda(stack, stack.work / "fault-driver")
+    sc.notes += view.notes
+    extra: dict[str, str | None] = {"LD_LIBRARY_PATH": view.ld_library_path}
+    if str(stack.driver_dir) not in KNOWN_DIRS:  # the mock driver lives where no driver normally does
+        extra["OGPU_DRIVER_LIB_DIRS"] = str(stack.driver_dir)
+        sc.notes.append(f"{stack.driver_dir} is not a known driver directory: named in OGPU_DRIVER_LIB_DIRS")
+    try:
+        srv = Server(stack, "driver-unreachable-advise", {**extra, "OGPU_MODE": "advise"}, prefix=view.prefix)
+        try:
+            sc.check("advise: ready", srv.wait_ready(READY_S))
+            dv = wait_verdict(srv, "discovery", decided)
+            sc.got.append(f"advise: discovery {vtext(dv)}")
+            sc.check("advise: discovery cpu_fallback/libcuda_not_found", fallback_ok(dv, "libcuda_not_found", stack),
+                     vtext(dv))
+            fails = [e for e in shim_of(srv.events()) if e.kind == "dlopen" and not e.data.get("ok")]
+            text = next((str(e.data.get("error")) for e in fails if "libcuda.so.1" in str(e.data.get("error"))), "")
+            sc.check("shim: dlopen failure carries the loader's text about libcuda.so.1", bool(text), text[:200])
+            adv = advice_lines(srv)
+            sc.check("advise: the fix is reported (LD_LIBRARY_PATH), nothing restarted",
+                     any("LD_LIBRARY_PATH" in json.dumps(a) for a in adv)
+                     and not of_kind(srv.events(), "supervisor", "restarted"), f"{len(adv)} advice lines")
+            runner = loaded_runner(srv, sc, stack.models["tiny"])
+            if runner is not None:
+                rv = wait_verdict(srv, f"runner {runner.pid}", decided)
+                sc.got.append(f"advise: runner {vtext(rv)}")
+                sc.check("advise: runner cpu_fallback/libcuda_not_found", fallback_ok(rv, "libcuda_not_found", stack),
+                         vtext(rv))
+        finally:
+            srv.stop()
+        srv = Server(stack, "driver-unreachable-auto", extra, prefix=view.prefix)
+        try:
+            sc.check("auto: ready", srv.wait_ready(READY_S))
+            changes = [e for e in srv.our_lines() if e.get("event") in ("environment_change", "remedy")
+                       and "LD_LIBRARY_PATH" in json.dumps(e)]
+            decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
+                         if e.data.get("cause") == "libcuda_not_found"]
+            sc.check("auto: the driver directory is added before Ollama starts (proactive remedy)",
+                     bool(changes or decisions), (changes or decisions or ["none"])[0])
+            dv = wait_verdict(srv, "discovery", settled)
+            sc.got.append(f"auto: discovery {vtext(dv)}")
+            sc.check("auto: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+            runner = loaded_runner(srv, sc, stack.models["tiny"])
+            if runner is not None:
+                check_gpu_runner(srv, sc, runner, stack)
+                ld = Server.environ_of(runner).get("LD_LIBRARY_PATH", "")
+                sc.check("auto: the runner's LD_LIBRARY_PATH names the driver directory",
+                         str(stack.driver_dir) in ld.split(":"), ld[:200])
+        finally:
+            srv.stop()
+    finally:
+        view.restore()
+
+
+def filter_operator(stack: Stack, sc: Scenario) -> None:
+    srv = Server(stack, "filter-operator", {"CUDA_VISIBLE_DEVICES": "-1"})
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        dv = wait_verdict(srv, "discovery", settled)
+        sc.got.append(f"discovery {vtext(dv)}")
+        sc.check("discovery cpu_expected/operator_forced_cpu",
+                 dv is not None and vtext(dv).startswith("cpu_expected/operator_forced_cpu"), vtext(dv))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            rv = wait_verdict(srv, f"runner {runner.pid}", settled)
+            sc.got.append(f"runner {vtext(rv)}")
+            sc.check("runner cpu_expected/operator_forced_cpu",
+                     rv is not None and vtext(rv).startswith("cpu_expected/operator_forced_cpu"), vtext(rv))
+            cvd = Server.environ_of(runner).get("CUDA_VISIBLE_DEVICES")
+            sc.check("the operator's CUDA_VISIBLE_DEVICES=-1 reached the runner unchanged", cvd == "-1", cvd)
+            check_status(srv, sc, "cpu_expected/operator_forced_cpu", runner.pid, "cpu_expected/operator_forced_cpu")
+        applied = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
+                   if e.data.get("action") in ("apply_now", "apply_when_idle")]
+        sc.check("left alone: no remedy applied, no restart",
+                 not applied and not of_kind(srv.events(), "supervisor", "restarted"), applied[:1])
+    finally:
+        srv.stop()
+
+
+def filter_override(stack: Stack, sc: Scenario) -> None:
+    srv = Server(stack, "filter-override", {"CUDA_VISIBLE_DEVICES": "-1", "OGPU_MAY_OVERRIDE": "CUDA_VISIBLE_DEVICES"})
+    try:
+        first = wait_verdict(srv, "discovery", lambda e: settled(e) and e.data.get("outcome") != "gpu", READY_S)
+        sc.got.append(f"before: discovery {vtext(first)}")
+        sc.check("before: discovery names the filter",
+                 first is not None and first.data.get("cause") in ("operator_forced_cpu", "device_filter_hides_gpu"),
+                 vtext(first))
+        restarted = wait_for(lambda: of_kind(srv.events(), "supervisor", "restarted"), 20, 0.2)
+        sc.check("remedy applied: Ollama restarted", bool(restarted))
+        decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
+                     if e.data.get("action") == "apply_now"]
+        sc.check("the patch unsets CUDA_VISIBLE_DEVICES", any((d.get("patch") or {}).get("CUDA_VISIBLE_DEVICES", 1)
+                                                              is None for d in decisions), decisions[:1])
+        after = restarted[0].t if restarted else 0.0
+        dv = wait_verdict(srv, "discovery", lambda e: e.data.get("outcome") == "gpu", VERDICT_S, after=after)
+        sc.got.append(f"after: discovery {vtext(dv)}")
+        sc.check("after the restart: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"),
+                 vtext(dv))
+        if first is not None and dv is not None:
+            sc.metrics["fallback_to_recovered_ms"] = round((dv.t - first.t) * 1000, 1)
+        sc.check("ready", srv.wait_ready(READY_S))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            check_gpu_runner(srv, sc, runner, stack)
+            cvd = Server.environ_of(runner).get("CUDA_VISIBLE_DEVICES")
+            sc.check("the runner no longer gets CUDA_VISIBLE_DEVICES=-1", cvd != "-1", cvd)
+            if first is not None:
+                rv = wait_verdict(srv, f"runner {runner.pid}", lambda e: e.data.get("outcome") == "gpu", 5)
+                if rv is not None:
+                    sc.metrics["fallback_to_runner_gpu_ms"] = round((rv.t - first.t) * 1000, 1)
+            st = check_status(srv, sc, "gpu/none", runner.pid, "gpu/none")
+            if st is not None:
+                sc.check("status: one remedy applied, one restart",
+                         len((st.get("remedies") or {}).get("applied") or []) == 1 and st.get("restarts") == 1,
+                         {"applied": (st.get("remedies") or {}).get("applied"), "restarts": st.get("restarts")})
+    finally:
+        srv.stop()
+
+
+def backend_unloadable(stack: Stack, sc: Scenario) -> None:
+    with broken_backend(stack) as how:
+        sc.notes.append(how)
+        srv = Server(stack, "backend-unloadable")
+        try:
+            sc.check("ready", srv.wait_ready(READY_S))
+            dv = wait_verdict(srv, "discovery", decided)
+            sc.got.append(f"discovery {vtext(dv)}")
+            sc.check("discovery cpu_fallback/backend_load_failed", fallback_ok(dv, "backend_load_failed", stack),
+                     vtext(dv))
+            fails = [e for e in shim_of(srv.events()) if e.kind == "dlopen" and not e.data.get("ok")
+                     and "libggml-cuda" in str(e.data.get("name"))]
+            text = str(fails[0].data.get("error") or "") if fails else ""
+            sc.check("shim: the failed dlopen of libggml-cuda.so carries the loader's text", bool(text), text[:200])
+            log = (srv.dir / "stderr.log").read_text(errors="replace")
+            sc.notes.append("Ollama's log also has the loader's text (GGML_BACKEND_PATH is loaded loudly)"
+                            if text and text.split(": ")[-1] in log else "Ollama's log does not have the loader's text")
+            sc.check("advised (no environment change fixes this), not restarted",
+                     bool(advice_lines(srv)) and not of_kind(srv.events(), "supervisor", "restarted"))
+            # The operator follows the advice: reinstall the backend, SIGHUP; the restart is verified.
+            restore_backend(stack)
+            t_fix = time.monotonic()
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            restarted = wait_for(lambda: [e for e in of_kind(srv.events(), "supervisor", "restarted") if e.t >= t_fix],
+                                 30, 0.2)
+            sc.check("after the operator's fix and SIGHUP: restarted", bool(restarted))
+            after = restarted[0].t if restarted else t_fix
+            dv2 = wait_verdict(srv, "discovery", lambda e: e.data.get("outcome") == "gpu", VERDICT_S, after=after)
+            sc.got.append(f"after fix: discovery {vtext(dv2)}")
+            sc.check("after the fix: discovery gpu/none", dv2 is not None and vtext(dv2).startswith("gpu/none"),
+                     vtext(dv2))
+        finally:
+            srv.stop()
+
+
+def stub_first(stack: Stack, sc: Scenario) -> None:
+    d, how = stub_dir(stack, stack.work / "fault-stub")
+    sc.notes.append(how)
+    ld = f"{d}:{stack.base_ld_path}" if stack.base_ld_path else str(d)
+    srv = Server(stack, "stub-advise", {"LD_LIBRARY_PATH": ld, "OGPU_MODE": "advise"})
+    try:
+        sc.check("advise: ready", srv.wait_ready(READY_S))
+        dv = wait_verdict(srv, "discovery", decided)
+        sc.got.append(f"advise: discovery {vtext(dv)}")
+        sc.check("advise: discovery cpu_fallback/stub_library", fallback_ok(dv, "stub_library", stack), vtext(dv))
+        shim = shim_of(srv.events())
+        inits = sorted({int(e.data.get("result", 0)) for e in shim if e.kind == "cu_init"})
+        stub_open = [e for e in shim if e.kind == "dlopen" and "stubs" in str(e.data.get("path") or "")]
+        sc.got.append(f"shim cu_init results {inits}")
+        sc.check("shim: cuInit returned 34 (stub) or the stub was loaded", 34 in inits or bool(stub_open), inits)
+        sc.check("advise: nothing restarted", not of_kind(srv.events(), "supervisor", "restarted"))
+    finally:
+        srv.stop()
+    srv = Server(stack, "stub-auto", {"LD_LIBRARY_PATH": ld})
+    try:
+        sc.check("auto: ready", srv.wait_ready(READY_S))
+        decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
+                     if e.data.get("cause") == "stub_library"]
+        changes = [e for e in srv.our_lines() if e.get("event") in ("environment_change", "remedy")
+                   and "LD_LIBRARY_PATH" in json.dumps(e)]
+        sc.check("auto: the stubs directory is dropped before Ollama starts (proactive remedy)",
+                 bool(decisions or changes), (decisions or changes or ["none"])[0])
+        dv = wait_verdict(srv, "discovery", settled)
+        sc.got.append(f"auto: discovery {vtext(dv)}")
+        sc.check("auto: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            check_gpu_runner(srv, sc, runner, stack)
+            ld_runner = Server.environ_of(runner).get("LD_LIBRARY_PATH", "")
+            sc.check("auto: no stubs directory in the runner's LD_LIBRARY_PATH", "stubs" not in ld_runner,
+                     ld_runner[:200])
+    finally:
+        srv.stop()
+
+
+SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
+    ("healthy", healthy, "verdict gpu from real log lines + real shim launches + runner VRAM per NVML",
+     "gpu/none, no restart"),
+    ("filter-override", filter_override, "CUDA_VISIBLE_DEVICES=-1 listed in OGPU_MAY_OVERRIDE is fixed",
+     "fallback -> unset -> restart -> gpu"),
+    ("filter-operator", filter_operator, "CUDA_VISIBLE_DEVICES=-1 as the operator's choice is left alone",
+     "cpu_expected/operator_forced_cpu"),
+    ("driver-unreachable", driver_unreachable, "libcuda.so.1 unreachable for the runner: cause, then the fix",
+     "libcuda_not_found; auto: dir added, gpu"),
+    ("stub-first", stub_first, "the toolkit's stub libcuda first on the path: cause, then the fix",
+     "stub_library; auto: stubs dropped, gpu"),
+    ("backend-unloadable", backend_unloadable, "a broken libggml-cuda.so: the shim carries the loader's text",
+     "backend_load_failed, advised; fixed+HUP: gpu"),
+]
+# The order of a run: the healthy case and the speed pairs first, then the faults, then the cheap figures.
+ORDER = ("healthy", "bench-tg", "filter-override", "driver-unreachable", "stub-first", "backend-unloadable",
+         "filter-operator", "llama-bench", "launch")
+NEED_S = {"bench-tg": 60, "llama-bench": 45, "launch": 30}  # seconds a step needs to be started (others: 45)
+
+
+# --- benchmarks ---------------------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.4g}..{max(values):.4g}" if values else "-"
+
+
+def completion(port: int, prompt: list[int] | str, n: int) -> dict[str, float]:
+    """One /completion on the runner; llama-server's own timings (the simulator's runner: wall time)."""
+    t0 = time.monotonic()
+    code, body = http_json(f"http://127.0.0.1:{port}/completion",
+                           {"prompt": prompt, "n_predict": n, "ignore_eos": True, "cache_prompt": False,
+                            "temperature": 0.0, "stream": False}, timeout=300)
+    wall = time.monotonic() - t0
+    if code != 200:
+        raise RuntimeError(f"/completion answered {code}: {str(body)[:300]}")
+    if isinstance(body, dict) and body.get("timings"):
+        t = body["timings"]
+        return {"pp_tps": float(t["prompt_per_second"]), "tg_tps": float(t["predicted_per_second"]),
+                "pp_n": float(t["prompt_n"]), "tg_n": float(t["predicted_n"])}
+    last = body[-1] if isinstance(body, list) and body else {}
+    n_out = float(last.get("tokens_predicted", n))
+    return {"pp_tps": 0.0, "tg_tps": n_out / wall if wall else 0.0, "pp_n": 0.0, "tg_n": n_out}
+
+
+def bench_pairs(stack: Stack, pairs: int, model_role: str, results: dict[str, Any]) -> Scenario:
+    """tg128 (and pp512) of the same model, bare `ollama serve` vs `ollama-gpu serve` + shim, both servers up at
+    once on the same GPU and asked in alternating order (A B, B A, ...), so drift hits both sides alike."""
+    sc = Scenario("bench-tg", "generation speed bare vs under ollama-gpu serve + shim", "ratio >= 0.995")
+    bare = Server(stack, "bench-bare", supervised=False)
+    sup: Server | None = None
+    try:
+        sc.check("bare ready", bare.wait_ready(READY_S))
+        sup = Server(stack, "bench-ogpu")
+        sc.check("supervised ready", sup.wait_ready(READY_S))
+        ports = {}
+        for name, srv in (("bare", bare), ("ogpu", sup)):
+            runner = loaded_runner(srv, sc, stack.models[model_role], 4096)
+            if runner is None:
+                return sc
+            ports[name] = Server.port_of(runner)
+            pre = Server.environ_of(runner).get("LD_PRELOAD", "")
+            sc.check(f"{name}: shim {'in' if name == 'ogpu' else 'not in'} the runner",
+                     ("ollama_gpu_shim" in pre) == (name == "ogpu"), pre[:120])
+            if name == "ogpu":
+                check_gpu_runner(srv, sc, runner, stack)
+        rng = random.Random(8)
+        prompt: list[int] | str = [rng.randrange(100, 30000) for _ in range(512)] if stack.mode == "real" \
+            else "hello " * 64
+        for port in ports.values():  # warm-up, not counted
+            completion(port, prompt, 16)
+        rows = []
+        for i in range(pairs):
+            order = ("bare", "ogpu") if i % 2 == 0 else ("ogpu", "bare")
+            got = {name: completion(ports[name], prompt, 128) for name in order}
+            rows.append(got)
+        tg_b = [r["bare"]["tg_tps"] for r in rows]
+        tg_s = [r["ogpu"]["tg_tps"] for r in rows]
+        pp_b = [r["bare"]["pp_tps"] for r in rows]
+        pp_s = [r["ogpu"]["pp_tps"] for r in rows]
+        ratios = [s / b for s, b in zip(tg_s, tg_b, strict=True) if b]
+        pp_ratios = [s / b for s, b in zip(pp_s, pp_b, strict=True) if b]
+        results["tg_pairs"] = {"rows": rows, "model": stack.models[model_role], "pairs": pairs,
+                               "tg_median_bare": statistics.median(tg_b), "tg_median_ogpu": statistics.median(tg_s),
+                               "tg_ratio_median": statistics.median(ratios) if ratios else None,
+                               "tg_ratios": ratios, "pp_median_bare": statistics.median(pp_b),
+                               "pp_median_ogpu": statistics.median(pp_s),
+                               "pp_ratio_median": statistics.median(pp_ratios) if pp_ratios else None,
+                               "pp_ratios": pp_ratios, "tg_n": rows[0]["bare"]["tg_n"], "pp_n": rows[0]["bare"]["pp_n"]}
+        if stack.mode == "real":
+            sc.check("tg128 ratio (median of pairs) >= 0.995", bool(ratios) and statistics.median(ratios) >= 0.995,
+                     f"{statistics.median(ratios):.4f}" if ratios else "-")
+        else:
+            sc.check("pairs measured (mock: figures meaningless)", len(rows) == pairs)
+    finally:
+        bare.stop()
+        if sup is not None:
+            sup.stop()
+    return sc
+
+
+def launch_timing(stack: Stack, pairs: int, results: dict[str, Any]) -> None:
+    """Host time per cuLaunchKernel with and without the shim (benchmarks/shim_overhead/launch_timing.c)."""
+    work = stack.work / "launch-timing"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shim = overhead.build_shim(work)
+    tb = work / "launch_timing"
+    subprocess.run([*overhead.cc(), "-O2", "-o", str(tb), str(HERE.parent.parent / "shim_overhead" /
+                                                               "launch_timing.c"), "-ldl"], check=True)
+    lib_dir = None if stack.mode == "real" else stack.driver_dir
+    t = overhead.timing_pairs(tb, lib_dir, shim, pairs, work)
+    ip = overhead.timing_inproc(tb, lib_dir, shim, work)
+    results["launch"] = {"process_pairs": t, "same_process": ip}
+
+
+def llama_bench(stack: Stack, model: Path, results: dict[str, Any]) -> None:
+    """GPU vs pure CPU tokens/s of the same model (what a silent fallback costs): llama-bench -ngl 99 vs -dev none."""
+    assert stack.llama_bin is not None
+    cwd = stack.work / "bench-cwd"
+    cwd.mkdir(exist_ok=True)
+    out: dict[str, Any] = {}
+    for name, args in (("gpu", ["-ngl", "99", "-r", "3"]), ("cpu", ["-dev", "none", "-ngl", "0", "-r", "2"])):
+        done = subprocess.run([str(stack.llama_bin / "llama-bench"), "-m", str(model), "-p", "512", "-n", "128",
+                               *args, "-o", "json"], capture_output=True, text=True, cwd=cwd, timeout=240,
+                              check=False)
+        try:
+            rows = json.loads(done.stdout)
+        except ValueError:
+            out[name] = {"error": done.stderr[-500:], "rc": done.returncode}
+            continue
+        out[name] = {("pp" if r.get("n_prompt") else "tg"): {"avg_ts": r.get("avg_ts"), "stddev_ts": r.get("stddev_ts"),
+                                                           "n": r.get("n_prompt") or r.get("n_gen")} for r in rows}
+        out[name]["args"] = " ".join(args)
+    results["llama_bench"] = out
+
+
+# --- the table ----------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+            "cpu": platform.processor() or platform.machine()}
+    for key in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):
+        info[key] = os.environ.get(key, "<unset>")
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        line = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20, check=False).stdout.splitlines()[0]
+        info["gpu"], info["driver"], info["gpu_memory"] = (x.strip() for x in line.split(","))
+    return info
+
+
+def fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}{unit}" if abs(v) >= 10 else f"{v:.3g}{unit}"
+    return f"{v}{unit}"
+
+
+def table(results: dict[str, Any], scenarios: list[Scenario]) -> str:
+    m = results["machine"]
+    lines = [f"ollama-gpu end-to-end, {results['mode']} stack: {m.get('gpu', 'no GPU (mock driver)')}, "
+             f"driver {m.get('driver', '-')}, llama.cpp {results.get('llama_version', '-')}, {m['date']}",
+             f"environment: NVIDIA_VISIBLE_DEVICES={m.get('NVIDIA_VISIBLE_DEVICES', '?')} "
+             f"LD_LIBRARY_PATH={m.get('LD_LIBRARY_PATH', '?')}",
+             "", f"{'scenario':<20} {'result':<6} {'observed'}"]
+    for sc in scenarios:
+        got = "; ".join(sc.got) or sc.skipped or sc.error.splitlines()[0] if (sc.got or sc.skipped or sc.error) else "-"
+        lines.append(f"{sc.name:<20} {sc.result:<6} {got[:150]}")
+        for what, ok, detail in sc.checks:
+            if not ok:
+                lines.append(f"{'':<20} {'':<6} failed: {what}: {detail[:110]}")
+    lines += ["", f"{'figure':<58} {'bare':>14} {'ollama-gpu':>14} {'ratio / spread':>22}"]
+    tp = results.get("tg_pairs")
+    if tp:
+        n = tp["pairs"]
+        label = f"tg{int(tp['tg_n'])} tokens/s, {tp['model']}, {n} interleaved pairs (median)"
+        lines.append(f"{label:<58} "
+                     f"{tp['tg_median_bare']:>14.1f} {tp['tg_median_ogpu']:>14.1f} "
+                     f"{fmt(tp['tg_ratio_median']):>8} ({spread(tp['tg_ratios'])})")
+        label = f"pp{int(tp['pp_n'])} tokens/s, same requests (median)"
+        if tp["pp_n"]:
+            lines.append(f"{label:<58} "
+                         f"{tp['pp_median_bare']:>14.1f} {tp['pp_median_ogpu']:>14.1f} "
+                         f"{fmt(tp['pp_ratio_median']):>8} ({spread(tp['pp_ratios'])})")
+    la = results.get("launch")
+    if la:
+        t, ip = la["process_pairs"], la["same_process"]
+        diffs = [s - a for a, s in t["pairs"]]
+        label = f"host ns per cuLaunchKernel, {len(t['pairs'])} process pairs (median)"
+        lines.append(f"{label:<58} "
+                     f"{t['median_bare_ns']:>14.1f} {t['median_shim_ns']:>14.1f} "
+                     f"{t['median_added_ns']:>+8.1f} ns ({spread(diffs)})")
+        s = ip["shim"]
+        label = f"same process, {s['pairs']} burst pairs: driver vs shim wrapper"
+        lines.append(f"{label:<58} "
+                     f"{s['driver_median_ns']:>14.1f} {s['wrapper_median_ns']:>14.1f} "
+                     f"{s['median_added_ns']:>+8.1f} ns (p10 {s['p10_added_ns']:.1f}, p90 {s['p90_added_ns']:.1f}; "
+                     f"control {ip['control']['median_added_ns']:+.1f})")
+    dec = [(sc.name, sc.metrics["backend_to_verdict_ms"]) for sc in scenarios if "backend_to_verdict_ms" in sc.metrics]
+    if dec:
+        vals = [v for _, v in dec]
+        label = f"runner backend loaded -> verdict gpu, ms ({len(vals)} runners, median)"
+        lines.append(f"{label:<58} "
+                     f"{'':>14} {statistics.median(vals):>14.1f} {'':>8} ({spread(vals)})")
+    rec = [sc.metrics[k] for sc in scenarios for k in ("fallback_to_recovered_ms",) if k in sc.metrics]
+    if rec:
+        lines.append(f"{'fallback verdict -> restart -> verified gpu (discovery), ms':<58} {'':>14} "
+                     f"{statistics.median(rec):>14.1f}")
+    rec2 = [sc.metrics["fallback_to_runner_gpu_ms"] for sc in scenarios if "fallback_to_runner_gpu_ms" in sc.metrics]
+    if rec2:
+        lines.append(f"{'fallback verdict -> verified gpu model runner (incl. load), ms':<58} {'':>14} "
+                     f"{statistics.median(rec2):>14.1f}")
+    lb = results.get("llama_bench")
+    if lb and "gpu" in lb and "cpu" in lb and "tg" in lb["gpu"] and "tg" in lb["cpu"]:
+        for key, label in (("tg", "tg128"), ("pp", "pp512")):
+            g, c = lb["gpu"].get(key) or {}, lb["cpu"].get(key) or {}
+            if g.get("avg_ts") and c.get("avg_ts"):
+                text = f"{label} tokens/s, llama-bench, GPU (-ngl 99) vs CPU (-dev none)"
+                cpu, gpu = f"CPU {c['avg_ts']:.1f}", f"GPU {g['avg_ts']:.1f}"
+                lines.append(f"{text:<58} {cpu:>14} {gpu:>14} "
+                             f"{g['avg_ts'] / c['avg_ts']:>7.1f}x (sd {c['stddev_ts']:.1f} / {g['stddev_ts']:.1f})")
+    for k, v in (results.get("skipped") or {}).items():
+        lines.append(f"{k:<58} skipped: {v}")
+    passed = sum(sc.result == "PASS" for sc in scenarios)
+    lines += ["", f"scenarios: {passed}/{len(scenarios)} passed"]
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--mode", choices=("real", "mock"), default="real")
+    ap.add_argument("--llama-bin", type=Path, default=Path("/tmp/llama.cpp/build/bin"))
+    ap.add_argument("--tiny", type=Path, help="small GGUF for the scenarios (real mode)")
+    ap.add_argument("--bench-model", type=Path, help="GGUF for the tg/pp pairs and llama-bench (real mode)")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "/tmp/ogpu-e2e-out"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ogpu-e2e/work"))
+    ap.add_argument("--pairs", type=int, default=6, help="interleaved bare/ollama-gpu pairs (at least 5)")
+    ap.add_argument("--launch-pairs", type=int, default=10)
+    ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    ap.add_argument("--skip", default="", help="comma-separated: scenarios, or bench-tg, launch, llama-bench")
+    ap.add_argument("--deadline", type=float, default=0.0, help="seconds: skip what would start after this")
+    ap.add_argument("--merge", type=Path, help="results of an earlier call on this machine: what this run does not "
+                    "redo is taken from there, so the table covers both")
+    a = ap.parse_args()
+    t0 = time.monotonic()
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    def left() -> float:
+        return a.deadline - (time.monotonic() - t0) if a.deadline else 1e9
+
+    results: dict[str, Any] = {"mode": a.mode, "machine": machine(), "command": " ".join(sys.argv), "skipped": {}}
+    models: dict[str, Path] = {}
+    if a.mode == "real":
+        for role, path in (("tiny", a.tiny), ("bench", a.bench_model)):
+            if path is not None and path.is_file():
+                models[role] = path
+            elif path is not None:
+                results["skipped"][f"model {role}"] = f"{path} does not exist"
+        try:
+            ver = subprocess.run([str(a.llama_bin / "llama-server"), "--version"], capture_output=True, text=True,
+                                 check=False, timeout=30)
+            text = (ver.stdout + ver.stderr).strip()
+        except subprocess.TimeoutExpired:
+            text = ""
+        results["llama_version"] = text.splitlines()[0] if text else "?"
+    stack = Stack.build(a.mode, a.work, a.llama_bin if a.mode == "real" else None, models)
+    print(f"[e2e] stack ready in {time.monotonic() - t0:.1f}s: {stack.inst.prefix}, runner "
+          f"{stack.llama_server or 'simulated'}, driver {stack.driver_dir}", flush=True)
+
+    only = {x for x in a.only.split(",") if x}
+    skip = {x for x in a.skip.split(",") if x}
+    scenarios: list[Scenario] = []
+    by_name = {name: (fn, proves, expect) for name, fn, proves, expect in SCENARIOS}
+
+    def save() -> str:
+        """Results and table after every step, so a run cut off by the call's limit still leaves them."""
+        results["scenarios"] = [sc.to_dict() for sc in scenarios]
+        results["seconds"] = round(time.monotonic() - t0, 1)
+        text = table(results, scenarios)
+        (a.out / "e2e_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (a.out / "e2e_table.txt").write_text(text + "\n")
+        return text
+
+    for name in ORDER:
+        selected = not ((only and name not in only) or name in skip)
+        need = NEED_S.get(name, 45)
+        t1 = time.monotonic()
+        if name in by_name:
+            fn, proves, expect = by_name[name]
+            sc = Scenario(name, proves, expect)
+            scenarios.append(sc)
+            if not selected:
+                sc.skipped = "not selected"
+                continue
+            if left() < need:
+                sc.skipped = "deadline"
+                continue
+            try:
+                fn(stack, sc)
+            except Exception as exc:
+                sc.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}"
+            sc.metrics["scenario_s"] = round(time.monotonic() - t1, 1)
+            print(f"[e2e] {name}: {sc.result} in {sc.metrics['scenario_s']}s; {'; '.join(sc.got)}", flush=True)
+            for what, ok, detail in sc.checks:
+                print(f"[e2e]    {'ok  ' if ok else 'FAIL'} {what}: {detail[:200]}", flush=True)
+            if sc.error:
+                print(f"[e2e]    ERROR {sc.error}", flush=True)
+            save()
+            continue
+        if not selected:
+            continue
+        if left() < need:
+            results["skipped"][name] = "deadline"
+            continue
+        try:
+            if name == "bench-tg":
+                role = "bench" if "bench" in stack.models else "tiny"
+                scenarios.append(bench_pairs(stack, max(5, a.pairs), role, results))
+            elif name == "launch":
+                launch_timing(stack, a.launch_pairs, results)
+            elif name == "llama-bench":
+                if a.mode != "real" or "bench" not in models:
+                    results["skipped"][name] = "real mode with --bench-model only"
+                    continue
+                llama_bench(stack, models["bench"], results)
+        except Exception as exc:
+            results["skipped"][name] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+            print(f"[e2e] {name} failed: {traceback.format_exc()[-1500:]}", flush=True)
+        print(f"[e2e] {name} done in {time.monotonic() - t1:.1f}s", flush=True)
+        save()
+
+    if a.merge is not None and a.merge.is_file():
+        earlier = json.loads(a.merge.read_text())
+        ran = {sc.name for sc in scenarios if sc.result != "SKIP"}
+        kept = [Scenario.from_dict(d) for d in earlier.get("scenarios", []) if d["name"] not in ran
+                and d["result"] != "SKIP"]
+        scenarios[:] = [*kept, *[sc for sc in scenarios if sc.name in ran or sc.name not in {k.name for k in kept}]]
+        for key in ("tg_pairs", "launch", "llama_bench"):
+            if key not in results and key in earlier:
+                results[key] = earlier[key]
+                results["skipped"].pop(key.replace("_", "-").replace("tg-pairs", "bench-tg"), None)
+        results["merged_from"] = str(a.merge)
+    text = save()
+    print("\n" + text, flush=True)
+    return 0 if all(sc.result in ("PASS", "SKIP") for sc in scenarios) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
