@@ -75,7 +75,8 @@ class Controller:
         t = time.monotonic()
         if self.nvml is not None and t - self._last_sample >= NVML_INTERVAL:
             self._last_sample = t
-            for event in self.nvml.sample():
+            first = self.nvml.state is None
+            for event in self.nvml.start() if first else self.nvml.sample():
                 self.sink(event)
         if not self._dirty or t - self._last_judged < JUDGE_INTERVAL:
             return

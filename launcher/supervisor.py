@@ -31,7 +31,9 @@ from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
 from launcher.vocabulary import INTENT_VARS, SCHEDULER_VARS
 
-SCAN_INTERVAL = 0.2
+SCAN_INTERVAL = 0.2  # while starting and for a few seconds after the tree changed (runners come and go)
+IDLE_SCAN_INTERVAL = 1.0  # a quiet tree: the shim's hello is the first signal of a new runner anyway
+BUSY_FOR = 5.0
 READ_SIZE = 1 << 20
 SWITCH_INTERVAL = 0.0005
 F_SETPIPE_SZ = 1031
@@ -91,6 +93,7 @@ class Supervisor:
     _parser_thread: threading.Thread | None = None
     _watcher: TreeWatcher | None = None
     _next_scan: float = 0.0
+    _tree_changed: float = 0.0
     _restart_at: float | None = None
     _stop_deadline: float | None = None
     _stop_signal: int | None = None
@@ -225,7 +228,8 @@ class Supervisor:
         if self._answered_at is not None and self.state is State.STARTING and self._gate_open(t):
             self._became_ready()
         if self._watcher is not None and t >= self._next_scan and self.state in (State.STARTING, State.RUNNING):
-            self._next_scan = t + SCAN_INTERVAL
+            busy = self.state is State.STARTING or t - self._tree_changed < BUSY_FOR
+            self._next_scan = t + (SCAN_INTERVAL if busy else IDLE_SCAN_INTERVAL)
             self._scan()
         if self._restart_at is not None and t >= self._restart_at and self.state is State.BACKOFF:
             self._restart_at = None
@@ -329,6 +333,8 @@ class Supervisor:
         if self.event_server is None:
             return
         for event in self.event_server.poll(0):
+            if event.kind == "hello":  # a new process under the shim: audit the tree now and keep looking closely
+                self._tree_changed = self._next_scan = time.monotonic()
             self._emit(event)
 
     def _scan(self) -> None:
@@ -340,6 +346,7 @@ class Supervisor:
     def _scan_tree(self) -> None:
         assert self._watcher is not None
         for event in self._watcher.scan():
+            self._tree_changed = time.monotonic()
             if event.kind == "runner_env_missing":
                 self.log.warning("runner_env_missing", pid=event.pid, cls=event.data.get("cls"),
                                  shim_in_env=event.data.get("shim_in_env"),

@@ -138,9 +138,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
 
     recorder = Recorder(settings.record)
-    nvml = NvmlSampler()
-    nvml_events = nvml.start()
-    driver_version = nvml.state.driver_version if nvml.state is not None else None
+    nvml = NvmlSampler()  # opened by the controller's first turn, after Ollama started (nvmlInit can take a while)
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -149,7 +147,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     def remedy_context(env: Mapping[str, str], generation: str | None, cuda: bool) -> RemedyContext:
         return RemedyContext(env=env, may_override=settings.may_override, driver=prepared.driver,
-                             generation=generation, driver_version=driver_version, library_dirs=library_dirs,
+                             generation=generation, library_dirs=library_dirs,
+                             driver_version=nvml.state.driver_version if nvml.state is not None else None,
                              tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=current_user())
 
     exported = None
@@ -160,8 +159,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     record = recorder if exported is None else metrics.tee(recorder, exported[0].observe)
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
                             remedy_context=remedy_context, nvml=nvml)
-    for event in nvml_events:
-        controller.sink(event)
     controller.sink(machine_event(prepared.driver))
     on_line = _line_consumer(controller.sink)
     shim_path = prepared.plan.shim
