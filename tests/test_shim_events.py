@@ -507,12 +507,11 @@ print(os.getpid())
         """A sender in another PID namespace sees itself as pid 1; the server keys it by its real pid."""
         unshare = shutil.which("unshare")
         if unshare is None or os.geteuid() != 0:
-            pytest.skip("needs root and unshare(1)")
+            pytest.fail("needs root and unshare(1) (util-linux), as CI has")
         body = "s = connect(); hello(s, os.getpid()); s.close(); print(os.getpid())"
         proc = subprocess.run([unshare, "--pid", "--fork", "--kill-child", sys.executable, "-c", CLIENT + body,
                                str(server.server.path)], capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            pytest.skip(f"unshare --pid not permitted here: {proc.stderr.strip()}")
+        assert proc.returncode == 0, f"unshare --pid failed: {proc.stderr.strip()}"
         assert proc.stdout.strip() == "1"
         events = server.wait_for(lambda e, _s: any(x.kind == PROCESS_END for x in e))
         assert [e.kind for e in events] == ["hello", PROCESS_END]
