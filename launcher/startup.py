@@ -13,7 +13,6 @@ from launcher.children import ChildRegistry, SpawnError
 from launcher.config import Mode, Settings
 from launcher.driverlib import DriverFinding, find_driver, ld_cache
 from launcher.environment import EnvPlan, plan_environment, with_advice, with_patch
-from launcher.policy import Action, decide_proactive
 from launcher.remedies import RemedyContext, proactive
 from launcher.restarts import RemedyBudget
 
@@ -89,8 +88,13 @@ def prepare(
         events_socket=settings.dirs.events_socket if shim_path is not None else None,
     )
     ctx = RemedyContext(env=plan.env, may_override=settings.may_override, driver=driver)
+    plans = proactive(ctx)
+    if not plans:
+        return Prepared(plan=plan, shim=resolved, shim_problem=problem, driver=driver)
+    from launcher.policy import Action, decide_proactive  # the board's types: only when there is a remedy to weigh
+
     budget = RemedyBudget(settings.dirs.state_file, settings.remedy_max)  # proactive patches are not counted
-    for decision in decide_proactive(proactive(ctx), settings.mode, None, budget):
+    for decision in decide_proactive(plans, settings.mode, None, budget):
         plan_ = decision.plan
         if plan_ is None:
             continue

@@ -79,6 +79,7 @@ class Supervisor:
     ready_gate: Callable[[float], bool] | None = None  # called with the seconds since the API first answered
     tick: Callable[[Supervisor], None] | None = None  # runs in the loop's thread each turn (decisions, remedies)
     status_server: Any = None  # launcher.status.StatusServer (fileno(), handle())
+    after_start: Callable[[Supervisor], None] | None = None  # once, right after the first spawn (late setup)
 
     state: State = State.STARTING
     ollama: Child | None = None
@@ -123,6 +124,11 @@ class Supervisor:
         try:
             if not self._start():
                 return self._finish()
+            if self.after_start is not None:
+                try:
+                    self.after_start(self)
+                except Exception as exc:  # our bug: Ollama runs on, observed less
+                    self._internal_error("setup", exc)
             while self.state is not State.STOPPED:
                 self._loop_once()
             return self._finish()
@@ -246,6 +252,11 @@ class Supervisor:
                 self.tick(self)
             except Exception as exc:  # our bug: drop to observe, Ollama keeps running
                 self._internal_error("policy", exc)
+
+    def add_status_server(self, server: Any) -> None:
+        """Serve `ollama-gpu status` from this loop (set up after the spawn)."""
+        self.status_server = server
+        self._sel.register(server.fileno(), selectors.EVENT_READ, "status")
 
     def _gate_open(self, t: float) -> bool:
         assert self._answered_at is not None

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -15,21 +16,17 @@ from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
-from launcher.config import Mode
-from launcher.controller import Controller
+from launcher.config import Mode, Settings
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
-from launcher.nvml import NvmlSampler
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.proctree import TreeWatcher
-from launcher.remedies import RemedyContext
-from launcher.restarts import CrashBudget, RemedyBudget
+from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
-from launcher.startup import prepare
-from launcher.status import StatusServer
+from launcher.startup import Prepared, prepare
 from launcher.supervisor import Supervisor, exec_off
 
 HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
@@ -96,6 +93,77 @@ def ollama_library_dirs(ollama: str) -> tuple[str, ...] | None:
         return None
 
 
+class PendingSink:
+    """The event sink until the controller exists: events are kept, then handed over in order (the controller
+    records them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[Event] = []
+        self._target: Callable[[Event], None] | None = None
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if self._target is None:
+                self._held.append(event)
+                return
+            target = self._target
+        target(event)
+
+    def attach(self, target: Callable[[Event], None]) -> None:
+        """From now on every event goes to `target`, starting with the ones held."""
+        with self._lock:
+            held, self._held = self._held, []
+            for event in held:
+                target(event)
+            self._target = target
+
+
+def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, recorder: Recorder,
+                       pending: PendingSink, log: Any, closers: list[Callable[[], None]]) -> None:
+    """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
+    setup cost start-up time that Ollama does not have to wait for)."""
+    from launcher.controller import Controller
+    from launcher.nvml import NvmlSampler
+    from launcher.remedies import RemedyContext
+    from launcher.restarts import RemedyBudget
+    from launcher.status import StatusServer
+
+    nvml = NvmlSampler()  # opened by the controller's first turn
+    closers.append(nvml.close)
+    budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
+    if budget.load_error:
+        log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
+                    action="starting with a fresh remedy budget")
+    library_dirs = ollama_library_dirs(prepared.plan.argv[0])
+    user = current_user()
+
+    def remedy_context(env: Mapping[str, str], generation: str | None, cuda: bool) -> RemedyContext:
+        return RemedyContext(env=env, may_override=settings.may_override, driver=prepared.driver,
+                             generation=generation, library_dirs=library_dirs,
+                             driver_version=nvml.state.driver_version if nvml.state is not None else None,
+                             tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=user)
+
+    record: Callable[[Event], None] = recorder
+    if settings.metrics_addr is not None:
+        from launcher import metrics  # prometheus_client is imported only when metrics are on
+
+        exported = metrics.start(settings.metrics_addr, log)  # None (one warning) if it cannot bind
+        if exported is not None:
+            record = metrics.tee(recorder, exported[0].observe)
+            closers.append(exported[1].close)
+    controller = Controller(settings=settings, budget=budget, log=log, record=record,
+                            remedy_context=remedy_context, nvml=nvml)
+    pending.attach(controller.sink)
+    sup.tick, sup.ready_gate = controller.tick, controller.ready_gate
+    try:
+        status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup)).start()
+        sup.add_status_server(status)
+        closers.append(status.close)
+    except OSError as exc:
+        log.warning("status_socket_unavailable", path=str(settings.dirs.status_socket), error=str(exc))
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Start and supervise Ollama; returns the exit code of DESIGN.md."""
     settings = ctx.settings
@@ -138,30 +206,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
 
     recorder = Recorder(settings.record)
-    nvml = NvmlSampler()  # opened by the controller's first turn, after Ollama started (nvmlInit can take a while)
-    budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
-    if budget.load_error:
-        log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
-                    action="starting with a fresh remedy budget")
-    library_dirs = ollama_library_dirs(prepared.plan.argv[0])
-
-    def remedy_context(env: Mapping[str, str], generation: str | None, cuda: bool) -> RemedyContext:
-        return RemedyContext(env=env, may_override=settings.may_override, driver=prepared.driver,
-                             generation=generation, library_dirs=library_dirs,
-                             driver_version=nvml.state.driver_version if nvml.state is not None else None,
-                             tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=current_user())
-
-    exported = None
-    if settings.metrics_addr is not None:
-        from launcher import metrics  # prometheus_client is imported only when metrics are on
-
-        exported = metrics.start(settings.metrics_addr, log)  # None (one warning) if it cannot bind
-    record = recorder if exported is None else metrics.tee(recorder, exported[0].observe)
-    controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, nvml=nvml)
-    controller.sink(machine_event(prepared.driver))
-    on_line = _line_consumer(controller.sink)
+    pending = PendingSink()  # holds events until the controller exists (it is built after the spawn)
+    pending(machine_event(prepared.driver))
+    on_line = _line_consumer(pending)
     shim_path = prepared.plan.shim
+    closers: list[Callable[[], None]] = []
 
     def reload() -> EnvPlan | None:
         """SIGHUP: read the configuration layers again and plan anew (a bad file keeps the running plan)."""
@@ -176,25 +225,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         plan=prepared.plan, host=settings.host, registry=registry, log=log, out=out, err=err, notifier=notifier,
         crash_budget=CrashBudget(settings.restart_max, settings.restart_window, settings.restart_backoff,
                                  settings.restart_backoff_max),
-        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=controller.sink,
+        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=pending,
         line_sink=on_line, event_server=server,
         make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
-        reload=reload, ready_gate=controller.ready_gate, tick=controller.tick,
+        reload=reload,
+        after_start=lambda sup: _attach_controller(sup, settings, prepared, recorder, pending, log, closers),
     )
-    status_server = None
-    try:
-        status_server = StatusServer(settings.dirs.status_socket, lambda: controller.status(supervisor)).start()
-        supervisor.status_server = status_server
-    except OSError as exc:
-        log.warning("status_socket_unavailable", path=str(settings.dirs.status_socket), error=str(exc))
     try:
         return supervisor.run()
     finally:
-        if status_server is not None:
-            status_server.close()
-        if exported is not None:
-            exported[1].close()
-        nvml.close()
+        for close in reversed(closers):
+            close()
         if server is not None:
             log.debug("shim_events_stats", **server.stats().to_dict())
             server.close()
