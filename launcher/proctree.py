@@ -37,6 +37,14 @@ GPU_LIBS: Final = (("libcuda", re.compile(r"^libcuda\.so")), ("ggml_cuda", re.co
                    ("ggml_cpu", re.compile(r"^libggml-cpu")), ("nvml", re.compile(r"^libnvidia-ml\.so")))
 
 
+EARLY_LOOKS: Final = 5  # scans an audit may wait for the loader; a static program never maps libc
+
+
+def _loader_done(maps: set[str]) -> bool:
+    """ld.so has mapped the program's libraries (preloads come before libc, so libc mapped means they are in)."""
+    return any(os.path.basename(path).startswith("libc.so") for path in maps)
+
+
 def classify(argv: Sequence[str]) -> str:
     """The process class of an argv, per RUNNER_ROWS."""
     if not argv:
@@ -147,6 +155,7 @@ class _Tracked:
     cls: str
     libs: frozenset[str] = frozenset()
     audited: bool = False
+    early_looks: int = 0  # audits postponed because the loader had not mapped the preloads yet
 
 
 @dataclass(slots=True)
@@ -219,12 +228,17 @@ class TreeWatcher:
             if not tracked.audited:
                 env = self.proc.environ(info.pid)
                 maps = self.proc.mapped_files(info.pid)
-                tracked.audited = True
                 preload = env.get("LD_PRELOAD", "")
+                shim_in_env = self.shim is not None and str(self.shim) in preload.replace(":", " ").split()
+                if shim_in_env and not _loader_done(maps) and tracked.early_looks < EARLY_LOOKS:
+                    # Just after exec, before ld.so mapped the preloads: look again at the next scan.
+                    tracked.early_looks += 1
+                    return events
+                tracked.audited = True
                 facts = {
                     "cls": tracked.cls,
                     "ld_preload": preload,
-                    "shim_in_env": self.shim is not None and str(self.shim) in preload.replace(":", " ").split(),
+                    "shim_in_env": shim_in_env,
                     "events_var_ok": self.events_socket is not None
                     and env.get("OGPU_EVENTS") == str(self.events_socket),
                     "shim_mapped": self.shim is not None and os.path.realpath(self.shim) in maps,

@@ -70,6 +70,7 @@ def set_children(root: Path, pid: int, kids: list[int]) -> None:
 
 
 SHIM = "/cache/shim/libollama_gpu_shim.so"
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 SOCK = "/run/ollama-gpu/events.sock"
 
 
@@ -80,7 +81,8 @@ class TestWatcherFakeProc:
         fake_proc(tmp_path, 10, 1, ["/opt/bin/ollama", "serve"], {}, [])
         fake_proc(tmp_path, 11, 10, ["/opt/lib/ollama/llama-server", "--model", "/b", "--port", "5"],
                   {"LD_PRELOAD": SHIM, "OGPU_EVENTS": SOCK},
-                  [SHIM, "/usr/lib/x86_64-linux-gnu/libcuda.so.580.1", "/opt/lib/ollama/cuda_v13/libggml-cuda.so"])
+                  [SHIM, LIBC, "/usr/lib/x86_64-linux-gnu/libcuda.so.580.1",
+                   "/opt/lib/ollama/cuda_v13/libggml-cuda.so"])
         set_children(tmp_path, 1, [10])
         set_children(tmp_path, 10, [11])
         watcher = TreeWatcher(1, Path(SHIM), Path(SOCK), proc=ProcFS(tmp_path))
@@ -91,6 +93,18 @@ class TestWatcherFakeProc:
         libs = next(e for e in events if e.kind == "runner_libs")
         assert set(libs.data["libs"]) == {"libcuda", "ggml_cuda"}
         assert watcher.scan() == []  # nothing changed
+
+    def test_audit_waits_for_the_loader(self, tmp_path: Path) -> None:
+        """Seen right after exec, before ld.so mapped the preloads: no verdict on the environment yet; once the
+        libraries are mapped the runner is env-ok (no false `runner_env_missing`)."""
+        fake_proc(tmp_path, 1, 0, ["ollama-gpu"], {}, [])
+        fake_proc(tmp_path, 12, 1, ["/opt/lib/ollama/llama-server", "--list-devices"],
+                  {"LD_PRELOAD": SHIM, "OGPU_EVENTS": SOCK}, ["/opt/lib/ollama/llama-server"])
+        set_children(tmp_path, 1, [12])
+        watcher = TreeWatcher(1, Path(SHIM), Path(SOCK), proc=ProcFS(tmp_path))
+        assert [e.kind for e in watcher.scan()] == ["runner_started"]
+        (tmp_path / "12" / "maps").write_text(f"7f00-7f01 r-xp 0 08:01 1 {SHIM}\n7f00-7f01 r-xp 0 08:01 1 {LIBC}\n")
+        assert [e.kind for e in watcher.scan()] == ["runner_env_ok"]
 
     def test_runner_without_shim_is_env_missing_then_exit(self, tmp_path: Path) -> None:
         """A runner whose environ lacks the shim is an audit finding; its disappearance is runner_exited."""
