@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from launcher.config import Mode, Settings
+from launcher.config import Settings
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
@@ -52,7 +52,6 @@ class Controller:
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
     _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    _wake: Callable[[], None] | None = None
     nvml: Any = None  # launcher.nvml.NvmlSampler, sampled from the loop every NVML_INTERVAL
     _last_sample: float = 0.0
 
@@ -217,12 +216,3 @@ class Controller:
         if any(v.get("outcome") in ("cpu_fallback", "partial_offload", "crash") for v in worst):
             return "see the verdict's evidence; `ollama-gpu doctor` checks the machine"
         return "nothing to do"
-
-    def attach(self, wake: Callable[[], None]) -> None:
-        """Let events from other threads wake the loop so decisions are not delayed by its idle timeout."""
-        self._wake = wake
-
-    @property
-    def mode(self) -> Mode:
-        """The configured mode."""
-        return self.settings.mode
