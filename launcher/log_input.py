@@ -71,37 +71,71 @@ def clean(raw: bytes) -> tuple[str, int | None]:
     return text, pid
 
 
-def split_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, bool]]:
-    """Split a byte stream into lines whatever its chunking; lines longer than `max_line` are cut, never buffered."""
-    pending = b""  # the start of a line that continues in the next chunk (at most max_line bytes)
-    skipping = False  # the pending line was already cut and yielded: drop the rest up to its newline
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts = chunk.split(b"\n")
-        last = parts.pop()  # no newline after it (yet)
-        for i, part in enumerate(parts):
-            if i == 0:
-                if skipping:
-                    skipping = False
-                    continue
-                part = pending + part
-                pending = b""
-            if len(part) > max_line:
-                yield part[:max_line], True
-            else:
-                yield part, False
-        if parts:
-            pending = b""
-        elif skipping:
-            continue  # still inside an over-long line
-        if len(pending) + len(last) > max_line:
-            yield (pending + last[: max_line - len(pending)]), True
-            pending, skipping = b"", True
+class LineSplitter:
+    """Cuts a byte stream into complete lines (without the newline); over-long lines are truncated and counted."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES, *, after_gap: bool = False) -> None:
+        self._buf = bytearray()
+        self._max = max_line
+        self._discarding = after_gap  # after skipped bytes the first line is a tail: drop it
+        self.truncated = 0
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Complete lines found in `data` (with what was held from before)."""
+        if b"\n" not in data:
+            if not self._discarding:
+                self._buf += data
+                if len(self._buf) > self._max:
+                    self.truncated += 1
+                    yield bytes(self._buf[: self._max])
+                    self._buf.clear()
+                    self._discarding = True
+            return
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        first = parts[0]
+        if self._discarding:
+            self._discarding = False
         else:
-            pending += last
-    if pending:
-        yield pending, False
+            self._buf += first
+            if len(self._buf) > self._max:
+                self.truncated += 1
+            yield bytes(self._buf[: self._max])
+        self._buf.clear()
+        for line in parts[1:]:
+            if len(line) > self._max:
+                self.truncated += 1
+                yield line[: self._max]
+            else:
+                yield line
+        self._buf += tail
+        if len(self._buf) > self._max:
+            self.truncated += 1
+            yield bytes(self._buf[: self._max])
+            self._buf.clear()
+            self._discarding = True
+
+    def feed_marked(self, data: bytes) -> Iterator[tuple[bytes, bool]]:
+        """Like `feed`, with each line's `cut` flag (it was longer than the limit)."""
+        seen = self.truncated
+        for line in self.feed(data):
+            yield line, self.truncated != seen
+            seen = self.truncated
+
+    def close(self) -> Iterator[bytes]:
+        """The last line if the stream ended without a newline."""
+        if self._buf and not self._discarding:
+            yield bytes(self._buf)
+        self._buf.clear()
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """Split a byte stream into (line, cut) whatever its chunking; longer lines are cut, never buffered."""
+    splitter = LineSplitter(max_line)
+    for chunk in chunks:
+        yield from splitter.feed_marked(chunk)
+    for line in splitter.close():
+        yield line, False
 
 
 def read_chunks(stream: IO[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:

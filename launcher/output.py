@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from launcher.log_input import LineSplitter
+
 MAX_LINE: Final = 64 * 1024  # longer lines reach the parser truncated (they are forwarded whole)
 
 
@@ -87,57 +89,6 @@ class SharedStream:
                 self._at_line_start = True
 
 
-class LineSplitter:
-    """Cuts a byte stream into complete lines (without the newline); over-long lines are truncated and counted."""
-
-    def __init__(self, max_line: int = MAX_LINE, *, after_gap: bool = False) -> None:
-        self._buf = bytearray()
-        self._max = max_line
-        self._discarding = after_gap  # after skipped bytes the first line is a tail: drop it
-        self.truncated = 0
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """Complete lines found in `data` (with what was held from before)."""
-        if b"\n" not in data:
-            if not self._discarding:
-                self._buf += data
-                if len(self._buf) > self._max:
-                    yield bytes(self._buf[: self._max])
-                    self.truncated += 1
-                    self._buf.clear()
-                    self._discarding = True
-            return
-        parts = data.split(b"\n")
-        tail = parts.pop()
-        first = parts[0]
-        if self._discarding:
-            self._discarding = False
-        else:
-            self._buf += first
-            if len(self._buf) > self._max:
-                self.truncated += 1
-            yield bytes(self._buf[: self._max])
-        self._buf.clear()
-        for line in parts[1:]:
-            if len(line) > self._max:
-                self.truncated += 1
-                yield line[: self._max]
-            else:
-                yield line
-        self._buf += tail
-        if len(self._buf) > self._max:
-            yield bytes(self._buf[: self._max])
-            self.truncated += 1
-            self._buf.clear()
-            self._discarding = True
-
-    def close(self) -> Iterator[bytes]:
-        """The last line if the stream ended without a newline."""
-        if self._buf and not self._discarding:
-            yield bytes(self._buf)
-        self._buf.clear()
-
-
 @dataclass(frozen=True, slots=True)
 class Line:
     """A complete line of Ollama's output for the parser (raw bytes: the parser owns decoding and cleaning)."""
@@ -200,9 +151,9 @@ class ChunkQueue:
                 if splitter is not None:
                     self.truncated += splitter.truncated
                 splitter = splitters[chunk.stream] = LineSplitter(self._max_line, after_gap=chunk.gap)
-            for raw in splitter.feed(chunk.data):
+            for raw, cut in splitter.feed_marked(chunk.data):
                 number += 1
-                yield Line(chunk.stream, number, raw, len(raw) >= self._max_line)
+                yield Line(chunk.stream, number, raw, cut)
         for name, splitter in splitters.items():
             for raw in splitter.close():
                 number += 1

@@ -104,6 +104,7 @@ class Supervisor:
     _killed_after_grace: bool = False
     _answered_at: float | None = None  # when /api/version first answered in this start
     _fail_code: int | None = None
+    _ready_version: str = ""
     version: str = ""
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ class Supervisor:
         while not child.done.is_set() and time.monotonic() < deadline:
             version = probe_version(self.host, timeout=1.0)
             if version is not None and not child.done.is_set():
-                self._ready_version = version
+                self._ready_version = version  # read by the loop once _ready_flag is seen
                 self._ready_flag.set()
                 self._wake()
                 return
@@ -229,7 +230,7 @@ class Supervisor:
         if self._ready_flag.is_set() and self.state is State.STARTING:
             self._ready_flag.clear()
             self._answered_at = t
-            self.version = getattr(self, "_ready_version", "")
+            self.version = self._ready_version
             self.log.info("api_answering", pid=self.ollama.pid if self.ollama else None, ollama_version=self.version)
         if self._answered_at is not None and self.state is State.STARTING and self._gate_open(t):
             self._became_ready()
@@ -463,7 +464,6 @@ class Supervisor:
         if self.ollama is None or self.ollama.done.is_set():
             return
         self.log.info("restarting", reason=reason, pid=self.ollama.pid)
-        self._restart_reason = reason
         self._signal_ollama(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
         while not self.ollama.done.is_set() and time.monotonic() < deadline:

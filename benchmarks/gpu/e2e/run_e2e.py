@@ -199,6 +199,24 @@ def backend_to_verdict_ms(events: list[Event], pid: int) -> float | None:
     return round((done[0].t - opened[0].t) * 1000, 1)
 
 
+def check_auto_phase(srv: Server, sc: Scenario, stack: Stack, settled: Callable[[Event], bool], cause: str,
+                     what: str) -> str | None:
+    """The auto half of a proactive-remedy scenario: LD_LIBRARY_PATH changed before start for `cause`, discovery
+    gpu/none, a model runner on the GPU. Returns that runner's LD_LIBRARY_PATH (None when no runner loaded)."""
+    decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision") if e.data.get("cause") == cause]
+    changes = [e for e in srv.our_lines() if e.get("event") in ("environment_change", "remedy")
+               and "LD_LIBRARY_PATH" in json.dumps(e)]
+    sc.check(what, bool(changes or decisions), (changes or decisions or ["none"])[0])
+    dv = wait_verdict(srv, "discovery", settled)
+    sc.got.append(f"auto: discovery {vtext(dv)}")
+    sc.check("auto: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+    runner = loaded_runner(srv, sc, stack.models["tiny"])
+    if runner is None:
+        return None
+    check_gpu_runner(srv, sc, runner, stack)
+    return str(Server.environ_of(runner).get("LD_LIBRARY_PATH", ""))
+
+
 def check_gpu_runner(srv: Server, sc: Scenario, runner: Any, stack: Stack) -> None:
     """The model runner is on the GPU: verdict `gpu`, the shim's launches and memory, NVML lists its pid."""
     rv = wait_verdict(srv, f"runner {runner.pid}", lambda e: e.data.get("outcome") == "gpu")
@@ -327,19 +345,9 @@ def driver_unreachable(stack: Stack, sc: Scenario) -> None:
         srv = Server(stack, "driver-unreachable-auto", extra, prefix=view.prefix)
         try:
             sc.check("auto: ready", srv.wait_ready(READY_S))
-            changes = [e for e in srv.our_lines() if e.get("event") in ("environment_change", "remedy")
-                       and "LD_LIBRARY_PATH" in json.dumps(e)]
-            decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
-                         if e.data.get("cause") == "libcuda_not_found"]
-            sc.check("auto: the driver directory is added before Ollama starts (proactive remedy)",
-                     bool(changes or decisions), (changes or decisions or ["none"])[0])
-            dv = wait_verdict(srv, "discovery", settled)
-            sc.got.append(f"auto: discovery {vtext(dv)}")
-            sc.check("auto: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
-            runner = loaded_runner(srv, sc, stack.models["tiny"])
-            if runner is not None:
-                check_gpu_runner(srv, sc, runner, stack)
-                ld = Server.environ_of(runner).get("LD_LIBRARY_PATH", "")
+            ld = check_auto_phase(srv, sc, stack, settled, "libcuda_not_found",
+                                  "auto: the driver directory is added before Ollama starts (proactive remedy)")
+            if ld is not None:
                 sc.check("auto: the runner's LD_LIBRARY_PATH names the driver directory",
                          str(stack.driver_dir) in ld.split(":"), ld[:200])
         finally:
@@ -469,19 +477,9 @@ def stub_first(stack: Stack, sc: Scenario) -> None:
     srv = Server(stack, "stub-auto", {"LD_LIBRARY_PATH": ld})
     try:
         sc.check("auto: ready", srv.wait_ready(READY_S))
-        decisions = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
-                     if e.data.get("cause") == "stub_library"]
-        changes = [e for e in srv.our_lines() if e.get("event") in ("environment_change", "remedy")
-                   and "LD_LIBRARY_PATH" in json.dumps(e)]
-        sc.check("auto: the stubs directory is dropped before Ollama starts (proactive remedy)",
-                 bool(decisions or changes), (decisions or changes or ["none"])[0])
-        dv = wait_verdict(srv, "discovery", settled)
-        sc.got.append(f"auto: discovery {vtext(dv)}")
-        sc.check("auto: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
-        runner = loaded_runner(srv, sc, stack.models["tiny"])
-        if runner is not None:
-            check_gpu_runner(srv, sc, runner, stack)
-            ld_runner = Server.environ_of(runner).get("LD_LIBRARY_PATH", "")
+        ld_runner = check_auto_phase(srv, sc, stack, settled, "stub_library",
+                                     "auto: the stubs directory is dropped before Ollama starts (proactive remedy)")
+        if ld_runner is not None:
             sc.check("auto: no stubs directory in the runner's LD_LIBRARY_PATH", "stubs" not in ld_runner,
                      ld_runner[:200])
     finally:
