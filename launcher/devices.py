@@ -122,7 +122,8 @@ def read_token(text: str, gpus: Sequence[Gpu] | None, order: Sequence[Gpu] | Non
 def read_filter(value: str, gpus: Sequence[Gpu] | None, env: Mapping[str, str | None], *,
                 var: str = "CUDA_VISIBLE_DEVICES", cuda_saw: Sequence[str] | None = None) -> FilterReading:
     """Read `value` the way the driver does. `gpus`: NVML's GPUs (None: NVML unavailable). `cuda_saw`: UUIDs CUDA
-    showed to a process under this very filter, in ordinal order (the driver's own answer, used when NVML is not)."""
+    showed to a process under this very filter, in ordinal order: the driver's own answer, which places the stale
+    entry when NVML is unavailable, and overrules the stop-at-the-first-bad-entry rule when a driver read on."""
     order = cuda_order(gpus or (), env) if gpus else None
     tokens = tuple(read_token(t, gpus, order) for t in split(value))
     if cuda_saw is not None and gpus is None:
@@ -141,6 +142,13 @@ def read_filter(value: str, gpus: Sequence[Gpu] | None, env: Mapping[str, str | 
         if tok.uuid is not None:
             named.add(tok.uuid)
     notes: list[str] = []
+    if stale and cuda_saw is not None and gpus and _read_on(ignored, cuda_saw, gpus):
+        # The driver showed a GPU listed after the entry that names nothing: it skipped that entry and read on.
+        # Its answer beats the rule, so nothing is cut off (the stale entry is still reported).
+        notes.append(f"{var}={value}: entry {stale[0].text!r} {stale[0].why}, but CUDA skipped it and showed the "
+                     "GPUs listed after it")
+        visible = [t for t in (*visible, *ignored) if t.exists is not False]
+        ignored = []
     hidden: tuple[str, ...] = ()
     if gpus:
         if all(t.uuid is not None for t in visible):
@@ -153,6 +161,12 @@ def read_filter(value: str, gpus: Sequence[Gpu] | None, env: Mapping[str, str | 
                      (f", so {', '.join(t.text for t in ignored)} {'is' if len(ignored) == 1 else 'are'} ignored"
                       if ignored else ""))
     return FilterReading(var, value, tokens, tuple(visible), tuple(stale), tuple(ignored), hidden, tuple(notes))
+
+
+def _read_on(ignored: Sequence[Token], saw: Sequence[str], gpus: Sequence[Gpu]) -> bool:
+    """CUDA showed a GPU that only an entry after the first stale one names."""
+    shown = {_parent(u, gpus) for u in saw}
+    return any(t.uuid is not None and _parent(t.uuid, gpus) in shown for t in ignored)
 
 
 def _parent(uuid: str, gpus: Iterable[Gpu]) -> str:

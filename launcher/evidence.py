@@ -1363,7 +1363,7 @@ def _filter_reading(f: Facts, v: Verdict) -> Verdict:
     if not value or value.strip() in HIDE_ALL_VALUES or v.outcome != "gpu":
         return v
     gpus = gpus_ev.nvml_gpus(f.live.nvml)
-    reading = devices.read_filter(value, gpus, _operator(f), cuda_saw=None if gpus else cuda_saw(f))
+    reading = devices.read_filter(value, gpus, _operator(f), cuda_saw=cuda_saw(f))
     notes = [*v.notes, *reading.notes]
     who = gpus_ev.who_hid(value, _operator(f))
     if reading.cuts_off and v.cause == "none":

@@ -169,7 +169,7 @@ def _narrow_filter(ctx: RemedyContext) -> tuple[Patch | None, str]:
     ok, why = may_change("CUDA_VISIBLE_DEVICES", ctx)
     if not ok:
         return None, why
-    reading = devices.read_filter(value, ctx.gpus, ctx.env, cuda_saw=None if ctx.gpus else ctx.cuda_saw)
+    reading = devices.read_filter(value, ctx.gpus, ctx.env, cuda_saw=ctx.cuda_saw)
     narrowed, why = devices.narrowed(reading)
     return ({"CUDA_VISIBLE_DEVICES": narrowed}, "") if narrowed is not None else (None, why)
 

@@ -112,6 +112,18 @@ class TestReadFilter:
         r = read_filter(f"{A.uuid},{STALE},GPU-bbbb", None, {}, cuda_saw=(A.uuid,))
         assert [t.text for t in r.stale] == [STALE] and r.ignored[0].exists is None and r.cuts_off
 
+    def test_a_driver_that_read_on_past_the_stale_entry_is_believed(self) -> None:
+        """NVML says B is listed after a stale entry; CUDA showed B anyway: nothing is cut off, nothing to narrow."""
+        r = read_filter(f"{A.uuid},{STALE},{B.uuid}", [A, B], {}, cuda_saw=(A.uuid, B.uuid))
+        assert not r.cuts_off and r.hidden == () and [t.text for t in r.stale] == [STALE]
+        assert any("CUDA skipped it" in n for n in r.notes)
+        assert narrowed(r)[0] is None
+
+    def test_the_drivers_answer_confirms_the_cut(self) -> None:
+        """CUDA showed only A: the rule holds and B is hidden."""
+        r = read_filter(f"{A.uuid},{STALE},{B.uuid}", [A, B], {}, cuda_saw=(A.uuid,))
+        assert r.cuts_off and r.hidden == (B.uuid,)
+
 
 class TestNarrowed:
     def test_stale_entry_dropped_nothing_added(self) -> None:

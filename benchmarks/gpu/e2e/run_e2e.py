@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "shim_overhead"))
@@ -486,6 +488,253 @@ def stub_first(stack: Stack, sc: Scenario) -> None:
         srv.stop()
 
 
+# --- several GPUs (issue #9) ----------------------------------------------------------------------------------------
+
+STALE_UUID = "GPU-deadbeef-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True)
+class Card:
+    """One physical GPU as NVML (real) or the mock driver's defaults (mock) number it."""
+
+    index: int
+    uuid: str
+    pci: str
+
+
+def cards(stack: Stack) -> list[Card]:
+    """The machine's GPUs in NVML order (PCI bus order); in mock mode the mock driver's two default devices."""
+    if stack.mode == "mock":
+        return [Card(i, f"GPU-{0x6d6f636b + i:08x}-{0x1000 + i:04x}-2000-3000-{0x400000 + i:012x}",
+                     f"0000:{1 + i:02X}:00.0") for i in range(2)]
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid, pci = pynvml.nvmlDeviceGetUUID(h), pynvml.nvmlDeviceGetPciInfo(h).busId
+            out.append(Card(i, uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                            pci.decode() if isinstance(pci, bytes) else str(pci)))
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def multi_env(stack: Stack, extra: dict[str, str | None]) -> dict[str, str | None]:
+    """The scenario's variables; the mock driver is told to show two GPUs."""
+    return {**extra, "MOCKCUDA_DEVICE_COUNT": "2"} if stack.mode == "mock" else extra
+
+
+def two_cards(stack: Stack, sc: Scenario) -> list[Card] | None:
+    found = cards(stack)
+    sc.notes.append("GPUs (NVML order): " + ", ".join(f"{c.index}={c.uuid} {c.pci}" for c in found))
+    if len(found) < 2:
+        sc.skipped = f"needs 2 GPUs, this machine has {len(found)}"
+        return None
+    return found[:2]
+
+
+def nvml_per_gpu(pid: int, timeout: float = 10.0) -> dict[str, int] | None:
+    """GPU memory NVML lists for `pid` on each GPU, by UUID (None without NVML)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+
+    def read() -> dict[str, int] | None:
+        out = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid == pid:
+                    out[uuid.decode() if isinstance(uuid, bytes) else str(uuid)] = int(p.usedGpuMemory or 0) or 1
+        return out or None
+    try:
+        return wait_for(read, timeout, 0.2) or {}
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def runner_devices(srv: Server, pid: int, outcome: str, timeout: float = 20.0) -> dict[str, Any] | None:
+    """The runner's row in `status --json` once it has `outcome` and names the GPUs it used."""
+    def row() -> dict[str, Any] | None:
+        st = srv.status() or {}
+        rows = [r for r in st.get("runners") or [] if r.get("pid") == pid]
+        if rows and rows[-1].get("outcome") == outcome and any(d.get("state") == "used"
+                                                                for d in rows[-1].get("devices") or []):
+            return rows[-1]
+        return None
+    return wait_for(row, timeout, 1.0)
+
+
+def used_uuids(row: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {str(d.get("uuid")): d for d in (row or {}).get("devices") or [] if d.get("state") == "used"}
+
+
+def check_runner_on(srv: Server, sc: Scenario, stack: Stack, model: str, want: set[str], label: str) -> Any:
+    """Load `model`; its runner is gpu/none on exactly the GPUs `want` (UUIDs): status, shim and NVML agree."""
+    runner = loaded_runner(srv, sc, model)
+    if runner is None:
+        return None
+    row = runner_devices(srv, runner.pid, "gpu")
+    got = used_uuids(row)
+    sc.got.append(f"{label}: runner {vtext(row)} on " + ", ".join(
+        f"{d.get('device')}={u[:12]}… {d.get('layers') or '-'} layers {d.get('weights_mib') or 0:.0f} MiB"
+        for u, d in sorted(got.items(), key=lambda x: str(x[1].get("device")))))
+    sc.check(f"{label}: runner verdict gpu/none", row is not None and row.get("cause") == "none", vtext(row))
+    sc.check(f"{label}: the verdict's used GPUs are exactly {sorted(u[:12] for u in want)}", set(got) == want,
+             sorted(got))
+    sc.check(f"{label}: each used GPU holds model weights (log buffers) or NVML memory",
+             bool(got) and all((d.get("weights_mib") or 0) > 0 or (d.get("nvml_bytes") or 0) > 0
+                               for d in got.values()), {u[:12]: d.get("weights_mib") for u, d in got.items()})
+    shim = {str(e.data["uuid"]) for e in shim_of(srv.events(), runner.pid) if e.kind == "device"
+            and e.data.get("uuid")}
+    sc.check(f"{label}: the shim saw exactly these GPUs in the runner", shim == want, sorted(shim))
+    if stack.mode == "real":
+        held = nvml_per_gpu(runner.pid) or {}
+        sc.check(f"{label}: NVML lists the runner's pid on exactly these GPUs", set(held) == want,
+                 {u[:12]: f"{b / 2**20:.0f} MiB" for u, b in held.items()})
+    hidden = [d for d in (row or {}).get("devices") or [] if d.get("state") == "hidden"]
+    if hidden:
+        sc.got.append(f"{label}: hidden " + ", ".join(f"{d.get('uuid')} ({d.get('hidden_by')})" for d in hidden))
+    cvd = Server.environ_of(runner).get("CUDA_VISIBLE_DEVICES")
+    sc.notes.append(f"{label}: runner CUDA_VISIBLE_DEVICES={cvd}")
+    return runner
+
+
+def multi_split(stack: Stack, sc: Scenario) -> None:
+    """Two GPUs, OLLAMA_SCHED_SPREAD=1: the runner gets both and llama.cpp splits the layers (-sm layer, its
+    default); verdict gpu/none naming both GPUs by UUID."""
+    two = two_cards(stack, sc)
+    if two is None:
+        return
+    srv = Server(stack, "multi-split", multi_env(stack, {"OLLAMA_SCHED_SPREAD": "1"}))
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        dv = wait_verdict(srv, "discovery", settled)
+        sc.got.append(f"discovery {vtext(dv)}")
+        sc.check("discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+        st = srv.status() or {}
+        found = {str(d.get("uuid")) for d in (st.get("discovery") or {}).get("devices") or []}
+        sc.check("status: discovery names both GPUs by UUID", {c.uuid for c in two} <= found, sorted(found))
+        model = stack.models.get("bench") or stack.models["tiny"]
+        check_runner_on(srv, sc, stack, model, {c.uuid for c in two}, "split")
+        sc.check("no restart", not of_kind(srv.events(), "supervisor", "restarted"))
+    finally:
+        srv.stop()
+
+
+def multi_filter_operator(stack: Stack, sc: Scenario) -> None:
+    """The operator hides one GPU (by UUID; by index with CUDA_DEVICE_ORDER=PCI_BUS_ID; by index without it): the
+    runner uses the other, the verdict is gpu/none and says it is the operator's choice; nothing is changed."""
+    two = two_cards(stack, sc)
+    if two is None:
+        return
+    for label, extra, want in (
+            ("uuid", {"CUDA_VISIBLE_DEVICES": two[1].uuid}, two[1].uuid),
+            ("index+pci-order", {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, two[1].uuid),
+            ("index", {"CUDA_VISIBLE_DEVICES": "1"}, None)):
+        srv = Server(stack, f"multi-filter-{label}", multi_env(stack, extra))
+        try:
+            sc.check(f"{label}: ready", srv.wait_ready(READY_S))
+            dv = wait_verdict(srv, "discovery", settled)
+            sc.got.append(f"{label}: discovery {vtext(dv)}")
+            sc.check(f"{label}: discovery gpu/none", dv is not None and vtext(dv).startswith("gpu/none"), vtext(dv))
+            d = (srv.status() or {}).get("discovery") or {}
+            notes = [str(n) for n in d.get("notes") or []]
+            sc.check(f"{label}: discovery says the filter is the operator's choice",
+                     any("operator's choice" in n for n in notes), notes[-2:])
+            seen = [str(x.get("uuid")) for x in d.get("devices") or [] if x.get("state") != "hidden"]
+            hidden = [x for x in d.get("devices") or [] if x.get("state") == "hidden"]
+            sc.check(f"{label}: discovery shows one GPU", len(seen) == 1, seen)
+            if want is None:  # CUDA's default order (FASTEST_FIRST): which GPU index 1 is, is CUDA's to say
+                want = seen[0] if seen else two[1].uuid
+                sc.notes.append(f"index without CUDA_DEVICE_ORDER: CUDA's device 1 is {want} "
+                                f"(NVML index {next((c.index for c in two if c.uuid == want), '?')})")
+            sc.check(f"{label}: discovery's GPU is {want[:12]}…", seen == [want], seen)
+            if stack.mode == "real":
+                sc.check(f"{label}: NVML's other GPU is listed hidden by the operator",
+                         [str(x.get("uuid")) for x in hidden] == [c.uuid for c in two if c.uuid != want]
+                         and all(str(x.get("hidden_by", "")).startswith("operator") for x in hidden),
+                         [(x.get("uuid"), x.get("hidden_by")) for x in hidden])
+            check_runner_on(srv, sc, stack, stack.models["tiny"], {want}, label)
+            applied = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
+                       if e.data.get("action") in ("apply_now", "apply_when_idle")]
+            sc.check(f"{label}: left alone: no remedy applied, no restart",
+                     not applied and not of_kind(srv.events(), "supervisor", "restarted"), applied[:1])
+        finally:
+            srv.stop()
+
+
+def multi_stale(stack: Stack, sc: Scenario) -> None:
+    """CUDA_VISIBLE_DEVICES=<GPU0>,<stale UUID>,<GPU1>: CUDA stops at the stale entry, so GPU1 is hidden although the
+    operator listed it. With OGPU_MAY_OVERRIDE=CUDA_VISIBLE_DEVICES the stale entry alone is dropped before READY
+    (one restart) and the model is split across both; under a Slurm allocation the same filter is only advised."""
+    two = two_cards(stack, sc)
+    if two is None:
+        return
+    value = f"{two[0].uuid},{STALE_UUID},{two[1].uuid}"
+    both = {c.uuid for c in two}
+    srv = Server(stack, "multi-stale", multi_env(stack, {
+        "CUDA_VISIBLE_DEVICES": value, "OGPU_MAY_OVERRIDE": "CUDA_VISIBLE_DEVICES", "OLLAMA_SCHED_SPREAD": "1"}))
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        restarted = of_kind(srv.events(), "supervisor", "restarted")
+        before = [e for e in verdicts(srv.events(), "discovery") if not restarted or e.t < restarted[0].t]
+        first = before[-1] if before else None
+        sc.got.append(f"before: discovery {vtext(first)}")
+        sc.check("before: discovery (what the remedy acted on) gpu/device_filter_hides_gpu",
+                 first is not None and first.data.get("cause") == "device_filter_hides_gpu"
+                 and first.data.get("outcome") in ("gpu", "unknown" if stack.mode == "mock" else "gpu"), vtext(first))
+        lines = [str(e.get("event")) for e in srv.our_lines() if e.get("event") in ("remedy", "restarting", "ready")]
+        sc.check("remedy, restart, then READY (no client saw the narrowed GPU set)",
+                 lines[:3] == ["remedy", "restarting", "ready"], lines)
+        st = srv.status() or {}
+        applied = (st.get("remedies") or {}).get("applied") or []
+        want = f"SET CUDA_VISIBLE_DEVICES={two[0].uuid},{two[1].uuid}"
+        sc.check("the stale entry alone is dropped", bool(applied) and applied[0].get("changes") == [want],
+                 applied[:1])
+        sc.check("one restart", st.get("restarts") == 1, st.get("restarts"))
+        dv = (st.get("discovery") or {})
+        sc.got.append(f"after: discovery {vtext(dv)}")
+        found = {str(d.get("uuid")) for d in dv.get("devices") or [] if d.get("state") != "hidden"}
+        sc.check("after: discovery gpu/none with both GPUs", vtext(dv).startswith("gpu/none") and both <= found,
+                 (vtext(dv), sorted(found)))
+        model = stack.models.get("bench") or stack.models["tiny"]
+        check_runner_on(srv, sc, stack, model, both, "after")
+    finally:
+        srv.stop()
+    # The same filter inside a Slurm allocation: reported and advised, never changed, even when listed.
+    srv = Server(stack, "multi-stale-slurm", multi_env(stack, {
+        "CUDA_VISIBLE_DEVICES": value, "OGPU_MAY_OVERRIDE": "CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS": "0,1"}))
+    try:
+        sc.check("slurm: ready", srv.wait_ready(READY_S))
+        dv = wait_verdict(srv, "discovery", lambda e: e.data.get("cause") == "device_filter_hides_gpu")
+        sc.got.append(f"slurm: discovery {vtext(dv)}")
+        st = srv.status() or {}
+        advised = (st.get("remedies") or {}).get("advised") or []
+        sc.check("slurm: advised as a scheduler allocation, not applied, no restart",
+                 any("scheduler" in str(a.get("reason")) for a in advised)
+                 and not (st.get("remedies") or {}).get("applied") and not st.get("restarts"), advised[:1])
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            row = runner_devices(srv, runner.pid, "gpu")
+            sc.check("slurm: the runner uses only the GPU CUDA shows", set(used_uuids(row)) == {two[0].uuid},
+                     sorted(used_uuids(row)))
+            servers = [k for k in psutil.Process(srv.proc.pid).children(recursive=True)
+                       if k.pid != runner.pid and "serve" in " ".join(k.cmdline()[1:2])]
+            cvd = Server.environ_of(servers[0]).get("CUDA_VISIBLE_DEVICES") if servers else None
+            sc.check("slurm: Ollama runs with the allocation's CUDA_VISIBLE_DEVICES unchanged", cvd == value, cvd)
+    finally:
+        srv.stop()
+
+
 SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
     ("healthy", healthy, "verdict gpu from real log lines + real shim launches + runner VRAM per NVML",
      "gpu/none, no restart"),
@@ -499,10 +748,17 @@ SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
      "stub_library; auto: stubs dropped, gpu"),
     ("backend-unloadable", backend_unloadable, "a broken libggml-cuda.so: the shim carries the loader's text",
      "backend_load_failed, advised; fixed+HUP: gpu"),
+    ("multi-split", multi_split, "2 GPUs: a model split across both (-sm layer) under OLLAMA_SCHED_SPREAD=1",
+     "gpu/none naming both UUIDs"),
+    ("multi-filter-op", multi_filter_operator, "2 GPUs: the operator hides one (UUID / index+PCI order / index)",
+     "gpu/none on the other, operator's choice, no restart"),
+    ("multi-stale", multi_stale, "2 GPUs: a stale UUID hides GPU1; listed: dropped, both used; Slurm: advised",
+     "device_filter_hides_gpu -> 1 restart -> both"),
 ]
-# The order of a run: the healthy case and the speed pairs first, then the faults, then the cheap figures.
-ORDER = ("healthy", "bench-tg", "filter-override", "driver-unreachable", "stub-first", "backend-unloadable",
-         "filter-operator", "llama-bench", "launch")
+# The order of a run: the scenarios of several GPUs (skipped on one), the healthy case and the speed pairs, then the
+# faults, then the cheap figures.
+ORDER = ("multi-split", "multi-filter-op", "multi-stale", "healthy", "bench-tg", "filter-override",
+         "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "llama-bench", "launch")
 NEED_S = {"bench-tg": 60, "llama-bench": 45, "launch": 30}  # seconds a step needs to be started (others: 45)
 
 
