@@ -25,6 +25,9 @@ NVML_INTERVAL = 1.0
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
 DISCOVERY_GRACE = 30.0  # READY waits at most this long after /api/version for the discovery verdict
 UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown generation: observe, do not wait)
+# Ollama answers its API only once discovery is logged, so its discovery lines are at most a parse away; a verdict the
+# shim and /proc settled before those lines waits this long for them (they carry the filter's reading).
+DISCOVERY_LINES_GRACE = 3.0
 GENERATIONS_WITH_START_DISCOVERY = frozenset({"A", "B", "C", "D"})
 
 
@@ -180,8 +183,8 @@ class Controller:
             return True
         verdicts = self.verdicts
         decided = verdicts is not None and verdicts.discovery.outcome != "unknown"
-        if not (decided or discovery_logged):  # Ollama has not said what it found yet
-            return False
+        if not discovery_logged and not (decided and since_answer >= DISCOVERY_LINES_GRACE):
+            return False  # Ollama's own account of what it found is not read yet
         if self._dirty:  # judge what arrived before deciding that no discovery-time remedy is coming
             return False
         last = self.decisions[-1] if self.decisions else None

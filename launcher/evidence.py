@@ -1088,7 +1088,8 @@ def _proc_signal(p: Proc, settled: bool) -> Signal | None:
         return None
     if "libcuda" in p.libs and p.libs & {"ggml_cuda", "cudart", "cublas"}:
         return Signal("proc", "gpu", "weak", (_lev(p.libs_event, "libcuda and the CUDA backend are mapped"),))
-    if "libcuda" not in p.libs and "ggml_cpu" in p.libs:
+    if settled and "libcuda" not in p.libs and "ggml_cpu" in p.libs:
+        # only once settled: GGML loads its CPU backend first, so a scan between two dlopens sees it alone
         return Signal("proc", "cpu", "medium", (_lev(p.libs_event, "backends loaded, libcuda never mapped"),))
     if settled and "libcuda" not in p.libs:
         return Signal("proc", "cpu", "silence", (_lev(p.libs_event, "libcuda is not mapped"),))
@@ -1287,12 +1288,19 @@ def _log_discovery_signal(f: Facts) -> tuple[Signal | None, bool]:
                    for e in f.discovered[:3])
         return Signal("log", "gpu", "medium", ev), vulkan_only
     active = [p for p in f.problems if not p.superseded and p.stage in DISCOVERY_STAGES]
-    if f.no_gpu or active:
+    # A filter that names devices is set, not failing: it explains a CPU result, it is no evidence of one (on a
+    # machine of several GPUs it is the operator picking some). Alone, it says nothing until discovery reports.
+    if f.no_gpu or any(not _names_devices(p) for p in active):
         ev = tuple(_ev(e, "Ollama found no usable GPU") for e in f.no_gpu[:2])
         ev += tuple(_ev(p.event, f"cause: {p.cause}") for p in active[:2])
         cause = min((p.cause for p in active), key=_rank) if active else None
         return Signal("log", "cpu", "strong", ev, cause), False
     return None, False
+
+
+def _names_devices(p: Problem) -> bool:
+    """A device filter seen in the configuration (not one forcing the CPU)."""
+    return p.stage == "config" and p.cause == "device_filter_hides_gpu"
 
 
 def _nvml_discovery_signal(f: Facts) -> Signal | None:

@@ -289,8 +289,37 @@ class TestDiscovery:
         v = live([started()])
         assert v.discovery.outcome == "unknown" and not v.discovery.visible
 
+    def test_a_filter_naming_a_gpu_is_no_fallback_before_discovery_reports(self) -> None:
+        """Seen on 2 real H100s: CUDA_VISIBLE_DEVICES=<uuid> in the env and Ollama's `user overrode visible devices`
+        line, nothing discovered yet: unknown, not `cpu_fallback` (a filter is a possible cause, not evidence)."""
+        t = 'time=2026-11-25T21:02:52.289Z level=WARN source=runner.go:74 '
+        log = f'{t}msg="user overrode visible devices" CUDA_VISIBLE_DEVICES=GPU-5f1c\n'
+        v = live([started({"CUDA_VISIBLE_DEVICES": "GPU-5f1c"}), nvml_gpus(), *parse_text(log)])
+        assert (v.discovery.outcome, v.discovery.cause) == ("unknown", "unknown")
+        assert "log:cpu" not in v.discovery.signals
+
+    def test_a_filter_still_names_the_cause_when_nothing_was_found(self) -> None:
+        """The same filter and a discovery that found no GPU: the filter is the cause of the CPU result."""
+        v = live([started({"CUDA_VISIBLE_DEVICES": "GPU-dead"}), nvml_gpus(),
+                  *fixture_log("ollama-real-cpu/cpu-basic.server.log")])
+        assert (v.discovery.outcome, v.discovery.cause) == ("cpu_fallback", "device_filter_hides_gpu")
+
 
 class TestRunnersAndRestarts:
+    def test_cpu_backend_mapped_first_is_no_fallback_while_the_runner_starts(self) -> None:
+        """Seen on real H100s: GGML maps its CPU backend before the CUDA one, and a /proc scan in between saw only
+        libggml-cpu. Until the runner has loaded (log, ready, or exit) that is no CPU evidence."""
+        v = only_runner(live([started(), nvml_gpus(), *runner(),
+                              proc("runner_libs", libs=["ggml_cpu"], paths=["/usr/lib/ollama/libggml-cpu.so"])]))
+        assert v.outcome == "unknown" and "proc:cpu" not in v.signals
+
+    def test_cpu_backend_alone_when_the_runner_ended_is_cpu(self) -> None:
+        """The same libraries in a runner that exited: libcuda was never mapped."""
+        v = only_runner(live([started(), nvml_gpus(), *runner(),
+                              proc("runner_libs", libs=["ggml_cpu"], paths=["/usr/lib/ollama/libggml-cpu.so"]),
+                              proc("runner_exited")]))
+        assert "proc:cpu" in v.signals
+
     def test_each_runner_has_its_own_verdict(self) -> None:
         """Runners are keyed by (pid, start time): a reused pid is a new runner with its own verdict."""
         events = [started(), nvml_gpus(), memory(500),

@@ -309,6 +309,7 @@ def healthy(stack: Stack, sc: Scenario) -> None:
         if runner is not None:
             check_gpu_runner(srv, sc, runner, stack)
             check_status(srv, sc, "gpu/none", runner.pid, "gpu/none")
+        check_no_false_alarm(srv, sc, "healthy")
         sc.check("no restart", not of_kind(srv.events(), "supervisor", "restarted"))
     finally:
         srv.stop()
@@ -577,6 +578,13 @@ def used_uuids(row: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {str(d.get("uuid")): d for d in (row or {}).get("devices") or [] if d.get("state") == "used"}
 
 
+def check_no_false_alarm(srv: Server, sc: Scenario, label: str) -> None:
+    """On a healthy GPU path no verdict, however early, may say cpu_fallback (and no advice may be printed)."""
+    alarms = [vtext(e) for e in verdicts(srv.events()) if e.data.get("outcome") == "cpu_fallback"]
+    sc.check(f"{label}: no cpu_fallback verdict reported at any time, no advice", not alarms and not advice_lines(srv),
+             alarms[:2] or [a.get("subject") for a in advice_lines(srv)][:2])
+
+
 def check_runner_on(srv: Server, sc: Scenario, stack: Stack, model: str, want: set[str], label: str) -> Any:
     """Load `model`; its runner is gpu/none on exactly the GPUs `want` (UUIDs): status, shim and NVML agree."""
     runner = loaded_runner(srv, sc, model)
@@ -625,6 +633,7 @@ def multi_split(stack: Stack, sc: Scenario) -> None:
         sc.check("status: discovery names both GPUs by UUID", {c.uuid for c in two} <= found, sorted(found))
         model = stack.models.get("bench") or stack.models["tiny"]
         check_runner_on(srv, sc, stack, model, {c.uuid for c in two}, "split")
+        check_no_false_alarm(srv, sc, "split")
         sc.check("no restart", not of_kind(srv.events(), "supervisor", "restarted"))
     finally:
         srv.stop()
@@ -664,6 +673,7 @@ def multi_filter_operator(stack: Stack, sc: Scenario) -> None:
                          and all(str(x.get("hidden_by", "")).startswith("operator") for x in hidden),
                          [(x.get("uuid"), x.get("hidden_by")) for x in hidden])
             check_runner_on(srv, sc, stack, stack.models["tiny"], {want}, label)
+            check_no_false_alarm(srv, sc, label)
             applied = [e.data for e in of_kind(srv.events(), "supervisor", "decision")
                        if e.data.get("action") in ("apply_now", "apply_when_idle")]
             sc.check(f"{label}: left alone: no remedy applied, no restart",
@@ -685,8 +695,8 @@ def multi_stale(stack: Stack, sc: Scenario) -> None:
         "CUDA_VISIBLE_DEVICES": value, "OGPU_MAY_OVERRIDE": "CUDA_VISIBLE_DEVICES", "OLLAMA_SCHED_SPREAD": "1"}))
     try:
         sc.check("ready", srv.wait_ready(READY_S))
-        restarted = of_kind(srv.events(), "supervisor", "restarted")
-        before = [e for e in verdicts(srv.events(), "discovery") if not restarted or e.t < restarted[0].t]
+        acted = [e.t for e in of_kind(srv.events(), "supervisor", "decision") if e.data.get("action") == "apply_now"]
+        before = [e for e in verdicts(srv.events(), "discovery") if acted and e.t <= acted[0]]
         first = before[-1] if before else None
         sc.got.append(f"before: discovery {vtext(first)}")
         sc.check("before: discovery (what the remedy acted on) gpu/device_filter_hides_gpu",
@@ -708,6 +718,8 @@ def multi_stale(stack: Stack, sc: Scenario) -> None:
                  (vtext(dv), sorted(found)))
         model = stack.models.get("bench") or stack.models["tiny"]
         check_runner_on(srv, sc, stack, model, both, "after")
+        sc.check("no cpu_fallback verdict at any time", not [e for e in verdicts(srv.events())
+                                                             if e.data.get("outcome") == "cpu_fallback"])
     finally:
         srv.stop()
     # The same filter inside a Slurm allocation: reported and advised, never changed, even when listed.
