@@ -593,7 +593,8 @@ def check_runner_on(srv: Server, sc: Scenario, stack: Stack, model: str, want: s
     row = runner_devices(srv, runner.pid, "gpu")
     got = used_uuids(row)
     sc.got.append(f"{label}: runner {vtext(row)} on " + ", ".join(
-        f"{d.get('device')}={u[:12]}… {d.get('layers') or '-'} layers {d.get('weights_mib') or 0:.0f} MiB"
+        f"{d.get('device')}={u[:12]}… {d.get('weights_mib') or 0:.0f} MiB weights"
+        + (f", {d['layers']} layers" if d.get("layers") else "")
         for u, d in sorted(got.items(), key=lambda x: str(x[1].get("device")))))
     sc.check(f"{label}: runner verdict gpu/none", row is not None and row.get("cause") == "none", vtext(row))
     sc.check(f"{label}: the verdict's used GPUs are exactly {sorted(u[:12] for u in want)}", set(got) == want,
