@@ -1,0 +1,296 @@
+"""The log tier: where the last model load went, and the log-only verdict (`explain`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from launcher import device_evidence as gpus_ev
+from launcher.device_evidence import DeviceUse
+from launcher.events import Event
+from launcher.evidence.facts import (
+    CAUSE_PRIORITY,
+    EXPECTED_CPU_CAUSES,
+    GPU_LIBRARIES,
+    Evidence,
+    Facts,
+    Problem,
+    Runner,
+    Verdict,
+    _d,
+    _ev,
+)
+from launcher.evidence.log_facts import _below_minimum
+from launcher.log_patterns import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
+
+# --- the log tier: rules over the facts ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the last model load's weights went, how sure we are, and the events that say so."""
+
+    where: str | None  # "gpu", "partial", "cpu" or None when the log does not show it
+    level: str  # "report" (runner output), "devices", "plan" (server intent), "none"
+    evidence: tuple[Evidence, ...] = ()
+
+
+def _trusted(f: Facts, e: Event) -> bool:
+    if f.generation in OFFLOAD_LINE_TRUSTED:
+        return OFFLOAD_LINE_TRUSTED[f.generation]
+    return _d(e, "form") != "llm_load_tensors"
+
+
+def _report_placement(f: Facts, r: Runner) -> Placement | None:
+    rep = r.reports
+    gpu: list[Evidence] = []
+    cpu: list[Evidence] = []
+    partial: list[Evidence] = []
+    model_buffers = [e for e in rep if e.kind == "buffer" and _d(e, "what") == "model"]
+    for e in model_buffers:
+        if _d(e, "gpu"):
+            gpu.append(_ev(e, f"weights in {_d(e, 'device')} memory"))
+    weights = [e for e in rep if e.kind == "weights"]
+    gpu_weights = [e for e in weights if _d(e, "gpu")]
+    gpu += [_ev(e, f"model weights on {_d(e, 'device')}") for e in gpu_weights]
+    graphs = [e for e in rep if e.kind == "compute_graph"]
+    if gpu_weights and any(not _d(e, "gpu") for e in weights):
+        host = sum(int(_d(e, "bytes") or 0) for e in graphs if not _d(e, "gpu"))
+        dev = sum(int(_d(e, "bytes") or 0) for e in graphs if _d(e, "gpu"))
+        if host > dev > 0:
+            partial += [_ev(e, "a larger compute graph on the CPU than on the GPU: layers run on the CPU")
+                        for e in graphs if not _d(e, "gpu")]
+    for e in rep:
+        if e.kind != "offload":
+            continue
+        n, m = int(_d(e, "n", 0)), int(_d(e, "m", 0))
+        if not _trusted(f, e):
+            continue
+        if n == 0:
+            cpu.append(_ev(e, "no layer offloaded to the GPU"))
+        elif n < m:
+            partial.append(_ev(e, f"only {n} of {m} layers on the GPU"))
+        else:
+            gpu.append(_ev(e, f"all {m} layers offloaded to the GPU"))
+    if partial:
+        return Placement("partial", "report", tuple(partial))
+    if gpu:
+        return Placement("gpu", "report", tuple(gpu))
+    for e in rep:
+        if e.kind == "cuda_init_failed":
+            cpu.append(_ev(e, "the runner could not initialise CUDA"))
+        elif e.kind == "backend_failed":
+            cpu.append(_ev(e, "the runner could not load its GPU backend"))
+        elif e.kind == "runner_no_gpu":
+            cpu.append(_ev(e, "the runner found no usable GPU"))
+    if model_buffers and not any(_d(e, "gpu") for e in model_buffers):
+        cpu += [_ev(e, "weights only in host memory") for e in model_buffers]
+    if weights and not gpu_weights:
+        cpu += [_ev(e, "model weights only on the CPU") for e in weights]
+    if cpu:
+        return Placement("cpu", "report", tuple(cpu))
+    return None
+
+
+def _device_placement(f: Facts, r: Runner) -> Placement | None:
+    rep = r.reports
+    found = [e for e in rep if e.kind == "runner_devices" and int(_d(e, "count", 0) or 0) > 0]
+    too_old = [e for e in rep if e.kind == "device" and _below_minimum(f, e)]
+    if found and too_old:
+        return Placement("cpu", "devices", tuple(_ev(e, "compute capability below what this Ollama's CUDA build "
+                                                        "runs on") for e in too_old))
+    if found:
+        ev = [_ev(e, "the runner initialised the GPU") for e in found]
+        ev += [_ev(e, "offload line (not proof in this generation)") for e in rep if e.kind == "offload"][:1]
+        return Placement("gpu", "devices", tuple(ev))
+    loaded = [e for e in rep if e.kind == "backend_loaded"]
+    systems = [e for e in rep if e.kind == "runner_system"]
+    finished = systems or any(e.kind == "offload" for e in rep)
+    gpu_seen = any(_d(e, "gpu") for e in loaded) or any(_d(e, "gpu_backends") for e in systems)
+    if loaded and finished and not gpu_seen:
+        return Placement("cpu", "devices", tuple(_ev(e, "the runner loaded only CPU backends") for e in loaded))
+    offloads = [e for e in rep if e.kind == "offload"]
+    if offloads and all(int(_d(e, "n", 0)) == 0 for e in offloads):
+        return Placement("cpu", "devices", tuple(_ev(e, "no layer offloaded to the GPU") for e in offloads))
+    return None
+
+
+def _plan_placement(f: Facts, r: Runner) -> Placement | None:
+    for e in reversed(r.plans + ([r.start] if r.start else [])):
+        if e.kind == "offload_plan" and _d(e, "offload") is not None:
+            n, m = int(_d(e, "offload")), _d(e, "model_layers")
+            if n == 0:
+                return Placement("cpu", "plan", (_ev(e, "the scheduler planned no GPU layers"),))
+            if m is not None and 0 < n < int(m):
+                return Placement("partial", "plan", (_ev(e, f"the scheduler could fit only {n} of {m} layers"),))
+            return Placement("gpu", "plan", (_ev(e, "the scheduler planned the layers on the GPU (an estimate)"),))
+        if e.kind == "load_request":
+            gl = int(_d(e, "gpu_layers", 0))
+            return Placement("gpu" if gl else "cpu", "plan", (_ev(e, f"the load request assigns {gl} GPU layers"),))
+        if e.kind == "placement_plan":
+            libs = [str(x) for x in _d(e, "libraries", ()) or ()]
+            gpu = _d(e, "gpu")
+            if gpu is None:
+                gpu = any(x in GPU_LIBRARIES for x in libs) and bool(_d(e, "vram"))
+            return Placement("gpu" if gpu else "cpu", "plan", (_ev(e, "the scheduler placed the model"),))
+        if e.kind == "scheduler_selected":
+            return Placement("gpu", "plan", (_ev(e, f"the scheduler chose {_d(e, 'library')} {_d(e, 'name')}"),))
+        if e.kind == "runner_start":
+            variant = str(_d(e, "variant") or "")
+            if _d(e, "gpu_layers") == 0 or variant.startswith("cpu"):
+                return Placement("cpu", "plan", (_ev(e, "the runner was started for the CPU"),))
+            if variant.split("_")[0] in GPU_LIBRARIES:
+                return Placement("gpu", "plan", (_ev(e, f"the {variant} runner was started"),))
+    return None
+
+
+def placement(f: Facts) -> Placement:
+    """Where the last model load went, from the strongest kind of evidence the log holds."""
+    for r in reversed(f.runners):
+        for judge in (_report_placement, _device_placement, _plan_placement):
+            p = judge(f, r)
+            if p is not None:
+                return p
+    return Placement(None, "none")
+
+
+def _best(problems: Iterable[Problem]) -> Problem | None:
+    ranked = sorted(problems, key=lambda p: CAUSE_PRIORITY.index(p.cause) if p.cause in CAUSE_PRIORITY else 99)
+    return ranked[0] if ranked else None
+
+
+def _amd_problems(f: Facts) -> None:
+    if f.gfx_override or any(_d(e, "library") == "rocm" for e in f.discovered):
+        return
+    known = ROCM_TARGETS.get(f.generation or "")
+    if known is None and f.generation is None:
+        known = frozenset().union(*ROCM_TARGETS.values())
+    if known is None:
+        return
+    for e in f.amd_targets:
+        targets = [str(t) for t in _d(e, "targets", ()) or ()]
+        if targets and not any(t in known for t in targets):
+            f.add_problem("unsupported_gpu_arch", e, "discovery")
+
+
+def _crashed(f: Facts) -> Runner | None:
+    """The last runner, if it failed and nothing started after it (a restart that worked is a finding, not a crash)."""
+    last = f.runners[-1]
+    fatal = [e for e in last.failures if e.kind != "runner_exited"]
+    if fatal or (last.failures and last.ready is None):
+        return last
+    for r in f.runners[:-1]:
+        if r.failures:
+            f.finding("a runner failed earlier and a later one started (see lines "
+                      + ", ".join(str(_d(e, "line")) for e in r.failures[:3]) + ")")
+    return None
+
+
+def _vulkan_over_cuda(f: Facts) -> list[Evidence]:
+    cuda = [e for e in f.discovered if _d(e, "library") in ("cuda", "rocm")]
+    chosen = [e for e in f.selected if _d(e, "library") == "vulkan"]
+    if cuda and chosen:
+        return [_ev(chosen[-1], "the scheduler chose a Vulkan device"), _ev(cuda[0], "although a CUDA/ROCm device "
+                                                                                     "was discovered")]
+    return []
+
+
+def _cause_outcome(cause: str) -> str:
+    return "cpu_expected" if cause in EXPECTED_CPU_CAUSES else "cpu_fallback"
+
+
+def log_tier(f: Facts) -> Verdict:
+    """The log-only rules (`explain`): runner reports beat scheduler plans; failures beat claims; silence is unknown.
+    The GPUs of the last load that reported any are named per device (`devices`)."""
+    v = _log_rules(f)
+    r = next((r for r in reversed(f.runners) if r.reports), None)
+    if r is None or v.outcome not in ("gpu", "partial_offload", "cpu_fallback", "crash"):
+        return v
+    return _named_devices(v, gpus_ev.build(log=r.reports, layers=r.layers))
+
+
+def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
+    """The verdict with its GPUs; a partial offload names the GPUs that lacked room, fullest first."""
+    uses = gpus_ev.with_room(uses, v.outcome == "partial_offload")
+    notes = list(v.notes)
+    full = gpus_ev.lacked_room(uses)
+    if full:
+        notes.append("partial offload: " + ", ".join(
+            u.label + (f" ({u.free_mib} MiB free at load)" if u.free_mib is not None else "") for u in full)
+            + " lacked room for the remaining layers")
+    line = gpus_ev.summary(uses)
+    if line and v.outcome in ("gpu", "partial_offload") and len([u for u in uses if u.state != "visible"]) > 1:
+        notes.append(f"GPUs: {line}")
+    return replace(v, devices=uses, notes=tuple(dict.fromkeys(notes)))
+
+
+def _log_rules(f: Facts) -> Verdict:
+    _amd_problems(f)
+    base = {"generation": f.generation, "version": f.version, "tier": "log"}
+    if f.version_unknown:
+        f.note(f"Ollama {f.version} is newer than the generation tables: only the patterns common to every "
+               "generation were used")
+    elif f.generation is None:
+        f.note("no Ollama version in the log and no generation-specific line: only common patterns were used")
+    elif f.generation_from == "inferred":
+        f.note(f"no version line; generation {f.generation} inferred from its own log lines")
+    active = [p for p in f.problems if not p.superseded]
+    place = placement(f)
+
+    crashed = _crashed(f)
+    if crashed is not None:
+        causes = [p for p in f.problems if p.cause != "device_filter_hides_gpu"]
+        causes += [Problem(str(_d(e, "cause")), e, "runner") for e in crashed.failures
+                   if _d(e, "cause") not in (None, "unknown", "device_filter_hides_gpu")]
+        best = _best(causes)
+        ev = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
+        if best:
+            ev.append(_ev(best.event, f"cause: {best.cause}"))
+        return Verdict("crash", best.cause if best else "unknown", tuple(ev), tuple(f.notes), tuple(f.findings),
+                       **base)
+
+    if place.where == "partial":
+        return Verdict("partial_offload", "insufficient_vram", place.evidence, tuple(f.notes), tuple(f.findings),
+                       **base)
+    if place.where == "gpu":
+        vulkan = _vulkan_over_cuda(f)
+        if vulkan:
+            return Verdict("gpu", "vulkan_selected_over_cuda", place.evidence + tuple(vulkan), tuple(f.notes),
+                           tuple(f.findings), **base)
+        if place.level == "plan" and not f.discovered:
+            f.note("only the scheduler's plan is in the log: it is an estimate, not proof of GPU use")
+        ev = place.evidence + tuple(_ev(e, "GPU discovered") for e in f.discovered[:2])
+        return Verdict("gpu", "none", ev, tuple(f.notes), tuple(f.findings), **base)
+
+    runner_problems = [p for p in f.problems if p.stage == "runner"]
+    best = _best(active + [p for p in runner_problems if p not in active])
+    if place.where == "cpu" or (place.where is None and best is not None):
+        if best is not None:
+            ev = (_ev(best.event, f"cause: {best.cause}"), *place.evidence)
+            return Verdict(_cause_outcome(best.cause), best.cause, ev, tuple(f.notes), tuple(f.findings), **base)
+        if f.discovered:
+            plan = [e for r in f.runners for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") == 0]
+            cause = "insufficient_vram" if plan and (_d(plan[-1], "requested") or -1) < 0 else "unknown"
+            ev = place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2])
+            return Verdict("cpu_fallback", cause, ev, tuple(f.notes), tuple(f.findings), **base)
+        if f.no_gpu:
+            ev = place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2])
+            return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **base)
+        f.note("the model ran on the CPU but the log does not show GPU discovery: if this machine has no usable GPU, "
+               "this is expected")
+        return Verdict("cpu_fallback", "unknown", place.evidence, tuple(f.notes), tuple(f.findings), **base)
+
+    if f.discovered:
+        f.note("a GPU was discovered but no model load is in the log: load a model and look again")
+        vulkan = _vulkan_over_cuda(f)
+        ev = tuple(_ev(e, "GPU discovered") for e in f.discovered[:3]) + tuple(vulkan)
+        return Verdict("gpu", "vulkan_selected_over_cuda" if vulkan else "none", ev, tuple(f.notes),
+                       tuple(f.findings), **base)
+    if f.no_gpu:
+        ev = tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:3])
+        return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **base)
+    if f.verbosity is not None and f.verbosity < 4:
+        f.note("llama-server at its default verbosity prints no device, offload or buffer line: rerun with -lv 4 "
+               "(Ollama: OLLAMA_DEBUG=1) to see where the model runs")
+    else:
+        f.note("nothing in this log shows where the model runs (no discovery, load or runner lines)")
+    return Verdict("unknown", "unknown", (), tuple(f.notes), tuple(f.findings), visible=False, **base)
