@@ -313,6 +313,14 @@ class TestRunnersAndRestarts:
                               proc("runner_libs", libs=["ggml_cpu"], paths=["/usr/lib/ollama/libggml-cpu.so"])]))
         assert v.outcome == "unknown" and "proc:cpu" not in v.signals
 
+    def test_cpu_backend_alone_once_the_log_says_the_runner_started_is_cpu(self) -> None:
+        """Ollama's `llama-server started` line settles the runner: libcuda still unmapped then is CPU evidence."""
+        t = 'time=2026-11-25T21:02:56.806Z level=INFO source=llama_server.go:1362 '
+        v = only_runner(live([started(), nvml_gpus(), *runner(),
+                              proc("runner_libs", libs=["ggml_cpu"], paths=["/usr/lib/ollama/libggml-cpu.so"]),
+                              *parse_text(f'{t}msg="llama-server started in 0.78 seconds"\n')]))
+        assert "proc:cpu" in v.signals
+
     def test_cpu_backend_alone_when_the_runner_ended_is_cpu(self) -> None:
         """The same libraries in a runner that exited: libcuda was never mapped."""
         v = only_runner(live([started(), nvml_gpus(), *runner(),

@@ -8,10 +8,7 @@ from typing import Final
 from launcher.events import Event
 from launcher.evidence.facts import Facts, Handler, Verdict
 from launcher.evidence.live import LiveVerdicts, _has_live, live_tier, live_verdicts
-
-# The live `_on_ready` (supervisor `ready`), not the log one: in the single module it shadowed the first definition
-# when the table was built, so ("log", "runner_ready") has always gone to it. Kept so (behaviour-preserving).
-from launcher.evidence.live_facts import LIVE_HANDLERS, _on_machine, _on_ready
+from launcher.evidence.live_facts import LIVE_HANDLERS, _on_machine
 from launcher.evidence.log_facts import (
     _on_amd,
     _on_backend_failed,
@@ -32,6 +29,7 @@ from launcher.evidence.log_facts import (
     _on_plan,
     _on_problem,
     _on_report,
+    _on_runner_ready,
     _on_runners,
     _on_selected,
     _on_start,
@@ -66,7 +64,7 @@ HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
     ("log", "load_request"): _on_plan,
     ("log", "scheduler_selected"): _on_selected,
     ("log", "runner_start"): _on_start,
-    ("log", "runner_ready"): _on_ready,
+    ("log", "runner_ready"): _on_runner_ready,
     ("log", "runner_failed"): _on_failure,
     ("log", "runner_crash"): _on_failure,
     ("log", "runner_exited"): _on_exited,

@@ -116,7 +116,7 @@ def _on_exited(f: Facts, e: Event) -> None:
     f.finding(f"runner exited: {_d(e, 'status', '')} (line {_d(e, 'line')})")
 
 
-def _on_ready(f: Facts, e: Event) -> None:
+def _on_runner_ready(f: Facts, e: Event) -> None:
     if f.runner.ready is None:
         f.runner.ready = e
 
