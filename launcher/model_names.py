@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-import structlog
+from launcher.log import get as get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 BLOB: Final = re.compile(r"sha256-(?P<hex>[0-9a-f]{64})\Z")
 MODEL_LAYER: Final = "application/vnd.ollama.image.model"

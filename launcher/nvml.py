@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 from launcher.events import Event, now
+from launcher.log import get as get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # NVML return codes (nvml.h; the same numbers as pynvml's NVML_ERROR_*), the few we treat apart.
 ERROR_NOT_SUPPORTED: Final = 3

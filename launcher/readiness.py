@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 
 from launcher.ollama_host import OllamaHost
@@ -15,6 +14,8 @@ def probe_version(host: OllamaHost, timeout: float = 2.0) -> str | None:
     swallow the probe. Ollama serves plain HTTP on its port even when OLLAMA_HOST names https (that scheme
     is for clients behind a TLS proxy).
     """
+    import http.client  # here, not at the top: it pulls in ssl and email (~12 ms) before Ollama is even spawned
+
     conn = http.client.HTTPConnection(host.probe_host, host.port, timeout=timeout)
     try:
         conn.request("GET", "/api/version", headers={"Accept": "application/json"})

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import structlog
-
 from launcher.config import package_dir
+from launcher.log import get as get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SHIM_NAME: Final = "libollama_gpu_shim.so"
 PROTOCOL_VERSION: Final = 1  # shim event protocol; part of the cache key
@@ -154,9 +153,11 @@ class Compiler:
 
 
 def find_compiler(
-    env: Mapping[str, str], runner: Runner = run_process, os_release_root: Path = Path("/")
+    env: Mapping[str, str], runner: Runner = run_process, os_release_root: Path = Path("/"),
+    cache_dir: Path | None = None,
 ) -> Compiler:
-    """`$CC` if set (it may carry arguments, e.g. `ccache gcc`), else the first of cc, gcc, clang on `PATH`."""
+    """`$CC` if set (it may carry arguments, e.g. `ccache gcc`), else the first of cc, gcc, clang on `PATH`.
+    With `cache_dir`, a compiler already identified (same binary: inode, size, mtime) is not run again."""
     path_var = env.get("PATH", os.defpath)
     wanted = env.get("CC", "").strip()
     if wanted:
@@ -164,21 +165,65 @@ def find_compiler(
         exe = shutil.which(argv[0], path=path_var)
         if exe is None:
             raise NoCompiler(f"CC={wanted!r} is not an executable on PATH; unset CC or fix it")
-        return _identify((exe, *argv[1:]), dict(env), runner)
+        return _identify((exe, *argv[1:]), dict(env), runner, cache_dir)
     for name in COMPILERS:
         exe = shutil.which(name, path=path_var)
         if exe is not None:
-            return _identify((exe,), dict(env), runner)
+            return _identify((exe,), dict(env), runner, cache_dir)
     raise NoCompiler(no_compiler_message(os_release_root))
 
 
-def _identify(argv: tuple[str, ...], env: dict[str, str], runner: Runner) -> Compiler:
+def _identify(argv: tuple[str, ...], env: dict[str, str], runner: Runner, cache_dir: Path | None = None) -> Compiler:
     real = os.path.realpath(argv[0])
+    ident = file_identity(real)
+    record = cache_dir / "compilers" / f"{_digest([list(argv), real, ident])}.json" if cache_dir and ident else None
+    if record is not None:
+        known = read_record(record)
+        if known is not None and known.get("argv") == list(argv) and known.get("identity") == ident:
+            return Compiler(argv, real, str(known.get("version", "")), str(known.get("machine", "")))
+    compiler = _identify_cached(argv, real, ident[2] if ident else 0, tuple(sorted(env.items())), runner)
+    if record is not None:
+        write_record(record, {"argv": list(argv), "identity": ident, "version": compiler.version,
+                              "machine": compiler.machine})
+    return compiler
+
+
+def file_identity(path: str | Path) -> list[int] | None:
+    """(inode, size, mtime ns) of a file, None when it cannot be read: what tells a changed binary from the same."""
     try:
-        mtime = Path(real).stat().st_mtime_ns
+        st = os.stat(path)
     except OSError:
-        mtime = 0
-    return _identify_cached(argv, real, mtime, tuple(sorted(env.items())), runner)
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A small JSON record of ours, None when absent, unreadable, or writable by anyone but us (file or directory)."""
+    try:
+        for q in (path, path.parent):
+            st = q.lstat()
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022 or stat.S_ISLNK(st.st_mode):
+                return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a record atomically; a cache that cannot be written is only slower, never an error."""
+    try:
+        _make_private_dirs(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except (OSError, ShimError) as exc:
+        log.debug("cache_record_not_written", path=str(path), error=str(exc))
 
 
 @functools.lru_cache(maxsize=8)
@@ -324,7 +369,7 @@ def build(
     `<cache_dir>/shim/<key>/libollama_gpu_shim.so`. The compiler writes a temporary file in that directory, which
     is then renamed over the final name, so concurrent builds are safe (each rename installs a complete file).
     """
-    compiler = find_compiler(env, runner, os_release_root)
+    compiler = find_compiler(env, runner, os_release_root, cache_dir)
     src = src_dir if src_dir is not None else shim_source_dir()
     spec = read_build_spec(src)
     if not spec.sources:
@@ -432,6 +477,7 @@ class Preflight:
 
     shim: Path
     checks: tuple[Check, ...] = field(default=())
+    reused: bool = False  # the record of an identical passed preflight (`preflight_reusing`), not a new run
 
     @property
     def ok(self) -> bool:
@@ -446,7 +492,7 @@ class Preflight:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, for `shim path --json` and status."""
         return {
-            "shim": str(self.shim), "ok": self.ok, "message": self.message,
+            "shim": str(self.shim), "ok": self.ok, "message": self.message, "reused": self.reused,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
 
@@ -491,6 +537,53 @@ def preflight(
         check = _judge_probe(done.stdout)
     checks.append(check)
     return Preflight(shim, tuple(checks))
+
+
+def preflight_key(shim: Path, env: Mapping[str, str], python: str = sys.executable,
+                  true_program: str = "/bin/true") -> dict[str, Any] | None:
+    """What a passed preflight depends on: the shim file, the probes (their code and the programs run), the C
+    library and dynamic loader this machine maps (read from our own process), and the loader path. None when one
+    of them cannot be identified (then the preflight simply runs)."""
+    parts: dict[str, Any] = {"probe": _digest([_PROBE, PROTOCOL_VERSION]),
+                             "ld_library_path": env.get("LD_LIBRARY_PATH", "")}
+    for name, path in (("shim", str(shim)), ("python", os.path.realpath(python)),
+                       ("true", os.path.realpath(true_program)), *_runtime_libs()):
+        ident = file_identity(path)
+        if ident is None:
+            return None
+        parts[name] = [path, ident]
+    return parts
+
+
+def _runtime_libs() -> list[tuple[str, str]]:
+    """libc and the dynamic loader as mapped into this process (`/proc/self/maps`)."""
+    found: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            path = fields[5] if len(fields) == 6 else ""
+            base = os.path.basename(path)
+            if base.startswith(("libc.so", "libc-")):
+                found.setdefault("libc", path)
+            elif base.startswith(("ld-linux", "ld64.so")):
+                found.setdefault("ld.so", path)
+    return sorted(found.items()) if len(found) == 2 else [("libc", "/nonexistent")]
+
+
+def preflight_reusing(shim: Path, env: Mapping[str, str], cache_dir: Path, *,
+                      runner: Runner = run_process) -> Preflight:
+    """`preflight`, or the record of one that passed with exactly these inputs (`preflight_key`): a serve start on
+    an unchanged machine then runs no probe. Failures are never recorded: they are tested again every start."""
+    key = preflight_key(shim, env)
+    record = cache_dir / "preflight" / f"{_digest(str(shim))}.json" if key is not None else None
+    if record is not None:
+        known = read_record(record)
+        if known is not None and known.get("key") == key:
+            return Preflight(shim, (Check("bind_now", True), Check("dlopen_dlsym", True)), reused=True)
+    result = preflight(shim, env, runner=runner)
+    if result.ok and record is not None:
+        write_record(record, {"key": key})
+    return result
 
 
 def _judge(name: str, done: Completed, *, quiet: bool = True) -> Check:
@@ -563,8 +656,10 @@ def resolve(
     src_dir: Path | None = None,
     runner: Runner = run_process,
     os_release_root: Path = Path("/"),
+    reuse_preflight: bool = False,
 ) -> Resolved:
-    """The prebuilt shim (OGPU_SHIM) or the cached build, preflighted.
+    """The prebuilt shim (OGPU_SHIM) or the cached build, preflighted (`reuse_preflight`: a passed preflight of the
+    same inputs is reused, for `serve`; the diagnostic commands always test afresh).
 
     Raises ShimError when there is no library to test (no compiler, compile failure, musl, OGPU_SHIM missing);
     a library that fails its preflight comes back with `ok` False and the loader's text in `preflight.message`.
@@ -578,4 +673,6 @@ def resolve(
             raise Unsupported("the shim needs glibc and this system's C library is another (musl?): "
                               "ollama-gpu runs without it")
         built = build(cache_dir, env, src_dir=src_dir, runner=runner, os_release_root=os_release_root)
+    if reuse_preflight:
+        return Resolved(built, preflight_reusing(built.path, env, cache_dir, runner=runner))
     return Resolved(built, preflight(built.path, env, runner=runner))

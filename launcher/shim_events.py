@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 from launcher.events import Event, now
+from launcher.log import get as get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE: Final = 4096

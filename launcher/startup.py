@@ -65,7 +65,7 @@ def prepare(
     problem: str | None = None
     if settings.mode is not Mode.OFF:
         try:
-            resolved = shim_build.resolve(settings.shim, settings.dirs.cache, env, runner=runner)
+            resolved = shim_build.resolve(settings.shim, settings.dirs.cache, env, runner=runner, reuse_preflight=True)
             if not resolved.ok:
                 problem = f"preflight failed: {resolved.preflight.message}"
         except shim_build.ShimError as exc:

@@ -199,7 +199,7 @@ class TestBuild:
             build(tmp_path / "cache", os.environ, src_dir=src)
         assert "compiling the shim failed" in str(info.value)
         assert "undeclared_thing" in info.value.stderr and "-o" in info.value.command
-        assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+        assert [p for p in (tmp_path / "cache" / "shim").rglob("*") if p.is_file()] == []  # (compilers/: a record)
 
     def test_timeout_is_a_failure(self, tmp_path: Path) -> None:
         """A compiler killed at its timeout is reported as such."""
@@ -233,7 +233,7 @@ exec {CC} "$@"
         assert [o[0] for o in outs] == ["built", "built"]  # a real race: both compiled
         assert len(list(barrier.iterdir())) == 2
         assert outs[0][1] == outs[1][1]
-        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.name != "compilers"]
         assert files == [Path(outs[0][1])]
         assert preflight(files[0], os.environ).ok
 
@@ -351,6 +351,80 @@ class TestResolve:
         """OGPU_SHIM naming nothing is an error that says so."""
         with pytest.raises(ShimError, match="is not a file"):
             resolve(tmp_path / "nope.so", tmp_path / "cache", os.environ)
+
+
+class TestReuse:
+    """`serve` starts without re-running what an unchanged machine already answered: the compiler's identity and a
+    passed preflight are kept as records in the cache directory, keyed by the files they depend on."""
+
+    def test_compiler_identified_once_across_processes(self, tmp_path: Path) -> None:
+        src, runner = tiny_src(tmp_path), Recorder()
+        build(tmp_path / "cache", os.environ, src_dir=src, runner=runner)
+        shim_build._identify_cached.cache_clear()  # a new process: only the record on disk remains
+        again = Recorder()
+        second = build(tmp_path / "cache", os.environ, src_dir=src, runner=again)
+        assert second.origin == "cache" and again.calls == []
+        assert any("--version" in call for call in runner.calls)
+
+    def test_a_changed_compiler_is_identified_again(self, tmp_path: Path) -> None:
+        """Another binary at the same path (a compiler upgrade): run again, new key, rebuilt."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        cc = write_script(bin_dir / "cc", f'exec {CC} "$@"\n')
+        env = {**os.environ, "CC": str(cc)}
+        first = build(tmp_path / "cache", env, src_dir=tiny_src(tmp_path))
+        shim_build._identify_cached.cache_clear()
+        write_script(cc, f'# upgraded\nexec {CC} "$@"\n')
+        again = Recorder()
+        second = build(tmp_path / "cache", env, src_dir=tiny_src(tmp_path), runner=again)
+        assert any("--version" in call for call in again.calls) and second.key == first.key  # same compiler text
+
+    def test_passed_preflight_is_reused_and_says_so(self, tmp_path: Path) -> None:
+        src = tiny_src(tmp_path)
+        build(tmp_path / "cache", os.environ, src_dir=src)
+        first, runner = Recorder(), None
+        r1 = resolve(None, tmp_path / "cache", os.environ, src_dir=src, runner=first, reuse_preflight=True)
+        runner = Recorder()
+        r2 = resolve(None, tmp_path / "cache", os.environ, src_dir=src, runner=runner, reuse_preflight=True)
+        assert r1.ok and not r1.preflight.reused and any("-c" in call for call in first.calls)
+        assert r2.ok and r2.preflight.reused and runner.calls == []
+        assert r2.preflight.to_dict()["reused"] is True
+
+    def test_the_diagnostic_path_always_tests(self, tmp_path: Path) -> None:
+        """Without reuse_preflight (`shim path`, `doctor`) the probes run even when a record exists."""
+        src = tiny_src(tmp_path)
+        resolve(None, tmp_path / "cache", os.environ, src_dir=src, reuse_preflight=True)
+        runner = Recorder()
+        r = resolve(None, tmp_path / "cache", os.environ, src_dir=src, runner=runner)
+        assert r.ok and not r.preflight.reused and any(call[0].endswith("true") for call in runner.calls)
+
+    def test_a_changed_shim_or_loader_path_is_tested_again(self, tmp_path: Path) -> None:
+        lib = build(tmp_path / "cache", os.environ, src_dir=tiny_src(tmp_path)).path
+        prebuilt = tmp_path / "prebuilt.so"
+        shutil.copy(lib, prebuilt)
+        assert not resolve(prebuilt, tmp_path / "cache", os.environ, reuse_preflight=True).preflight.reused
+        assert resolve(prebuilt, tmp_path / "cache", os.environ, reuse_preflight=True).preflight.reused
+        other = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}
+        assert not resolve(prebuilt, tmp_path / "cache", other, reuse_preflight=True).preflight.reused
+        bad = b"this is not a shared object, it is text padded out to a header's size" * 4
+        prebuilt.write_bytes(bad)
+        r = resolve(prebuilt, tmp_path / "cache", os.environ, reuse_preflight=True)
+        assert not r.ok and not r.preflight.reused and "invalid ELF header" in r.preflight.message
+
+    def test_a_failure_is_never_recorded(self, tmp_path: Path) -> None:
+        bad = tmp_path / "bad.so"
+        bad.write_text("x")
+        for _ in range(2):
+            r = resolve(bad, tmp_path / "cache", os.environ, reuse_preflight=True)
+            assert not r.ok and not r.preflight.reused
+        assert not (tmp_path / "cache" / "preflight").exists() or not list((tmp_path / "cache" / "preflight").iterdir())
+
+    def test_a_record_others_could_write_is_ignored(self, tmp_path: Path) -> None:
+        lib = build(tmp_path / "cache", os.environ, src_dir=tiny_src(tmp_path)).path
+        resolve(lib, tmp_path / "cache", os.environ, reuse_preflight=True)
+        (record,) = (tmp_path / "cache" / "preflight").iterdir()
+        record.chmod(0o666)
+        assert not resolve(lib, tmp_path / "cache", os.environ, reuse_preflight=True).preflight.reused
 
 
 # --- the real command line ----------------------------------------------------------------------------------------

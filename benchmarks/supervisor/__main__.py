@@ -47,17 +47,30 @@ def answers(port: int) -> bool:
 
 
 def base_env(tmp: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OGPU_")}
+    # PYTHONDONTWRITEBYTECODE dropped: an installed ollama-gpu has its bytecode compiled, so every start here
+    # after the warm-up reads .pyc files too instead of compiling the sources again
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OGPU_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(OLLAMA_HOST=f"127.0.0.1:{port}", HOME=str(tmp), RUNTIME_DIRECTORY=str(tmp / "run"),
                CACHE_DIRECTORY=str(tmp / "cache"), STATE_DIRECTORY=str(tmp / "state"), OGPU_LOG_FORMAT="json",
                OGPU_SYSTEM_CONFIG=str(tmp / "none"), PYTHONPATH=str(REPO), **extra)
     return env
 
 
-def command(supervised: bool) -> list[str]:
+def server(tmp: Path) -> Path:
+    """The server both sides start, the same way: an executable that execs this interpreter on the fake server.
+    (Started through its `#!/usr/bin/env python3` line instead, the supervised side alone would pay for the PATH
+    lookup of python3, which on a machine with pyenv shims is a shell script: ~100 ms that are not ours.)"""
+    exe = tmp / "ollama"
+    if not exe.exists():
+        exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+        exe.chmod(0o755)
+    return exe
+
+
+def command(supervised: bool, tmp: Path) -> list[str]:
     if supervised:
-        return [sys.executable, "-m", "launcher.cli", "--ollama", str(FAKE), "serve"]
-    return [sys.executable, str(FAKE), "serve"]
+        return [sys.executable, "-m", "launcher.cli", "--ollama", str(server(tmp)), "serve"]
+    return [str(server(tmp)), "serve"]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -72,7 +85,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def start_latency(tmp: Path, supervised: bool) -> float:
     port = free_port()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command(supervised), env=base_env(tmp, port), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(supervised, tmp), env=base_env(tmp, port), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
     while not answers(port):
         if proc.poll() is not None:
@@ -86,7 +99,7 @@ def start_latency(tmp: Path, supervised: bool) -> float:
 def idle(tmp: Path, seconds: float, others: int) -> tuple[float, float]:
     sleepers = [subprocess.Popen(["sleep", str(seconds + 60)]) for _ in range(others)]
     port = free_port()
-    proc = subprocess.Popen(command(True), env=base_env(tmp, port, FAKE_CHILDREN="2"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(True, tmp), env=base_env(tmp, port, FAKE_CHILDREN="2"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         while not answers(port):
@@ -111,7 +124,7 @@ def idle(tmp: Path, seconds: float, others: int) -> tuple[float, float]:
 
 def throughput(tmp: Path, mb: int, supervised: bool) -> float:
     port = free_port()
-    proc = subprocess.Popen(command(supervised), env=base_env(tmp, port, FAKE_OUTPUT_MB=str(mb)),
+    proc = subprocess.Popen(command(supervised, tmp), env=base_env(tmp, port, FAKE_OUTPUT_MB=str(mb)),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
     assert proc.stdout is not None
     total, t0 = 0, time.perf_counter()
