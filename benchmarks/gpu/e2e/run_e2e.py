@@ -770,9 +770,10 @@ SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
 ]
 # The order of a run: the scenarios of several GPUs (skipped on one), the healthy case and the speed pairs, then the
 # faults, then the cheap figures.
-ORDER = ("multi-split", "multi-filter-op", "multi-stale", "healthy", "bench-tg", "filter-override",
+ORDER = ("multi-split", "multi-filter-op", "multi-stale", "healthy", "bench-tg", "bench-control", "filter-override",
          "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "llama-bench", "launch")
-NEED_S = {"bench-tg": 60, "llama-bench": 45, "launch": 30, "multi-filter-op": 80, "multi-stale": 70}  # others: 45 s
+NEED_S = {"bench-tg": 60, "bench-control": 60, "llama-bench": 45, "launch": 30, "multi-filter-op": 80,
+          "multi-stale": 70}  # seconds a step needs to be started (others: 45)
 
 
 # --- benchmarks ---------------------------------------------------------------------------------------------------
@@ -800,16 +801,19 @@ def completion(port: int, prompt: list[int] | str, n: int) -> dict[str, float]:
     return {"pp_tps": 0.0, "tg_tps": n_out / wall if wall else 0.0, "pp_n": 0.0, "tg_n": n_out}
 
 
-def bench_pairs(stack: Stack, pairs: int, model_role: str, results: dict[str, Any]) -> Scenario:
+def bench_pairs(stack: Stack, pairs: int, model_role: str, results: dict[str, Any],
+                control: bool = False) -> Scenario:
     """tg128 (and pp512) of the same model, bare `ollama serve` vs `ollama-gpu serve` + shim, both servers up at
-    once on the same GPU and asked in alternating order (A B, B A, ...), so drift hits both sides alike."""
-    sc = Scenario("bench-tg", "generation speed bare vs under ollama-gpu serve + shim", "ratio >= 0.995")
+    once on the same GPU and asked in alternating order (A B, B A, ...), so drift hits both sides alike.
+    `control`: the second server is bare too, so the ratio shows what the method itself resolves."""
+    sc = Scenario("bench-control", "the pairs method, bare vs bare: its noise floor", "ratio ~ 1") if control \
+        else Scenario("bench-tg", "generation speed bare vs under ollama-gpu serve + shim", "ratio >= 0.995")
     bare = Server(stack, "bench-bare", supervised=False)
     sup: Server | None = None
     try:
         sc.check("bare ready", bare.wait_ready(READY_S))
-        sup = Server(stack, "bench-ogpu")
-        sc.check("supervised ready", sup.wait_ready(READY_S))
+        sup = Server(stack, "bench-bare-b" if control else "bench-ogpu", supervised=not control)
+        sc.check("second server ready", sup.wait_ready(READY_S))
         ports = {}
         for name, srv in (("bare", bare), ("ogpu", sup)):
             runner = loaded_runner(srv, sc, stack.models[model_role], 4096)
@@ -817,9 +821,10 @@ def bench_pairs(stack: Stack, pairs: int, model_role: str, results: dict[str, An
                 return sc
             ports[name] = Server.port_of(runner)
             pre = Server.environ_of(runner).get("LD_PRELOAD", "")
-            sc.check(f"{name}: shim {'in' if name == 'ogpu' else 'not in'} the runner",
-                     ("ollama_gpu_shim" in pre) == (name == "ogpu"), pre[:120])
-            if name == "ogpu":
+            shimmed = name == "ogpu" and not control
+            sc.check(f"{name}: shim {'in' if shimmed else 'not in'} the runner", ("ollama_gpu_shim" in pre) == shimmed,
+                     pre[:120])
+            if shimmed:
                 check_gpu_runner(srv, sc, runner, stack)
         rng = random.Random(8)
         prompt: list[int] | str = [rng.randrange(100, 30000) for _ in range(512)] if stack.mode == "real" \
@@ -837,14 +842,17 @@ def bench_pairs(stack: Stack, pairs: int, model_role: str, results: dict[str, An
         pp_s = [r["ogpu"]["pp_tps"] for r in rows]
         ratios = [s / b for s, b in zip(tg_s, tg_b, strict=True) if b]
         pp_ratios = [s / b for s, b in zip(pp_s, pp_b, strict=True) if b]
-        results["tg_pairs"] = {"rows": rows, "model": stack.models[model_role], "pairs": pairs,
+        results["tg_pairs_control" if control else "tg_pairs"] = {
+                               "rows": rows, "model": stack.models[model_role], "pairs": pairs,
                                "tg_median_bare": statistics.median(tg_b), "tg_median_ogpu": statistics.median(tg_s),
                                "tg_ratio_median": statistics.median(ratios) if ratios else None,
                                "tg_ratios": ratios, "pp_median_bare": statistics.median(pp_b),
                                "pp_median_ogpu": statistics.median(pp_s),
                                "pp_ratio_median": statistics.median(pp_ratios) if pp_ratios else None,
                                "pp_ratios": pp_ratios, "tg_n": rows[0]["bare"]["tg_n"], "pp_n": rows[0]["bare"]["pp_n"]}
-        if stack.mode == "real":
+        if control:
+            sc.check("pairs measured", len(rows) == pairs, f"tg ratio {statistics.median(ratios):.4f}")
+        elif stack.mode == "real":
             sc.check("tg128 ratio (median of pairs) >= 0.995", bool(ratios) and statistics.median(ratios) >= 0.995,
                      f"{statistics.median(ratios):.4f}" if ratios else "-")
         else:
@@ -929,14 +937,16 @@ def table(results: dict[str, Any], scenarios: list[Scenario]) -> str:
             if not ok:
                 lines.append(f"{'':<20} {'':<6} failed: {what}: {detail[:110]}")
     lines += ["", f"{'figure':<58} {'bare':>14} {'ollama-gpu':>14} {'ratio / spread':>22}"]
-    tp = results.get("tg_pairs")
-    if tp:
+    for key, what in (("tg_pairs", ""), ("tg_pairs_control", "control bare/bare, ")):
+        tp = results.get(key)
+        if not tp:
+            continue
         n = tp["pairs"]
-        label = f"tg{int(tp['tg_n'])} tokens/s, {tp['model']}, {n} interleaved pairs (median)"
+        label = f"tg{int(tp['tg_n'])} tokens/s, {what}{tp['model']}, {n} interleaved pairs (median)"
         lines.append(f"{label:<58} "
                      f"{tp['tg_median_bare']:>14.1f} {tp['tg_median_ogpu']:>14.1f} "
                      f"{fmt(tp['tg_ratio_median']):>8} ({spread(tp['tg_ratios'])})")
-        label = f"pp{int(tp['pp_n'])} tokens/s, same requests (median)"
+        label = f"pp{int(tp['pp_n'])} tokens/s, {what}same requests (median)"
         if tp["pp_n"]:
             lines.append(f"{label:<58} "
                          f"{tp['pp_median_bare']:>14.1f} {tp['pp_median_ogpu']:>14.1f} "
@@ -1075,9 +1085,9 @@ def main() -> int:
             results["skipped"][name] = "deadline"
             continue
         try:
-            if name == "bench-tg":
+            if name in ("bench-tg", "bench-control"):
                 role = "bench" if "bench" in stack.models else "tiny"
-                scenarios.append(bench_pairs(stack, max(5, a.pairs), role, results))
+                scenarios.append(bench_pairs(stack, max(5, a.pairs), role, results, name == "bench-control"))
             elif name == "launch":
                 launch_timing(stack, a.launch_pairs, results)
             elif name == "llama-bench":
@@ -1097,7 +1107,7 @@ def main() -> int:
         kept = [Scenario.from_dict(d) for d in earlier.get("scenarios", []) if d["name"] not in ran
                 and d["result"] != "SKIP"]
         scenarios[:] = [*kept, *[sc for sc in scenarios if sc.name in ran or sc.name not in {k.name for k in kept}]]
-        for key in ("tg_pairs", "launch", "llama_bench"):
+        for key in ("tg_pairs", "tg_pairs_control", "launch", "llama_bench"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]
                 results["skipped"].pop(key.replace("_", "-").replace("tg-pairs", "bench-tg"), None)
