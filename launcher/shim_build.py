@@ -546,8 +546,11 @@ def preflight_key(shim: Path, env: Mapping[str, str], python: str = sys.executab
     of them cannot be identified (then the preflight simply runs)."""
     parts: dict[str, Any] = {"probe": _digest([_PROBE, PROTOCOL_VERSION]),
                              "ld_library_path": env.get("LD_LIBRARY_PATH", "")}
+    libs = _runtime_libs()
+    if libs is None:
+        return None
     for name, path in (("shim", str(shim)), ("python", os.path.realpath(python)),
-                       ("true", os.path.realpath(true_program)), *_runtime_libs()):
+                       ("true", os.path.realpath(true_program)), *libs):
         ident = file_identity(path)
         if ident is None:
             return None
@@ -555,8 +558,8 @@ def preflight_key(shim: Path, env: Mapping[str, str], python: str = sys.executab
     return parts
 
 
-def _runtime_libs() -> list[tuple[str, str]]:
-    """libc and the dynamic loader as mapped into this process (`/proc/self/maps`)."""
+def _runtime_libs() -> list[tuple[str, str]] | None:
+    """libc and the dynamic loader as mapped into this process (`/proc/self/maps`); None unless both are found."""
     found: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/maps").read_text().splitlines():
@@ -567,7 +570,7 @@ def _runtime_libs() -> list[tuple[str, str]]:
                 found.setdefault("libc", path)
             elif base.startswith(("ld-linux", "ld64.so")):
                 found.setdefault("ld.so", path)
-    return sorted(found.items()) if len(found) == 2 else [("libc", "/nonexistent")]
+    return sorted(found.items()) if len(found) == 2 else None
 
 
 def preflight_reusing(shim: Path, env: Mapping[str, str], cache_dir: Path, *,

@@ -196,34 +196,25 @@ static int fn_index(const char *name)
 
 /* --- wrappers, generated from the one list ---------------------------------------------------------------- */
 
-#define OGPU_WRAP_HOT(slot, name, params, args, after) \
+/* One body for every wrapper: call the driver, the entry's own `after`, then the class's `tail`. */
+#define OGPU_WRAP_BODY(slot, name, params, args, after, tail) \
     static CUresult w##slot##_##name params \
     { \
         CUresult r = ((CUresult(*) params)real_tab[slot][FN_##name]) args; \
         after; \
-        if (OGPU_UNLIKELY(r != 0)) \
-            ogpu_cuda_error(FN_##name, r); \
-        ogpu_tick(); \
+        tail; \
         return r; \
     }
+#define OGPU_REPORT_ERROR(name) \
+    if (OGPU_UNLIKELY(r != 0)) \
+        ogpu_cuda_error(FN_##name, r)
+#define OGPU_WRAP_HOT(slot, name, params, args, after) \
+    OGPU_WRAP_BODY(slot, name, params, args, after, OGPU_REPORT_ERROR(name); ogpu_tick())
 /* Cold wrappers do not tick: the first hot call of a thread is the one that looks at the clock, so the first
  * launch/alloc/copy of a process sends a snapshot at once. */
 #define OGPU_WRAP_COLD(slot, name, params, args, after) \
-    static CUresult w##slot##_##name params \
-    { \
-        CUresult r = ((CUresult(*) params)real_tab[slot][FN_##name]) args; \
-        after; \
-        if (OGPU_UNLIKELY(r != 0)) \
-            ogpu_cuda_error(FN_##name, r); \
-        return r; \
-    }
-#define OGPU_WRAP_INIT(slot, name, params, args, after) \
-    static CUresult w##slot##_##name params \
-    { \
-        CUresult r = ((CUresult(*) params)real_tab[slot][FN_##name]) args; \
-        after; \
-        return r; \
-    }
+    OGPU_WRAP_BODY(slot, name, params, args, after, OGPU_REPORT_ERROR(name))
+#define OGPU_WRAP_INIT(slot, name, params, args, after) OGPU_WRAP_BODY(slot, name, params, args, after, (void)0)
 #define OGPU_WRAP_GPA(slot, name, params, args, after) /* hand-written below */
 
 #define OGPU_WRAP0(name, cls, params, args, after) OGPU_WRAP_##cls(0, name, params, args, after)

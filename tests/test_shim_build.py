@@ -382,9 +382,8 @@ class TestReuse:
     def test_passed_preflight_is_reused_and_says_so(self, tmp_path: Path) -> None:
         src = tiny_src(tmp_path)
         build(tmp_path / "cache", os.environ, src_dir=src)
-        first, runner = Recorder(), None
+        first, runner = Recorder(), Recorder()
         r1 = resolve(None, tmp_path / "cache", os.environ, src_dir=src, runner=first, reuse_preflight=True)
-        runner = Recorder()
         r2 = resolve(None, tmp_path / "cache", os.environ, src_dir=src, runner=runner, reuse_preflight=True)
         assert r1.ok and not r1.preflight.reused and any("-c" in call for call in first.calls)
         assert r2.ok and r2.preflight.reused and runner.calls == []

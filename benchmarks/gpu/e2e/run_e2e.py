@@ -166,8 +166,8 @@ def loaded_runner(srv: Server, sc: Scenario, model: str, num_ctx: int = 2048) ->
     return runners[-1]
 
 
-def nvml_used_by(pid: int, timeout: float = 10.0) -> int | None:
-    """GPU memory NVML lists for `pid` (bytes), 0 when not listed, None without NVML."""
+def nvml_per_gpu(pid: int, timeout: float = 10.0) -> dict[str, int] | None:
+    """GPU memory NVML lists for `pid` on each GPU, by UUID (None without NVML)."""
     try:
         import pynvml
 
@@ -175,19 +175,26 @@ def nvml_used_by(pid: int, timeout: float = 10.0) -> int | None:
     except Exception:
         return None
 
-    def read() -> int:
-        total = 0
+    def read() -> dict[str, int] | None:
+        out = {}
         for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
                 if p.pid == pid:
-                    total += int(p.usedGpuMemory or 0) or 1
-        return total
+                    out[uuid.decode() if isinstance(uuid, bytes) else str(uuid)] = int(p.usedGpuMemory or 0) or 1
+        return out or None
     try:
-        return int(wait_for(read, timeout, 0.2) or 0)
+        return wait_for(read, timeout, 0.2) or {}
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def nvml_used_by(pid: int, timeout: float = 10.0) -> int | None:
+    """GPU memory NVML lists for `pid` (bytes, all GPUs), 0 when not listed, None without NVML."""
+    per_gpu = nvml_per_gpu(pid, timeout)
+    return None if per_gpu is None else sum(per_gpu.values())
 
 
 def backend_to_verdict_ms(events: list[Event], pid: int) -> float | None:
@@ -535,31 +542,6 @@ def two_cards(stack: Stack, sc: Scenario) -> list[Card] | None:
         sc.skipped = f"needs 2 GPUs, this machine has {len(found)}"
         return None
     return found[:2]
-
-
-def nvml_per_gpu(pid: int, timeout: float = 10.0) -> dict[str, int] | None:
-    """GPU memory NVML lists for `pid` on each GPU, by UUID (None without NVML)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-
-    def read() -> dict[str, int] | None:
-        out = {}
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid = pynvml.nvmlDeviceGetUUID(h)
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                if p.pid == pid:
-                    out[uuid.decode() if isinstance(uuid, bytes) else str(uuid)] = int(p.usedGpuMemory or 0) or 1
-        return out or None
-    try:
-        return wait_for(read, timeout, 0.2) or {}
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
 
 
 def runner_devices(srv: Server, pid: int, outcome: str, timeout: float = 20.0) -> dict[str, Any] | None:
