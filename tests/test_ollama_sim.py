@@ -116,6 +116,8 @@ def _mask(line: str) -> str:
     line = re.sub(r"'/\S*'", "'PATH'", line)
     line = re.sub(r"sha256-[0-9a-f]{64}", "BLOB", line)
     line = re.sub(r"http://[\d.]+:\d+", "http://ADDR", line)
+    # The CPU's model name is the host's (the simulator prints this machine's, like llama.cpp does).
+    line = re.sub(r"(- CPU\s+: ).*?( \(\d+ MiB)", r"\1CPUNAME\2", line)
     line = re.sub(r"\d+(\.\d+)?", "N", line)
     return re.sub(r" {2,}", " ", line)
 
