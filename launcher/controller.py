@@ -18,6 +18,7 @@ from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
+from launcher.remedy_record import remedy_record
 from launcher.restarts import RemedyBudget
 from launcher.supervisor import State, Supervisor
 
@@ -29,6 +30,7 @@ UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown gen
 # shim and /proc settled before those lines waits this long for them (they carry the filter's reading).
 DISCOVERY_LINES_GRACE = 3.0
 GENERATIONS_WITH_START_DISCOVERY = frozenset({"A", "B", "C", "D"})
+ADVICE_LOG_KEYS = ("subject", "cause", "reason", "instruction", "advice", "changes")
 
 
 def _key(verdict: Verdict) -> tuple[str, str]:
@@ -125,17 +127,17 @@ class Controller:
         if decision.action is Action.NOTHING:
             return
         if decision.action is Action.ADVISE or decision.patch is None:
-            self._advise(subject, decision)
+            self._advise(subject, decision, sup.plan.env)
             return
         self._apply(sup, subject, decision)
 
-    def _advise(self, subject: str, decision: Decision) -> None:
+    def _advise(self, subject: str, decision: Decision, before: Mapping[str, str]) -> None:
         plan = decision.plan
-        item = {"subject": subject, "cause": decision.cause, "reason": decision.reason,
-                "instruction": plan.instruction if plan else None, "advice": plan.advice if plan else None,
-                "changes": list(plan.changes) if plan else []}
+        item = remedy_record(subject=subject, cause=decision.cause, patch=plan.patch if plan else None,
+                             before=before, when="advised only", reason=decision.reason, at=time.time(),
+                             advice=plan.advice if plan else None, instruction=plan.instruction if plan else None)
         if (subject, decision.cause) not in self.advised:
-            self.log.warning("advice", **item)
+            self.log.warning("advice", **{k: item[k] for k in ADVICE_LOG_KEYS})
         self.advised[(subject, decision.cause)] = item
 
     def _apply(self, sup: Supervisor, subject: str, decision: Decision) -> None:
@@ -143,12 +145,14 @@ class Controller:
         plan = with_patch(sup.plan, patch, f"remedy for {decision.cause}")
         immediately = decision.action is Action.APPLY_NOW
         self.budget.record(patch, decision.cause)
-        item = {"subject": subject, "cause": decision.cause, "changes": list(decision.plan.changes)
-                if decision.plan else [], "when": "now" if immediately else "when idle", "reason": decision.reason}
+        item = remedy_record(subject=subject, cause=decision.cause, patch=patch, before=sup.plan.env,
+                             when="now" if immediately else "when idle", reason=decision.reason, at=time.time(),
+                             advice=decision.plan.advice if decision.plan else None,
+                             instruction=decision.plan.instruction if decision.plan else None)
         self.applied.append(item)
-        self.log.warning("remedy", **item)
+        self.log.warning("remedy", **{k: item[k] for k in ("subject", "cause", "changes", "when", "reason")})
         if not immediately:
-            self._advise(subject, decision)
+            self._advise(subject, decision, sup.plan.env)
         sup.restart_with(plan, f"remedy for {decision.cause}", immediately=immediately)
 
     def _check_require_gpu(self, sup: Supervisor, verdicts: LiveVerdicts, generation: str | None) -> None:

@@ -24,6 +24,7 @@ from launcher.exitcodes import Exit
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.proctree import TreeWatcher
+from launcher.remedy_record import variable_changes
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
 from launcher.startup import Prepared, prepare
@@ -153,7 +154,8 @@ def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, 
             record = metrics.tee(recorder, exported[0].observe)
             closers.append(exported[1].close)
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, nvml=nvml)
+                            remedy_context=remedy_context, nvml=nvml, applied=list(prepared.applied),
+                            advised={(a["subject"], a["cause"]): a for a in prepared.advised})
     pending.attach(controller.sink)
     sup.tick, sup.ready_gate = controller.tick, controller.ready_gate
     try:
@@ -196,7 +198,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         log.warning("advice", fix=advice, mode=settings.mode.value)
     for change in prepared.plan.changes:
         if change.key not in ("LD_PRELOAD", "OGPU_EVENTS"):
-            log.info("environment_change", key=change.key, action=change.action, reason=change.reason)
+            entries = {k: v for k, v in variable_changes(ctx.env, {change.key: change.value})[0].items()
+                       if k in ("added", "removed") and v}  # a path list: the directory added, by name
+            log.info("environment_change", key=change.key, action=change.action, value=change.value, **entries,
+                     reason=change.reason)
 
     server = None
     if prepared.plan.shim is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from launcher.commands.context import Context
 from launcher.exitcodes import Exit, VerdictExit, verdict_exit
 from launcher.status import read_status
+from launcher.status_text import render, text
 
 HELP = "show the running supervisor's verdicts, causes, remedies and budgets (exit code per DESIGN.md)"
 BAD_FIRST = ("crash", "cpu_fallback", "partial_offload", "unknown", "cpu_expected", "gpu")
@@ -24,8 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def overall(status: dict[str, Any]) -> str:
     """The outcome that decides the exit code: the worst of discovery and every runner."""
-    outcomes = [str((status.get("discovery") or {}).get("outcome", "unknown"))]
-    outcomes += [str(r.get("outcome", "unknown")) for r in status.get("runners") or []]
+    discovery = status.get("discovery")
+    outcomes = [str(discovery.get("outcome", "unknown")) if isinstance(discovery, dict) else "unknown"]
+    runners = status.get("runners")
+    outcomes += [str(r.get("outcome", "unknown")) for r in runners if isinstance(r, dict)] \
+        if isinstance(runners, list) else []
     return min(outcomes, key=lambda o: BAD_FIRST.index(o) if o in BAD_FIRST else 0)
 
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.ready:
         ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True))
         if not args.json:
-            print("ready" if ok else f"not ready: {status.get('what_to_do') or status.get('state')}")
+            print("ready" if ok else f"not ready: {text(status.get('what_to_do') or status.get('state'), 600)}")
         else:
             json.dump({"ready": ok, "state": status.get("state")}, sys.stdout)
             sys.stdout.write("\n")
@@ -53,27 +57,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         json.dump(status, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        _print(status)
+        print("\n".join(render(status)))
     return verdict_exit(overall(status))
-
-
-def _print(status: dict[str, Any]) -> None:
-    ollama = status.get("ollama") or {}
-    print(f"ollama: pid {ollama.get('pid')} version {ollama.get('version') or '?'} "
-          f"(generation {ollama.get('generation') or '?'}) on {ollama.get('host')} — {status.get('state')}, "
-          f"mode {status.get('mode')}")
-    for title, verdict in [("discovery", status.get("discovery") or {})] + [
-            (f"runner {r.get('pid')} {r.get('model') or ''}".rstrip(), r) for r in status.get("runners") or []]:
-        print(f"{title}: {verdict.get('outcome', 'unknown')} (cause: {verdict.get('cause', 'unknown')})")
-        for evidence in (verdict.get("evidence") or [])[:5]:
-            print(f"  - {evidence.get('says', '')}: {str(evidence.get('text', ''))[:150]}")
-    remedies = status.get("remedies") or {}
-    for item in remedies.get("applied") or []:
-        print(f"remedy applied: {item}")
-    for item in remedies.get("advised") or []:
-        print(f"advice: {item}")
-    budget = remedies.get("budget") or {}
-    if budget:
-        print(f"remedy budget: {budget.get('used', 0)}/{budget.get('max', 0)} used")
-    if status.get("what_to_do"):
-        print(f"what to do: {status['what_to_do']}")
