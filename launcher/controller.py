@@ -19,6 +19,7 @@ from launcher.evidence import Board, LiveVerdicts, Verdict
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.remedy_record import remedy_record
+from launcher.replaced import ReplacedFilter
 from launcher.restarts import RemedyBudget
 from launcher.supervisor import State, Supervisor
 
@@ -37,6 +38,12 @@ def _key(verdict: Verdict) -> tuple[str, str]:
     return verdict.outcome, verdict.cause
 
 
+def is_pending(verdict: Verdict) -> bool:
+    """Only "no evidence yet" (nothing said, or one signal waiting for a second): not a finding, so not a warning.
+    A named cause or sources that disagree are findings."""
+    return verdict.outcome == "unknown" and verdict.cause == "unknown" and not verdict.disagreement
+
+
 @dataclass
 class Controller:
     """Feeds the board and turns verdict changes into decisions for the supervisor."""
@@ -53,6 +60,7 @@ class Controller:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     failed_require_gpu: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _replaced: ReplacedFilter = field(default_factory=ReplacedFilter)
     _dirty: bool = False
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -63,13 +71,14 @@ class Controller:
     # --- events (any thread) --------------------------------------------------------------------------------
 
     def sink(self, event: Event) -> None:
-        """Take one event from any source."""
+        """Take one event from any source (a replaced Ollama's late shim messages are recorded, not judged)."""
         with self._lock:
-            self.board.add(event)
-            if event.source == "supervisor" and event.kind == "ollama_started":
-                self._seen.clear()
-                self._decided.clear()
-            self._dirty = True
+            if self._replaced.keep(event):
+                self.board.add(event)
+                if event.source == "supervisor" and event.kind == "ollama_started":
+                    self._seen.clear()
+                    self._decided.clear()
+                self._dirty = True
         self.record(event)
 
     # --- the loop's thread ------------------------------------------------------------------------------------
@@ -106,11 +115,12 @@ class Controller:
         self._check_require_gpu(sup, verdicts, generation)
 
     def _emit_verdict(self, subject: str, verdict: Verdict) -> None:
-        level = "info" if verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none",
-                                                                                          "operator_forced_cpu") \
-            else "warning"
-        getattr(self.log, level)("verdict", subject=subject, outcome=verdict.outcome, cause=verdict.cause,
-                                 signals=list(verdict.signals), disagreement=list(verdict.disagreement) or None)
+        pending = is_pending(verdict)
+        healthy = verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none", "operator_forced_cpu")
+        level = "debug" if pending else "info" if healthy else "warning"
+        getattr(self.log, level)("verdict", subject=subject, outcome="pending" if pending else verdict.outcome,
+                                 cause=verdict.cause, signals=list(verdict.signals),
+                                 disagreement=list(verdict.disagreement) or None)
         self.record(Event("supervisor", "verdict", now(), None, {"subject": subject, **verdict.to_dict()}))
 
     def _act(self, sup: Supervisor, which: str, subject: str, verdict: Verdict, generation: str | None) -> None:
@@ -198,8 +208,9 @@ class Controller:
         """The document `ollama-gpu status` prints."""
         verdicts = self.verdicts
         facts = self.board.facts
-        discovery = verdicts.discovery.to_dict() if verdicts else {"outcome": "unknown", "cause": "unknown"}
-        runners = [{"pid": pid, "start_time": st, **v.to_dict()} for (pid, st), v in
+        discovery = {**verdicts.discovery.to_dict(), "pending": is_pending(verdicts.discovery)} if verdicts else {
+            "outcome": "unknown", "cause": "unknown", "pending": True}
+        runners = [{"pid": pid, "start_time": st, **v.to_dict(), "pending": is_pending(v)} for (pid, st), v in
                    (verdicts.runners.items() if verdicts else [])]
         acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
         what = self._what_to_do(discovery, runners)

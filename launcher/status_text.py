@@ -74,7 +74,11 @@ def _devices(devices: list[Mapping[str, Any]]) -> list[str]:
 
 
 def _verdict(title: str, verdict: Mapping[str, Any]) -> list[str]:
-    out = [f"{title}: {text(verdict.get('outcome') or 'unknown')} (cause: {text(verdict.get('cause') or 'unknown')})."]
+    if verdict.get("pending"):
+        out = [f"{title}: pending (no conclusive evidence yet; outcome {text(verdict.get('outcome') or 'unknown')})."]
+    else:
+        out = [f"{title}: {text(verdict.get('outcome') or 'unknown')} "
+               f"(cause: {text(verdict.get('cause') or 'unknown')})."]
     if verdict.get("signals"):
         out.append(f"  Signals: {text(verdict.get('signals'))}.")
     evidence = _items(verdict.get("evidence"))
