@@ -27,7 +27,7 @@ from launcher.proctree import TreeWatcher
 from launcher.remedy_record import variable_changes
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
-from launcher.startup import Prepared, prepare
+from launcher.startup import Prepared, prepare, resolve_ollama
 from launcher.supervisor import Supervisor, exec_off
 
 HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
@@ -36,6 +36,17 @@ HELP = "run `ollama serve` (same arguments and environment) under supervision, w
 def configure(parser: argparse.ArgumentParser) -> None:
     """Everything after `serve` goes to `ollama serve` unchanged."""
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+
+
+def ollama_missing(path: str) -> tuple[int, str] | None:
+    """(exit code, why) when Ollama cannot be started at all: 127 not found, 126 not executable, as shells say."""
+    if "/" not in path:
+        return 127, "not found on PATH"
+    if not os.path.exists(path):
+        return 127, "no such file"
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return 126, "not an executable file"
+    return None
 
 
 class Recorder:
@@ -177,6 +188,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     out, err = SharedStream(sys.stdout.fileno()), SharedStream(sys.stderr.fileno())
     log = logsetup.configure(settings.log_format, settings.log_level, err)  # our lines share stderr with Ollama
+    missing = ollama_missing(resolve_ollama(settings.ollama, ctx.env))
+    if missing is not None:  # said before any directory is created or shim compiled (a first try leaves nothing)
+        log.error("ollama_not_started", argv0=settings.ollama, error=missing[1],
+                  hint="install Ollama, or set OGPU_OLLAMA (--ollama) to the path of the ollama binary")
+        return missing[0]
     try:
         ensure_dirs(settings.dirs, os.geteuid())
     except (UnsafeDirectoryError, OSError) as exc:
