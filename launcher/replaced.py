@@ -6,6 +6,8 @@ after it, a discovery runner of the old environment (e.g. `CUDA_VISIBLE_DEVICES=
 Ollama's first verdict `device_filter_hides_gpu` and raised advice whose reason said no filter was set (issue 15
 item 6). Every shim message carries `t_ns`, the sender's CLOCK_MONOTONIC, the clock of our own event times: a
 process of the new Ollama exists only after it was started, so a message sent before that belongs to a replaced one.
+The start's time is taken just after the spawn returns; a runner of the new Ollama would have to start, load the
+shim and send within that gap (Ollama initialises for milliseconds before it starts any runner).
 """
 
 from __future__ import annotations

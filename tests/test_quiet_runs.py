@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from launcher import controller as controller_module
 from launcher.config import load_settings
 from launcher.controller import Controller
 from launcher.environment import EnvPlan
@@ -23,6 +24,7 @@ from launcher.restarts import CrashBudget, RemedyBudget
 from launcher.supervisor import State
 from tests.cli_helpers import REPO, assert_no_traceback, clean_env, run_cli
 from tests.ollama_sim import native
+from tests.test_evidence_live import nvml_gpus
 from tests.test_serve_remedies import Run, discovery
 
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -111,9 +113,11 @@ class FakeSupervisor:
 
 
 @pytest.mark.parametrize("name", sorted(HEALTHY_LOGS))
-def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, name: str) -> None:
-    """The real log, line by line, through the controller `serve` uses (board, verdicts, policy): every verdict on
-    the way is pending or healthy, nothing is logged at warning, and nothing restarts."""
+def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, name: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real log, line by line, through the controller `serve` uses (board, verdicts, policy): pending first,
+    then the healthy verdict, nothing logged at warning, and nothing restarts."""
+    monkeypatch.setattr(controller_module, "JUDGE_INTERVAL", 0.0)  # judge after every line, as a slow stream is
     settings = load_settings(clean_env(tmp_path), [])
     logged = Logged()
     controller = Controller(settings=settings, budget=RemedyBudget(tmp_path / "state.json", 3), log=logged)
@@ -123,15 +127,16 @@ def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, n
         "device_nodes": ["nvidia0", "nvidiactl", "nvidia-uvm"] if gpu else [],
         "driver_dir": "/usr/lib/x86_64-linux-gnu" if gpu else None, "loader_path": None}))
     controller.sink(Event("supervisor", "ollama_started", 0.0, 100, {}))
+    if gpu:  # NVML's reading of the H100 the log was recorded on: the live tier's second source
+        controller.sink(nvml_gpus())
     with open(FIXTURES / name, "rb") as stream:
         for event in parse_stream(stream):
             controller.sink(event)
-            controller._last_judged = -1.0  # judge after every line, as a slow stream would be judged
             controller.tick(sup)  # type: ignore[arg-type]
     assert [x for x in logged.lines if x[0] in LOUD] == []
     assert sup.restarted == []
     verdicts = [kw for level, event, kw in logged.lines if event == "verdict"]
-    assert verdicts and verdicts[-1]["outcome"] in ("pending", HEALTHY_LOGS[name])
+    assert verdicts[0]["outcome"] == "pending" and verdicts[-1]["outcome"] == HEALTHY_LOGS[name]
 
 
 def test_pending_is_only_for_no_evidence_yet() -> None:
