@@ -40,10 +40,12 @@ def loud(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class TestServeOnTheSimulator:
-    def test_healthy_gpu_run_logs_no_warning(self, tmp_path: Path, libs: native.NativeLibs, cache_dir: Path) -> None:
+    @pytest.mark.parametrize("generation", ["B", "C", "D"])
+    def test_healthy_gpu_run_logs_no_warning(self, tmp_path: Path, libs: native.NativeLibs, cache_dir: Path,
+                                             generation: str) -> None:
         """Start, discovery, a model runner on the GPU and a stop: not one warning; the early verdicts are
         `pending` at debug level."""
-        run = Run(tmp_path, libs, cache_dir, OGPU_LOG_LEVEL="debug")
+        run = Run(tmp_path, libs, cache_dir, generation=generation, OGPU_LOG_LEVEL="debug")
         try:
             run.ready()
             assert run.generate()["done"] is True
