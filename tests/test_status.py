@@ -178,3 +178,11 @@ def test_pre_start_remedy_shows_in_status_and_log_issue_15(tmp_path: Path, libs:
         assert not PY_REPR.search(proc.stdout), proc.stdout
     finally:
         assert run.stop() == 0
+
+
+def test_status_help_names_exit_codes_not_a_file(tmp_path: Path) -> None:
+    """`status --help` states the exit codes itself instead of pointing to DESIGN.md, which users do not have."""
+    proc = run_cli(["status", "--help"], clean_env(tmp_path))
+    assert proc.returncode == 0
+    assert "DESIGN.md" not in proc.stdout
+    assert "3 no supervisor answers" in " ".join(proc.stdout.split())

@@ -12,12 +12,15 @@ from launcher.exitcodes import Exit, VerdictExit, verdict_exit
 from launcher.status import read_status
 from launcher.status_text import render, text
 
-HELP = "show the running supervisor's verdicts, causes, remedies and budgets (exit code per DESIGN.md)"
+HELP = "show the running supervisor's verdicts, causes, remedies and budgets"
+EXIT_CODES = ("exit codes: 0 gpu or cpu_expected (with --ready: ready); 1 cpu_fallback, partial_offload or crash "
+              "(with --ready: not ready); 3 no supervisor answers, or the outcome is still unknown")
 BAD_FIRST = ("crash", "cpu_fallback", "partial_offload", "unknown", "cpu_expected", "gpu")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `status`."""
+    parser.epilog = EXIT_CODES
     parser.add_argument("--json", action="store_true", help="print the whole status as one JSON object")
     parser.add_argument("--ready", action="store_true",
                         help="health check: exit 0 when Ollama answers and the discovery verdict is acceptable")
