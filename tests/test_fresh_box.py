@@ -69,11 +69,12 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
-def confined(command: str, env: dict[str, str], left: Path, **kw: object) -> subprocess.Popen[str]:
+def confined(command: str, env: dict[str, str], left: Path, *, merge_stderr: bool = False) -> subprocess.Popen[str]:
     """`command` (a shell line) in its own mount namespace over empty /run, /var/cache and /var/lib."""
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", CONFINE, "sh", command],
                             env={**env, "OGPU_TEST_LEFT": str(left)}, cwd=str(REPO), text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True, **kw)  # type: ignore[call-overload]
+                            stdin=subprocess.DEVNULL, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
 
 
 class TestSetUpLines:
@@ -118,7 +119,7 @@ def test_serve_without_ollama_exits_127_and_leaves_nothing(installed_home: Path,
     left = tmp_path / "left.txt"
     env = {**base_env(installed_home), "OGPU_OLLAMA": "ollama-not-installed-here"}
     line = f"{tool} config >/dev/null && {{ {tool} status; [ $? = 3 ]; }} && {tool} serve"
-    proc = confined(line, env, left, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = confined(line, env, left)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 127, out + err
     assert "ollama_not_started" in err and "not found on PATH" in err
@@ -129,7 +130,7 @@ class TryIt:
     """The README's try-it line running confined; its stdout read line by line in the background."""
 
     def __init__(self, home: Path, left: Path) -> None:
-        self.proc = confined(try_line(), base_env(home), left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = confined(try_line(), base_env(home), left, merge_stderr=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
