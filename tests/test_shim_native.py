@@ -250,6 +250,20 @@ class TestEvents:
         assert [(d["name"], d["ok"]) for d in dl] == [(MISSING, False), (str(native.ggml_cuda), False),
                                                       (MISSING, False), ("libcuda.so.1", True)]
 
+    def test_errno_as_without_the_shim_on_the_plain_call_path_issue_15(self, h: Harness,
+                                                                       native: NativeBuild) -> None:
+        """The same with the caller gadget off (paths with '/' take the plain observed call, bare names the tail
+        jump): errno and dlerror() text still glibc's own."""
+        missing = f"/nonexistent-ogpu/{MISSING}"  # a '/' in the name: the plain observed call, and ENOENT
+        argv = [native.probe, "dlerrno", missing, native.ggml_cuda]
+        run = h.run(argv, h.env(libcuda=native.mock_novareserve_dir, OGPU_SHIM_DEBUG="nogadget"))
+        bare = h.run(argv, h.env(shim=False, libcuda=native.mock_novareserve_dir), collect=False)
+        assert "dlerror: errno 2\n" in bare.stdout  # glibc's dlerror() sets errno from the loader's error code
+        assert run.outputs == bare.outputs
+        dl = [data(e) for e in run.only() if e.kind == "dlopen"]
+        assert [(d["name"], d["ok"]) for d in dl] == [(missing, False), (str(native.ggml_cuda), False),
+                                                      (missing, False)]
+
     def test_unresolved_cu_symbol_fails_with_the_shim_as_without(self, h: Harness, native: NativeBuild) -> None:
         """GGML's load failure against a libcuda lacking cuMemAddressReserve is not masked by the shim."""
         argv = [native.probe, "ggml", native.ggml_cuda]
