@@ -46,7 +46,6 @@ KNOWN_MISSES: dict[str, str] = {
         "native libcuda.so.535 shadowing /usr/lib/wsl/lib under WSL not recognised; 500 read as container issue",
     "crash-tmp_noexec-unk-2436": "0.1.2x wording 'failed to map segment from shared object' (noexec /tmp) unknown",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
-    "gpu-none-0.6.8-10740": "'load_tensors: layer N assigned to device CUDA1' lines not recognised",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",
     "gpu-none-unk-13153": "ggml_vulkan device line and Vulkan backend load not recognised",
     "gpu-none-unk-pr814": "old runner's 'using ROCm for GPU acceleration' / 'offloaded 43/43' under journald ignored",
