@@ -113,6 +113,15 @@ class TestCorpusShape:
         with pytest.raises(CorpusError, match="unassigned"):
             score.load_cases(tmp_path)
 
+    def test_a_case_json_that_is_not_an_object_is_refused(self, tmp_path: Path) -> None:
+        case = tmp_path / "gpu-none-unk-1"
+        case.mkdir()
+        (case / "server.log").write_text("x\n")
+        (case / "case.json").write_text("[1, 2]")
+        (tmp_path / "INDEX.json").write_text(json.dumps({"gpu-none-unk-1": "dev"}))
+        with pytest.raises(CorpusError, match="one JSON object"):
+            score.load_cases(tmp_path)
+
     def test_a_label_outside_the_vocabulary_is_refused(self, tmp_path: Path) -> None:
         case = tmp_path / "gpu-gremlins-unk-1"
         case.mkdir()

@@ -130,9 +130,12 @@ def load_index(path: Path = INDEX) -> dict[str, str]:
 
 def _label(folder: Path) -> dict[str, Any]:
     try:
-        label = json.loads((folder / "case.json").read_text(encoding="utf-8"))
+        loaded = json.loads((folder / "case.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CorpusError(f"{folder.name}: case.json: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CorpusError(f"{folder.name}: case.json must hold one JSON object")
+    label: dict[str, Any] = loaded
     missing = [f for f in LABEL_FIELDS if f not in label]
     if missing:
         raise CorpusError(f"{folder.name}: case.json lacks {missing}")
@@ -228,15 +231,17 @@ def report(results: Sequence[Result]) -> str:
 
 
 def as_json(results: Sequence[Result]) -> str:
+    per_split: dict[str, dict[str, int]] = {
+        split: asdict(totals([r for r in results if r.case.split == split])) for split in SPLITS}
+    per_split["all"] = asdict(totals(results))
     data = {
         "cases": [{"case": r.case.name, "split": r.case.split, "confidence": r.case.confidence,
                    "expected": {"outcome": r.case.outcome, "cause": r.case.cause},
                    "got": {"outcome": r.outcome, "cause": r.cause}, "error": r.error,
                    "outcome_right": r.outcome_right, "cause_right": r.cause_right, "false_alarm": r.false_alarm}
                   for r in results],
-        "totals": {split: asdict(totals([r for r in results if r.case.split == split])) for split in SPLITS},
+        "totals": per_split,
     }
-    data["totals"]["all"] = asdict(totals(results))
     return json.dumps(data, indent=2) + "\n"
 
 
