@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from launcher.ollama_host import parse_ollama_host
 from launcher.remedy_record import remedy_record, variable_changes
 from launcher.status import StatusServer
-from launcher.status_text import render, table, text
+from launcher.status_text import KNOWN_KEYS, render, table, text
 from tests.cli_helpers import assert_no_traceback, clean_env, run_cli
 from tests.ollama_sim import native
 from tests.test_serve_remedies import Run, discovery
@@ -24,6 +26,13 @@ from tests.test_serve_remedies import Run, discovery
 GPU_A = "GPU-8f6d1c2e-0d1c-4b7a-9a55-3c1f0e4d2a11"
 GPU_B = "GPU-1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0"
 PY_REPR = re.compile(r"\{'|\['|\bNone\b|\bTrue\b|\bFalse\b")
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+           | st.text(alphabet="abcxyz 019:/-_.", max_size=20))
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.sampled_from(["outcome", "cause", "pid", "evidence", "devices", "applied",
+                                                       "advised", "variables", "added", "key", "action", "budget",
+                                                       "text", "says", "line", "notes", "x"]), inner, max_size=5),
+                    max_leaves=25)
 
 
 def gpu(device: str | None, state: str, uuid: str, **kw: Any) -> dict[str, Any]:
@@ -115,6 +124,20 @@ class TestText:
         assert out.count("GPUs:") == 3 and out.count(GPU_B) == 3 and "hidden by" in out
         assert "Runner 4321: partial_offload (cause: insufficient_vram)." in out
         assert "State file: path /var/lib/ollama-gpu/state.json; error -; writable no." in out
+
+
+    def test_pending_verdict_says_so(self) -> None:
+        """A verdict with no conclusive evidence yet reads as pending, not as an unknown outcome."""
+        out = render({"discovery": {"outcome": "unknown", "cause": "unknown", "pending": True}})
+        assert "Discovery: pending (no conclusive evidence yet; outcome unknown)." in out
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(st.sampled_from(sorted(KNOWN_KEYS | {"extra"})), JSON, max_size=8))
+    def test_any_document_renders_as_words(self, doc: dict[str, Any]) -> None:
+        """A status document of any shape (an older or newer supervisor, a damaged one) renders without raising
+        and without a Python repr."""
+        out = "\n".join(render(doc))
+        assert not PY_REPR.search(out), out
 
 
 @pytest.fixture
