@@ -124,7 +124,7 @@ def _remedies(remedies: Mapping[str, Any]) -> list[str]:
             "applied before start needs no restart and is not counted)." if budget else "")
     if applied:
         out.append(f"Remedies applied: {len(applied)}.{used}")
-        out += table(["at", "when", "for", "cause", "what changed"],
+        out += table(["at", "when", "subject", "cause", "what changed"],
                      [[a.get("at"), a.get("when"), a.get("subject"), a.get("cause"), _variables(a)] for a in applied])
         for a in applied:
             value = [v for v in _items(a.get("variables")) if v.get("action") == "set"]
