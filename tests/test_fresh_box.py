@@ -113,12 +113,14 @@ def test_setup_line_runs_as_root(installed_home: Path) -> None:
 
 
 def test_serve_without_ollama_exits_127_and_leaves_nothing(installed_home: Path, tmp_path: Path) -> None:
-    """`serve` with no Ollama installed: one line, exit 127; it, `status` and `config` write nothing under /run,
-    /var/cache or /var/lib."""
+    """`serve` with no Ollama installed: one line, exit 127; it, `config`, `explain` and `status` write nothing under
+    /run, /var/cache or /var/lib."""
     tool = shlex.quote(str(installed_home / ".local/share/ollama-gpu/venv/bin/ollama-gpu"))
     left = tmp_path / "left.txt"
     env = {**base_env(installed_home), "OGPU_OLLAMA": "ollama-not-installed-here"}
-    line = f"{tool} config >/dev/null && {{ {tool} status; [ $? = 3 ]; }} && {tool} serve"
+    healthy = shlex.quote(str(REPO.parent / "shared" / "fixtures" / "ollama-real-gpu" / "healthy.server.log"))
+    line = (f"{tool} config >/dev/null && {tool} explain {healthy} >/dev/null && {{ {tool} status; [ $? = 3 ]; }} "
+            f"&& {tool} serve")
     proc = confined(line, env, left)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 127, out + err
