@@ -22,6 +22,7 @@ from launcher.remedy_record import remedy_record
 from launcher.replaced import ReplacedFilter
 from launcher.restarts import RemedyBudget
 from launcher.supervisor import State, Supervisor
+from launcher.verdict_log import is_pending, verdict_log
 
 NVML_INTERVAL = 1.0
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
@@ -36,12 +37,6 @@ ADVICE_LOG_KEYS = ("subject", "cause", "reason", "instruction", "advice", "chang
 
 def _key(verdict: Verdict) -> tuple[str, str]:
     return verdict.outcome, verdict.cause
-
-
-def is_pending(verdict: Verdict) -> bool:
-    """Only "no evidence yet" (nothing said, or one signal waiting for a second): not a finding, so not a warning.
-    A named cause or sources that disagree are findings."""
-    return verdict.outcome == "unknown" and verdict.cause == "unknown" and not verdict.disagreement
 
 
 @dataclass
@@ -115,12 +110,8 @@ class Controller:
         self._check_require_gpu(sup, verdicts, generation)
 
     def _emit_verdict(self, subject: str, verdict: Verdict) -> None:
-        pending = is_pending(verdict)
-        healthy = verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none", "operator_forced_cpu")
-        level = "debug" if pending else "info" if healthy else "warning"
-        getattr(self.log, level)("verdict", subject=subject, outcome="pending" if pending else verdict.outcome,
-                                 cause=verdict.cause, signals=list(verdict.signals),
-                                 disagreement=list(verdict.disagreement) or None)
+        level, fields = verdict_log(subject, verdict)
+        getattr(self.log, level)("verdict", **fields)
         self.record(Event("supervisor", "verdict", now(), None, {"subject": subject, **verdict.to_dict()}))
 
     def _act(self, sup: Supervisor, which: str, subject: str, verdict: Verdict, generation: str | None) -> None:

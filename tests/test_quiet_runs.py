@@ -22,6 +22,7 @@ from launcher.ollama_logs import parse_stream
 from launcher.replaced import ReplacedFilter
 from launcher.restarts import CrashBudget, RemedyBudget
 from launcher.supervisor import State
+from launcher.verdict_log import is_pending
 from tests.cli_helpers import REPO, assert_no_traceback, clean_env, run_cli
 from tests.ollama_sim import native
 from tests.test_evidence_live import nvml_gpus
@@ -143,8 +144,6 @@ def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, n
 
 def test_pending_is_only_for_no_evidence_yet() -> None:
     """unknown/unknown without a finding is pending; a disagreement or a named cause is not."""
-    from launcher.controller import is_pending
-
     assert is_pending(Verdict("unknown", "unknown", visible=False))
     assert not is_pending(Verdict("unknown", "unknown", disagreement=("log says gpu / shim says cpu",)))
     assert not is_pending(Verdict("unknown", "libcuda_not_found"))
