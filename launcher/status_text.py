@@ -11,8 +11,10 @@ from typing import Any, Final
 
 MAX_EVIDENCE: Final = 5
 MAX_TEXT: Final = 150
+# "memory" (every runner's memory account) is shown under each runner that has one.
 KNOWN_KEYS: Final = frozenset({"running", "state", "mode", "ready", "discovery_acceptable", "ollama", "discovery",
-                               "runners", "remedies", "crash_restarts", "restarts", "what_to_do"})
+                               "runners", "remedies", "crash_restarts", "restarts", "what_to_do", "memory"})
+MAX_MEMORY_ADVICE: Final = 4
 DEVICE_COLUMNS: Final = (("device", "device"), ("state", "state"), ("uuid", "UUID"), ("pci_bus_id", "bus id"),
                          ("name", "name"), ("weights_mib", "weights MiB"), ("nvml_bytes", "NVML MiB"),
                          ("hidden_by", "hidden by"))
@@ -97,6 +99,20 @@ def _verdict(title: str, verdict: Mapping[str, Any]) -> list[str]:
     devices = _items(verdict.get("devices"))
     if devices:
         out += _devices(devices)
+    out += _memory(verdict.get("memory"))
+    return out
+
+
+def _memory(memory: Any) -> list[str]:
+    """A runner's memory account (why a model did not fit) and the changes that would make it fit, not applied."""
+    if not isinstance(memory, Mapping):
+        return []
+    out = [f"  Memory: {text(memory.get('summary'), 400)}"]
+    for c in _items(memory.get("advice"))[:MAX_MEMORY_ADVICE]:
+        layers = f"{text(c.get('layers'))} of {text(c.get('layers_total'))} layers" if c.get("layers") is not None \
+            else "layers not sized"
+        fits = "fits" if c.get("fits") is True else "still partial" if c.get("fits") is False else "not sized"
+        out.append(f"    Advised (not applied): {text(c.get('setting'))}: {layers}, {fits}.")
     return out
 
 
@@ -133,6 +149,13 @@ def _remedies(remedies: Mapping[str, Any]) -> list[str]:
                        + (f" Now {values}." if values else ""))
     else:
         out.append(f"No remedy applied.{used}")
+    failed = _mapping(budget.get("write_error"))
+    if failed:
+        out.append(f"Remedy history not saved: writing {text(failed.get('path'))} failed ({text(failed.get('errno'))}: "
+                   f"{text(failed.get('error'))}); it is kept in memory until ollama-gpu restarts.")
+    if budget.get("load_error"):
+        out.append(f"Remedy history could not be read at start ({text(budget.get('load_error'), 300)}): the budget "
+                   "started fresh.")
     for a in _items(remedies.get("advised")):
         what = a.get("instruction") or a.get("advice")
         out.append(f"Advice for {text(a.get('subject'))} ({text(a.get('cause'))}): {text(what, 400)}")

@@ -71,10 +71,17 @@ def rich_status() -> dict[str, Any]:
         "running": True, "state": "running", "mode": "auto", "ready": True, "discovery_acceptable": True,
         "ollama": {"pid": 1234, "version": "0.13.0", "generation": "D", "host": "127.0.0.1:11434"},
         "discovery": verdict("gpu", "none"),
-        "runners": [{"pid": 4321, "start_time": 99, **verdict("partial_offload", "insufficient_vram")},
+        "runners": [{"pid": 4321, "start_time": 99, **verdict("partial_offload", "insufficient_vram"),
+                     "memory": {"summary": "needs 9.1 GiB, 7.9 GiB free", "advice": [
+                         {"setting": "OLLAMA_CONTEXT_LENGTH=4096", "layers": 33, "layers_total": 33, "fits": True},
+                         {"setting": "OLLAMA_FLASH_ATTENTION=1", "layers": None, "fits": None}]}},
                     {"pid": 4400, "start_time": 120, **verdict("gpu", "none")}],
-        "remedies": {"applied": [start, later], "advised": [advised], "budget": {"used": 1, "max": 3}},
+        "remedies": {"applied": [start, later], "advised": [advised], "budget": {
+            "used": 1, "max": 3, "state_file": "/var/lib/ollama-gpu/state-127.0.0.1-11434.json", "load_error": None,
+            "write_error": {"path": "/var/lib/ollama-gpu/state-127.0.0.1-11434.json", "errno": "EROFS",
+                            "error": "Read-only file system", "at": 1_780_000_006.0}}},
         "crash_restarts": {"recent": 0, "max": 5}, "restarts": 1, "what_to_do": "Use a smaller model.",
+        "memory": [{"summary": "needs 9.1 GiB, 7.9 GiB free"}],
         "state_file": {"path": "/var/lib/ollama-gpu/state.json", "error": None, "writable": False},
     }
 
@@ -124,6 +131,11 @@ class TestText:
         assert out.count("GPUs:") == 3 and out.count(GPU_B) == 3 and "hidden by" in out
         assert "Runner 4321: partial_offload (cause: insufficient_vram)." in out
         assert "State file: path /var/lib/ollama-gpu/state.json; error -; writable no." in out
+        assert "Remedy history not saved: writing /var/lib/ollama-gpu/state-127.0.0.1-11434.json failed (EROFS: " \
+               "Read-only file system)" in out
+        assert "  Memory: needs 9.1 GiB, 7.9 GiB free" in out
+        assert "    Advised (not applied): OLLAMA_CONTEXT_LENGTH=4096: 33 of 33 layers, fits." in out
+        assert "OLLAMA_FLASH_ATTENTION=1: layers not sized, not sized." in out
 
 
     def test_pending_verdict_says_so(self) -> None:

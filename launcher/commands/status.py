@@ -13,14 +13,15 @@ from launcher.status import read_status
 from launcher.status_text import render, text
 
 HELP = "show the running supervisor's verdicts, causes, remedies and budgets"
-EXIT_CODES = ("exit codes: 0 gpu or cpu_expected (with --ready: ready); 1 cpu_fallback, partial_offload or crash "
-              "(with --ready: not ready); 3 no supervisor answers, or the outcome is still unknown")
+EPILOG = ("exit codes: 0 every verdict is gpu (degraded included) or cpu_expected; 1 a cpu_fallback, partial_offload "
+          "or crash; 3 no supervisor answers for this OLLAMA_HOST, or the outcome is still unknown. With --ready: 0 "
+          "ready, 1 not ready, 3 not running.")
 BAD_FIRST = ("crash", "cpu_fallback", "partial_offload", "unknown", "cpu_expected", "gpu")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `status`."""
-    parser.epilog = EXIT_CODES
+    parser.epilog = EPILOG
     parser.add_argument("--json", action="store_true", help="print the whole status as one JSON object")
     parser.add_argument("--ready", action="store_true",
                         help="health check: exit 0 when Ollama answers and the discovery verdict is acceptable")
