@@ -80,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.USAGE
     log = logsetup.configure(settings.log_format, settings.log_level)
     for warning in settings.warnings:
-        log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
-                    suggestion=warning.suggestion)
+        if warning.level == "warning":
+            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
+                        suggestion=warning.suggestion)
+        else:
+            log.debug("config_file_skipped", path=warning.where, problem=warning.message)
     ctx = Context(settings=settings, log=log, env=env,
                   reload=lambda: load_settings(dict(os.environ), args.env_file, overrides))
     try:
