@@ -75,5 +75,9 @@ def _print(status: dict[str, Any]) -> None:
     budget = remedies.get("budget") or {}
     if budget:
         print(f"remedy budget: {budget.get('used', 0)}/{budget.get('max', 0)} used")
+    failed = budget.get("write_error") or {}
+    if failed:
+        print(f"remedy history not saved: writing {failed.get('path')} failed ({failed.get('errno')}: "
+              f"{failed.get('error')}); it is kept in memory until ollama-gpu restarts")
     if status.get("what_to_do"):
         print(f"what to do: {status['what_to_do']}")
