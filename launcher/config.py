@@ -184,7 +184,8 @@ SPECS: Final[tuple[Spec, ...]] = (
          "empty: never change the operator's choices"),
     Spec("OGPU_REQUIRE_GPU", "false", _bool, "exit 4 when no usable GPU is found instead of serving on the CPU"),
     Spec("OGPU_RESTART_MAX", "5", _int_range(0, 1000),
-         "crash loop: restarts of a crashing Ollama within OGPU_RESTART_WINDOW before giving up with exit 5"),
+         "crash loop: restarts of a crashing Ollama within OGPU_RESTART_WINDOW before giving up with exit 5; "
+         "0: never restart, exit with Ollama's own code"),
     Spec("OGPU_RESTART_WINDOW", "300", _seconds(1, 86400), "seconds over which crash restarts are counted"),
     Spec("OGPU_RESTART_BACKOFF", "1", _seconds(0, 3600), "first delay before restarting a crashed Ollama; doubles"),
     Spec("OGPU_RESTART_BACKOFF_MAX", "30", _seconds(0, 3600), "longest delay between crash restarts"),

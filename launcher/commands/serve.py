@@ -34,7 +34,11 @@ HELP = "run `ollama serve` (same arguments and environment) under supervision, w
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Everything after `serve` goes to `ollama serve` unchanged."""
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+    parser.description = (f"{HELP}. Every argument after `serve` goes to `ollama serve` unchanged (only a lone "
+                          "-h/--help is ours; write `serve -- --help` for Ollama's). ollama-gpu's own settings go "
+                          "before `serve`: ollama-gpu --mode advise serve.")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="OLLAMA_SERVE_ARGS",
+                        help="every other argument: passed to `ollama serve` unchanged")
 
 
 class Recorder:
