@@ -15,7 +15,7 @@ from launcher import __version__
 from launcher import log as logsetup
 from launcher.commands import COMMANDS
 from launcher.commands.context import Context
-from launcher.config import SPECS, ConfigError, iter_cli_overrides, load_settings
+from launcher.config import SPECS, ConfigError, iter_cli_overrides, load_settings, log_warnings
 from launcher.exitcodes import Exit, signal_exit
 
 PROG = "ollama-gpu"
@@ -116,12 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
     log = logsetup.configure(settings.log_format, settings.log_level)
-    for warning in settings.warnings:
-        if warning.level == "warning":
-            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
-                        suggestion=warning.suggestion)
-        else:
-            log.debug("config_file_skipped", path=warning.where, problem=warning.message)
+    log_warnings(log, settings.warnings)
     ctx = Context(settings=settings, log=log, env=env,
                   reload=lambda: load_settings(dict(os.environ), args.env_file, overrides))
     try:

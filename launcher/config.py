@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from launcher.envfile import ConfigError, UnreadableFileError, clip, load_env_file, read_env_file
+from launcher.envfile import ConfigError as ConfigError  # re-exported: callers catch it from here
+from launcher.envfile import UnreadableFileError, clip, load_env_file
+from launcher.envfile import read_env_file as read_env_file  # re-exported: the reader lives in launcher.envfile
 from launcher.ollama_host import OllamaHost, parse_ollama_host
 from launcher.paths import Dirs, resolve_dirs
 
@@ -35,8 +37,6 @@ def system_file(env: Mapping[str, str]) -> Path:
     override = env.get("OGPU_SYSTEM_CONFIG", "")
     return Path(override) if override.startswith("/") else SYSTEM_FILE
 
-
-__all__ = ["ConfigError", "read_env_file"]  # re-exported: the reader lives in launcher.envfile
 
 DEFAULT = "default"
 ENVIRONMENT = "environment"
@@ -379,19 +379,29 @@ def load_settings(
     )
 
 
-def json_value(value: Any) -> Any:
-    """A parsed setting as JSON: numbers and booleans as themselves, sets and tuples of paths as lists, paths as
-    strings, a mode by its name, an address as {"host", "port"}; None stays null."""
+def log_warnings(log: Any, warnings: Iterable[ConfigWarning]) -> None:
+    """One log line per configuration warning, at its level (a skipped unreadable user file is a debug line)."""
+    for warning in warnings:
+        if warning.level == "warning":
+            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
+                        suggestion=warning.suggestion)
+        else:
+            log.debug("config_file_skipped", path=warning.where, problem=warning.message)
+
+
+def json_value(key: str, value: Any) -> Any:
+    """A parsed setting as JSON: numbers and booleans as themselves, sets and tuples as lists, paths as strings, a
+    mode by its name, the metrics address as {"host", "port"}; None stays null."""
+    if key == "OGPU_METRICS_ADDR" and value is not None:
+        return {"host": value[0], "port": value[1]}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, frozenset):
         return sorted(value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        return {"host": value[0], "port": value[1]}
     if isinstance(value, tuple):
-        return [json_value(v) for v in value]
+        return [json_value(key, v) for v in value]
     return value
 
 
@@ -400,7 +410,7 @@ def describe(settings: Settings) -> dict[str, Any]:
     our files; the directories."""
     return {
         "settings": {
-            spec.key: {"value": json_value(getattr(settings, spec.attr)), "text": settings.raw[spec.key],
+            spec.key: {"value": json_value(spec.key, getattr(settings, spec.attr)), "text": settings.raw[spec.key],
                        "source": settings.sources[spec.key]}
             for spec in SPECS
         },

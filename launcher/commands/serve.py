@@ -16,7 +16,7 @@ from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
-from launcher.config import Mode, Settings
+from launcher.config import Mode, Settings, log_warnings
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
@@ -221,8 +221,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if ctx.reload is None:
             return None
         new = ctx.reload()
-        for warning in new.warnings:
-            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
+        log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
     supervisor = Supervisor(
