@@ -67,7 +67,7 @@ def read_capped(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     where = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # HOME=/dev/null: no such file either
         return None
     except PermissionError:
         raise UnreadableFileError(where, None, None, "cannot be read (permission denied)") from None

@@ -64,6 +64,13 @@ class TestNotARegularFile:
         assert line.endswith(f"{user}: is a directory, not a regular file")
 
 
+    def test_home_that_is_not_a_directory(self, tmp_path: Path) -> None:
+        """HOME=/dev/null (some service users have it): there is no user file, nothing to refuse."""
+        proc = run_cli(["config", "--json"], clean_env(tmp_path, {"HOME": "/dev/null"}))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["settings"]["OGPU_MODE"]["source"] == "default"
+
+
 class TestLimits:
     def test_file_over_the_size_limit(self, tmp_path: Path) -> None:
         """A file of more than MAX_FILE_BYTES is refused with the limit stated, even if every line is a comment."""
