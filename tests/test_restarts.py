@@ -100,8 +100,9 @@ def _temps(directory: Path) -> list[str]:
 
 class TestFailedStateWrite:
     def test_full_disk_via_the_write_seam(self, tmp_path: Path) -> None:
-        """ENOSPC mid-write: one warning naming the path and errno, no temp file left, the old state file intact,
-        the attempt kept in memory (so the same environment is refused), and the failure in summary()."""
+        """ENOSPC mid-write: one warning naming the path and errno (not one per failed write), no temp file left,
+        the old state file intact, the attempt kept in memory (so the same environment is refused), and the failure
+        in summary()."""
         path = tmp_path / "state-x.json"
         RemedyBudget.load(path, max_attempts=3).record({"OLD": "1"}, "stub_library")
         before = path.read_bytes()
@@ -121,7 +122,6 @@ class TestFailedStateWrite:
         assert len(calls) >= 2
         warnings = [e for e in logs if e["log_level"] == "warning"]
         assert [(e["event"], e["path"], e["errno"]) for e in warnings] == [("state_write_failed", str(path), "ENOSPC")]
-        assert [e["event"] for e in logs if e["log_level"] == "debug"] == ["state_write_failed"]
         assert _temps(tmp_path) == []
         assert path.read_bytes() == before
         assert budget.allows(PATCH) == (False, "this environment was already tried")
