@@ -72,9 +72,12 @@ def read_capped(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     except PermissionError:
         raise UnreadableFileError(where, None, None, "cannot be read (permission denied)") from None
     except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a socket (or a FIFO's other end): stat says which
-            kind = _not_regular(os.stat(path).st_mode) or "not a regular file"
-            raise ConfigError(where, None, None, f"is {kind}, not a regular file") from None
+        if exc.errno == errno.ENXIO:  # a socket (or a device with no driver): stat says which
+            try:
+                what = _not_regular(os.stat(path).st_mode) or "not a regular file"
+            except OSError:
+                what = "not a regular file"
+            raise ConfigError(where, None, None, f"is {what}, not a regular file") from None
         raise ConfigError(where, None, None, f"cannot be read ({exc.strerror})") from None
     try:
         st = os.fstat(fd)

@@ -46,7 +46,7 @@ class CrashBudget:
         if len(self._crashes) >= self.max_restarts:
             return None
         self._crashes.append(t)
-        return min(self.backoff * (2 ** (len(self._crashes) - 1)), self.backoff_max)
+        return min(self.backoff * 2.0 ** (len(self._crashes) - 1), self.backoff_max)
 
     @property
     def recent(self) -> int:
@@ -65,9 +65,9 @@ def write_atomic(path: Path, data: bytes, write: Writer = os.write) -> None:
     temp file is removed and the OSError raised; the old file, if any, is left as it was."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".tmp")
     try:
-        view = memoryview(data)
-        while view:
-            view = view[write(fd, view):]
+        written = 0
+        while written < len(data):
+            written += write(fd, data[written:])
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +56,14 @@ class TestNotARegularFile:
         os.mkfifo(fifo)
         line = one_error_line(run_cli(["--env-file", str(fifo), "config"], clean_env(tmp_path), timeout=20))
         assert line.endswith(f"{fifo}: is a FIFO, not a regular file")
+
+    def test_socket(self, tmp_path: Path) -> None:
+        """A Unix socket (open() gives ENXIO) is named as one."""
+        path = tmp_path / "s.env"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+            line = one_error_line(run_cli(["--env-file", str(path), "config"], clean_env(tmp_path), timeout=20))
+        assert line.endswith(f"{path}: is a socket, not a regular file")
 
     def test_directory(self, tmp_path: Path) -> None:
         """A directory named as the user's file is refused, naming it."""
