@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from launcher.envfile import MAX_FILE_BYTES, MAX_LINE_BYTES, ConfigError, clip, read_env_file
-from tests.cli_helpers import assert_no_traceback, clean_env, run_cli
+from tests.cli_helpers import REPO, assert_no_traceback, clean_env, run_cli
 from tests.serve_helpers import as_nobody, command_for_nobody
 
 
@@ -211,3 +211,10 @@ class TestUnreadableFiles:
         events = [json.loads(line) for line in proc.stderr.splitlines()]
         assert [(e["event"], e["level"], e["where"]) for e in events] == [("config_warning", "warning", str(system))]
         assert "permission denied" in events[0]["problem"]
+
+
+def test_readme_states_the_limits_the_code_enforces() -> None:
+    """The README's configuration section names the same limits as the reader."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"at most 1 MiB ({MAX_FILE_BYTES} bytes), lines of at most 64 KiB ({MAX_LINE_BYTES} bytes)" in readme
+    assert "cut to its first 80 characters and its size" in readme
