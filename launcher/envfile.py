@@ -109,10 +109,12 @@ def _check_lines(path: Path, data: bytes) -> None:
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1
         raise ConfigError(f"{path}:{line}", None, None, "contains a NUL byte: expected KEY=VALUE text")
-    for number, line_bytes in enumerate(data.split(b"\n"), start=1):
-        if len(line_bytes) > MAX_LINE_BYTES:
-            raise ConfigError(f"{path}:{number}", None, None,
-                              f"line is {len(line_bytes)} bytes, more than the limit of {MAX_LINE_BYTES} bytes")
+    lines = data.split(b"\n")
+    if max(map(len, lines)) <= MAX_LINE_BYTES:
+        return
+    number, longest = next((n, len(b)) for n, b in enumerate(lines, start=1) if len(b) > MAX_LINE_BYTES)
+    raise ConfigError(f"{path}:{number}", None, None,
+                      f"line is {longest} bytes, more than the limit of {MAX_LINE_BYTES} bytes")
 
 
 def read_env_file(path: Path, *, required: bool) -> list[tuple[str, str, int]]:
@@ -146,14 +148,15 @@ def load_env_file(path: Path) -> list[tuple[str, str, int]] | None:
         original = binding.original.string
         # python-dotenv counts blank lines before a binding into it: the key sits after them.
         line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
-        shown = clip(original.strip())
-        if _BARE_EXPORT.match(original.strip()):  # python-dotenv reads `export # x` as a comment, `export ` as junk
-            raise ConfigError(f"{path}:{line}", None, None, "a bare `export`: expected KEY=VALUE (or export KEY=VALUE)")
+        if binding.key is not None and binding.value is not None and not binding.error:
+            out.append((binding.key, binding.value, line))
+            continue
+        where, shown = f"{path}:{line}", original.strip()
+        if _BARE_EXPORT.match(shown):  # python-dotenv reads `export # x` as a comment, `export ` as junk
+            raise ConfigError(where, None, None, "a bare `export`: expected KEY=VALUE (or export KEY=VALUE)")
         if binding.error:
-            raise ConfigError(f"{path}:{line}", None, None, f"cannot parse {shown}: expected KEY=VALUE")
+            raise ConfigError(where, None, None, f"cannot parse {clip(shown)}: expected KEY=VALUE")
         if binding.key is None:
             continue  # blank line or comment
-        if binding.value is None:
-            raise ConfigError(f"{path}:{line}", None, None, f"{shown} has no '=': expected KEY=VALUE")
-        out.append((binding.key, binding.value, line))
+        raise ConfigError(where, None, None, f"{clip(shown)} has no '=': expected KEY=VALUE")
     return out
