@@ -161,6 +161,8 @@ class RemedyBudget:
         self.write_error = None
 
     def summary(self) -> dict[str, Any]:
-        """The budget as `status` shows it: attempts used, the limit, the state file and any failure to write it."""
+        """The budget as `status` shows it: attempts used, the limit, the state file, and any failure to read it at
+        start (the budget then started fresh) or to write it since."""
         return {"used": len(self.attempts), "max": self.max_attempts, "state_file": str(self.path),
+                "load_error": self.load_error,
                 "write_error": self.write_error.to_dict() if self.write_error else None}

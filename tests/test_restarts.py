@@ -58,6 +58,7 @@ class TestRemedyBudget:
         budget = RemedyBudget.load(path, max_attempts=1)
         assert budget.load_error is not None
         assert budget.attempts == []
+        assert budget.summary()["load_error"] == budget.load_error
 
     def test_fingerprint_is_order_independent(self) -> None:
         """The same patch in another order is the same environment."""
