@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import shutil
 import sys
@@ -16,7 +17,7 @@ from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
-from launcher.config import Mode, Settings
+from launcher.config import Mode, Settings, log_warnings
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
@@ -35,17 +36,22 @@ HELP = "run `ollama serve` (same arguments and environment) under supervision, w
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Everything after `serve` goes to `ollama serve` unchanged."""
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+    parser.description = (f"{HELP}. Every argument after `serve` goes to `ollama serve` unchanged (only a lone "
+                          "-h/--help is ours; write `serve -- --help` for Ollama's). ollama-gpu's own settings go "
+                          "before `serve`: ollama-gpu --mode advise serve.")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="OLLAMA_SERVE_ARGS",
+                        help="every other argument: passed to `ollama serve` unchanged")
 
 
 def ollama_missing(path: str) -> tuple[int, str] | None:
-    """(exit code, why) when Ollama cannot be started at all: 127 not found, 126 not executable, as shells say."""
+    """(exit code, why) when Ollama cannot be started at all: 127 not found, 126 not executable, as shells say, in
+    the words the spawn itself would have used."""
     if "/" not in path:
-        return 127, "not found on PATH"
+        return 127, f"cannot start {path}: not found on PATH"
     if not os.path.exists(path):
-        return 127, "no such file"
+        return 127, f"cannot start {path}: {os.strerror(errno.ENOENT)}"
     if os.path.isdir(path) or not os.access(path, os.X_OK):
-        return 126, "not an executable file"
+        return 126, f"cannot start {path}: {os.strerror(errno.EACCES)}"
     return None
 
 
@@ -238,8 +244,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if ctx.reload is None:
             return None
         new = ctx.reload()
-        for warning in new.warnings:
-            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
+        log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
     supervisor = Supervisor(
