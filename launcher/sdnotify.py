@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Mapping
 
@@ -17,6 +18,7 @@ class Notifier:
         elif path.startswith("/"):
             self.address = path
         self.errors = 0
+        self.watchdog_interval = watchdog_interval(env)
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +46,26 @@ class Notifier:
         """A new status line."""
         return self.send(f"STATUS={status}")
 
+    def watchdog(self) -> bool:
+        """WATCHDOG=1: the loop is alive (sent from the loop's own thread, so a stuck loop sends none)."""
+        return self.send("WATCHDOG=1")
+
     def stopping(self) -> bool:
         """STOPPING=1."""
         return self.send("STOPPING=1", "STATUS=stopping")
+
+
+def watchdog_interval(env: Mapping[str, str], pid: int | None = None) -> float | None:
+    """Seconds between two WATCHDOG=1: half of WATCHDOG_USEC, when systemd set it for this process (WATCHDOG_PID
+    unset or ours); None when the watchdog is off or the values make no sense."""
+    raw = env.get("WATCHDOG_USEC", "")
+    if not raw:
+        return None
+    owner = env.get("WATCHDOG_PID", "")
+    if owner and owner != str(os.getpid() if pid is None else pid):
+        return None
+    try:
+        usec = int(raw)
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 else None

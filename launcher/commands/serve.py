@@ -8,26 +8,35 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
 from launcher.config import Mode, Settings
+from launcher.directives import Directive, View
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
+from launcher.guardian import Guardian
+from launcher.instance import AlreadyRunning, InstanceLock
+from launcher.lineage import descends_from
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
+from launcher.port_owner import answering, holder
 from launcher.proctree import TreeWatcher
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
 from launcher.startup import Prepared, prepare
-from launcher.supervisor import Supervisor, exec_off
+from launcher.supervisor import Options, Supervisor, Wiring, exec_off
+from launcher.system import OsSystem
+
+if TYPE_CHECKING:
+    from launcher.controller import Controller
 
 HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
 
@@ -119,15 +128,51 @@ class PendingSink:
             self._target = target
 
 
-def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, recorder: Recorder,
-                       pending: PendingSink, log: Any, closers: list[Callable[[], None]]) -> None:
-    """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
-    setup cost start-up time that Ollama does not have to wait for)."""
+class ControllerSlot:
+    """The supervisor's policy from its construction on: empty until the controller is built right after the first
+    spawn (its imports and setup cost start-up time that Ollama does not have to wait for)."""
+
+    def __init__(self) -> None:
+        self.controller: Controller | None = None
+
+    def tick(self, view: View, now: float) -> Sequence[Directive]:
+        return self.controller.tick(view, now) if self.controller is not None else ()
+
+    def ready_gate(self, since_answer: float) -> bool:
+        return self.controller.ready_gate(since_answer) if self.controller is not None else True
+
+
+class StatsTap:
+    """The shim event server as the loop polls it, with its counters handed to the metrics after each poll (the
+    documented `dropped_events{where="event_server"}` series)."""
+
+    def __init__(self, server: shim_events.ShimEventServer) -> None:
+        self.server = server
+        self.on_stats: Callable[[shim_events.ServerStats], None] | None = None
+
+    def fileno(self) -> int:
+        return self.server.fileno()
+
+    def poll(self, timeout: float | None = 0.0) -> list[Event]:
+        events = self.server.poll(timeout)
+        if self.on_stats is not None:
+            self.on_stats(self.server.stats())
+        return events
+
+    @property
+    def rechecking(self) -> bool:
+        return self.server.rechecking
+
+
+def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
+                       recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
+                       tap: StatsTap | None) -> None:
+    """Right after Ollama started: the board, the policy, NVML, the status socket and metrics."""
     from launcher.controller import Controller
     from launcher.nvml import NvmlSampler
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
-    from launcher.status import StatusServer
+    from launcher.status_socket import StatusServer
 
     nvml = NvmlSampler()  # opened by the controller's first turn
     closers.append(nvml.close)
@@ -152,16 +197,23 @@ def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, 
         if exported is not None:
             record = metrics.tee(recorder, exported[0].observe)
             closers.append(exported[1].close)
+            if tap is not None:
+                tap.on_stats = exported[0].set_shim_server_stats
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
                             remedy_context=remedy_context, nvml=nvml)
     pending.attach(controller.sink)
-    sup.tick, sup.ready_gate = controller.tick, controller.ready_gate
+    slot.controller = controller
     try:
-        status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup)).start()
-        sup.add_status_server(status)
+        status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup.view())).start()
+        sup.add_reader(status.fileno(), status.handle)
         closers.append(status.close)
     except OSError as exc:
         log.warning("status_socket_unavailable", path=str(settings.dirs.status_socket), error=str(exc))
+
+
+def instance_lock_path(settings: Settings) -> Path:
+    """The lock that makes one supervisor per OLLAMA_HOST."""
+    return settings.dirs.runtime / f"serve-{settings.dirs.instance}.lock"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -180,17 +232,40 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except (UnsafeDirectoryError, OSError) as exc:
         print(f"ollama-gpu: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    try:  # before any socket: a second supervisor must never touch the first one's
+        lock = InstanceLock.acquire(instance_lock_path(settings))
+    except AlreadyRunning as exc:
+        log.error("already_running", pid=exc.pid, host=settings.host.netloc, lock=str(exc.path),
+                  action="one supervisor per OLLAMA_HOST: stop that one, or set another OLLAMA_HOST")
+        return Exit.USAGE
+    except OSError as exc:
+        print(f"ollama-gpu: configuration error: cannot take the instance lock: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    try:
+        return _supervise(args, ctx, settings, notifier, out, err, log)
+    finally:
+        lock.release()
+
+
+def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notifier: Notifier, out: SharedStream,
+               err: SharedStream, log: Any) -> int:
+    if answering(settings.host):
+        found = holder(settings.host.port)
+        log.error("port_in_use", host=settings.host.netloc, holder_pid=found.pid if found else None,
+                  holder=found.name if found else None,
+                  consequence="Ollama cannot listen there; `ready` is not reported for a server that is not ours",
+                  action="stop the process holding the port (a stale ollama?), or set another OLLAMA_HOST")
     if os.getpid() != 1 and not set_subreaper():
         log.warning("no_subreaper", problem="PR_SET_CHILD_SUBREAPER failed",
                     consequence="orphaned runners are reaped by init, not by us")
 
-    supervisor: Supervisor | None = None
-
-    def on_orphan(orphan: Any) -> None:
-        if supervisor is not None:
-            supervisor.on_orphan(orphan)
-
-    registry = ChildRegistry(on_orphan=on_orphan)
+    holder_: list[Supervisor] = []
+    registry = ChildRegistry(on_orphan=lambda orphan: holder_[0].on_orphan(orphan) if holder_ else None)
+    guardian: Guardian | None = None
+    try:
+        guardian = Guardian.start(registry)
+    except OSError as exc:
+        log.warning("no_guardian", error=str(exc), consequence="if ollama-gpu is SIGKILLed, Ollama outlives it")
     prepared = prepare(settings, ctx.env, registry, log, args.args)
     for advice in prepared.plan.advice:
         log.warning("advice", fix=advice, mode=settings.mode.value)
@@ -200,10 +275,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     server = None
     if prepared.plan.shim is not None:
-        try:
-            server = shim_events.ShimEventServer(settings.dirs.events_socket).start()
+        me = os.getpid()
+        try:  # only our own descendants are heard (Ollama, its runners, runners re-parented to us)
+            server = shim_events.ShimEventServer(settings.dirs.events_socket,
+                                                 peer_check=lambda pid: descends_from(pid, me)).start()
         except OSError as exc:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
+    tap = StatsTap(server) if server is not None else None
 
     recorder = Recorder(settings.record)
     pending = PendingSink()  # holds events until the controller exists (it is built after the spawn)
@@ -213,7 +291,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     closers: list[Callable[[], None]] = []
 
     def reload() -> EnvPlan | None:
-        """SIGHUP: read the configuration layers again and plan anew (a bad file keeps the running plan)."""
+        """SIGHUP, in a worker: read the configuration layers again and plan anew (a bad file keeps the running
+        plan; the loop forwards output and answers status meanwhile)."""
         if ctx.reload is None:
             return None
         new = ctx.reload()
@@ -221,16 +300,23 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
+    slot = ControllerSlot()
+    system = OsSystem(registry, wake=lambda: holder_[0].wake() if holder_ else None,
+                      guardian=guardian.watch if guardian is not None else None)
     supervisor = Supervisor(
-        plan=prepared.plan, host=settings.host, registry=registry, log=log, out=out, err=err, notifier=notifier,
+        plan=prepared.plan, system=system, log=log, out=out, err=err, notifier=notifier,
+        options=Options(host=settings.host, stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout,
+                        watchdog_interval=notifier.watchdog_interval),
         crash_budget=CrashBudget(settings.restart_max, settings.restart_window, settings.restart_backoff,
                                  settings.restart_backoff_max),
-        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=pending,
-        line_sink=on_line, event_server=server,
-        make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
-        reload=reload,
-        after_start=lambda sup: _attach_controller(sup, settings, prepared, recorder, pending, log, closers),
+        wiring=Wiring(
+            sink=pending, line_sink=on_line, event_server=tap, reload=reload, policy=slot,
+            make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
+            after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
+                                                             closers, tap),
+        ),
     )
+    holder_.append(supervisor)
     try:
         return supervisor.run()
     finally:
@@ -240,3 +326,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.debug("shim_events_stats", **server.stats().to_dict())
             server.close()
         recorder.close()
+        if guardian is not None:  # end-of-file: the guardian kills what it was last told (0 after a clean stop)
+            guardian.close()
+            registry.wait(guardian.child, timeout=1.0)
