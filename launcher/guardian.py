@@ -62,10 +62,10 @@ class Guardian:
         self.pgid = pgid
 
     def close(self) -> None:
-        """A clean end: nothing to kill; the guardian exits on end-of-file."""
+        """Close our end: the guardian kills what it was last told (0 after a clean stop: nothing) and exits.
+        An exception that ends the supervisor with Ollama still up ends Ollama too, instead of orphaning it."""
         if self._fd < 0:
             return
-        self.watch(0)
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = -1
