@@ -1,0 +1,43 @@
+"""sd_notify: WATCHDOG=1 at half of WATCHDOG_USEC, only where systemd asked it of this process."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from launcher.sdnotify import Notifier, watchdog_interval
+
+
+class TestWatchdogInterval:
+    def test_half_of_watchdog_usec(self) -> None:
+        """WatchdogSec=30 gives WATCHDOG_USEC=30000000: a ping every 15 s."""
+        assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+
+    def test_for_another_pid_or_nonsense_it_is_off(self) -> None:
+        """WATCHDOG_PID naming another process, a bad number or 0: no watchdog (never a traceback)."""
+        assert watchdog_interval({}) is None
+        assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, pid=2) is None
+        assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "2"}, pid=2) == 15.0
+        assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+        assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+
+    def test_the_datagram(self, tmp_path: Path) -> None:
+        """watchdog() sends exactly WATCHDOG=1 to NOTIFY_SOCKET."""
+        path = tmp_path / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+            assert notifier.watchdog_interval == 1.0
+            assert notifier.watchdog()
+            assert sock.recv(64) == b"WATCHDOG=1"
+
+
+class TestUnits:
+    def test_shipped_units_set_a_watchdog_the_loop_can_keep(self) -> None:
+        """Both units set WatchdogSec=, with room for the loop's longest wait (1 s) many times over."""
+        from launcher.systemd_units import render_dropin, render_service
+
+        for unit in (render_dropin(), render_service()):
+            values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("WatchdogSec=")]
+            assert len(values) == 1
+            assert int(values[0]) >= 10
