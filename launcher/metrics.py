@@ -23,7 +23,6 @@ from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
 
 if TYPE_CHECKING:
-    from launcher.evidence import LiveVerdicts, Verdict
     from launcher.shim_events import ServerStats
 
 PREFIX: Final = "ollama_gpu"
@@ -103,17 +102,6 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         """Metrics is itself an event sink."""
         self.observe(event)
-
-    def set_verdicts(self, live: LiveVerdicts) -> None:
-        """The board's current answer: discovery's verdict and, per model, its newest runner's."""
-        with self._lock:
-            self._set_verdict(DISCOVERY, "", live.discovery.outcome, live.discovery.cause)
-            newest: dict[str, Verdict] = {}
-            for key, verdict in live.runners.items():  # start order: a later runner of a model wins
-                proc = self._procs.get(key) or self._procs.get((key[0], None))
-                newest[proc.model if proc is not None else "unknown"] = verdict
-            for model, verdict in newest.items():
-                self._set_verdict(MODEL, model, verdict.outcome, verdict.cause)
 
     def set_shim_server_stats(self, stats: ServerStats) -> None:
         """The shim event server's counters (cumulative since start), e.g. once per supervisor scan."""

@@ -18,6 +18,7 @@ from launcher.status import read_status
 from tests.cli_helpers import REPO
 from tests.ollama_sim import native
 from tests.serve_helpers import FAKE_SERVER, Serve, descendants, free_port, wait_for
+from tests.test_metrics import parse, scrape, value
 from tests.test_serve import args, serve_env
 from tests.test_serve_sim import generate, install, sim_env
 
@@ -192,8 +193,10 @@ class TestForgedEvents:
         whose CUDA failed. It is closed unread (foreign_peer) and status is unchanged; on main it became a phantom
         runner with a cpu_fallback verdict."""
         inst = install(tmp_path, "D", libs)
-        port = free_port()
-        serve = Serve(["--ollama", str(inst.ollama), "serve"], sim_env(tmp_path, inst, libs, cache_dir, port))
+        port, metrics_port = free_port(), free_port()
+        env = sim_env(tmp_path, inst, libs, cache_dir, port)
+        env["OGPU_METRICS_ADDR"] = f"127.0.0.1:{metrics_port}"
+        serve = Serve(["--ollama", str(inst.ollama), "serve"], env)
         serve.wait_event("ready", timeout=60)
         status_sock = run_dir_socket(tmp_path, "status", port)
         before = wait_for(lambda: read_status(status_sock), what="status")
@@ -216,6 +219,10 @@ class TestForgedEvents:
         assert after is not None
         assert [r["pid"] for r in after["runners"]] == [r["pid"] for r in before["runners"]]
         assert after["discovery"]["outcome"] == before["discovery"]["outcome"]
+        # counted where the operator looks: the documented dropped_events{where="event_server"} series
+        scraped = parse(scrape(metrics_port))
+        assert value(scraped, "ollama_gpu_dropped_events_total", where="event_server",
+                     reason="rejected_foreign_peer") == 1
         assert serve.stop() == 0
 
 
