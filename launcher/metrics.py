@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from launcher import __version__
 from launcher.events import Event
+from launcher.lifecycle import State
 from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 PREFIX: Final = "ollama_gpu"
 ACTIONS: Final = ("apply_now", "apply_when_idle", "advise")  # `nothing` is not a remedy and is not counted
-STATES: Final = ("starting", "running", "backoff", "stopping", "stopped")
+STATES: Final = tuple(state.value for state in State)  # the supervisor's, launcher/lifecycle.py
 LAUNCH_KINDS: Final = ("kernel", "kernel_ex", "cooperative", "graph")
 COPY_DIRECTIONS: Final = ("htod", "dtoh", "dtod")
 MEM_FIELDS: Final = ("allocs", "frees", "alloc_bytes", "free_bytes")
