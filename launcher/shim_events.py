@@ -574,7 +574,7 @@ class ShimEventServer:
         if not hung_up:
             return False
         try:
-            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
         except OSError:
             return True
         return queued == 0

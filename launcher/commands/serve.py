@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from launcher import log as logsetup
 from launcher import shim_events
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return Exit.USAGE  # not reached: exec replaces us, or raises
 
     out, err = SharedStream(sys.stdout.fileno()), SharedStream(sys.stderr.fileno())
-    log = logsetup.configure(settings.log_format, settings.log_level, err)  # our lines share stderr with Ollama
+    # our lines share stderr with Ollama (SharedStream is the file-like object structlog writes to)
+    log = logsetup.configure(settings.log_format, settings.log_level, cast("IO[str]", err))
     try:
         ensure_dirs(settings.dirs, os.geteuid())
     except (UnsafeDirectoryError, OSError) as exc:
