@@ -3,6 +3,7 @@ stand-in server or the Ollama simulator; every test here failed on main at 94353
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from launcher.status import read_status
 from tests.cli_helpers import REPO
@@ -33,6 +36,18 @@ case " $* " in
 esac
 exec cc "$@"
 """
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    """Whatever a test started is killed afterwards, passed or failed (a failing run must not leave servers)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    for proc in me.children(recursive=True):
+        if proc.pid not in before:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def run_dir_socket(tmp_path: Path, kind: str, port: int) -> Path:
