@@ -1,5 +1,8 @@
 """Every transition of the supervisor's state machine and each fault of issue 14, on a fake clock and a fake OS.
 
+These replace the subprocess tests of the crash loop (exit 5) and of OGPU_RESTART_MAX=0 (Ollama's code); the exit-5
+path is still run end to end in tests/test_serve_faults.py (a stale server on the port).
+
 Scenarios are plain functions (each returns its rig after asserting what it shows), so the last test can run them
 all and check that together they walk every row of the transition table.
 """
