@@ -301,6 +301,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
+    guardian_pid = guardian.child.pid if guardian is not None else -1  # ours, not Ollama's: not audited
     slot = ControllerSlot()
     system = OsSystem(registry, wake=lambda: holder_[0].wake() if holder_ else None,
                       guardian=guardian.watch if guardian is not None else None)
@@ -312,7 +313,8 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
                                  settings.restart_backoff_max),
         wiring=Wiring(
             sink=pending, line_sink=on_line, event_server=tap, reload=reload, policy=slot,
-            make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
+            make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
+                                                  ignore=guardian_pid.__eq__),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
                                                              closers, tap),
         ),
