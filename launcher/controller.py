@@ -224,7 +224,7 @@ class Controller:
                        "generation": facts.generation, "host": self.settings.host.netloc},
             "discovery": discovery, "runners": runners,
             "remedies": {"applied": list(self.applied), "advised": list(self.advised.values()),
-                         "budget": {"used": len(self.budget.attempts), "max": self.budget.max_attempts}},
+                         "budget": self.budget.summary()},
             "crash_restarts": {"recent": view.crash_recent, "max": view.crash_max},
             "restarts": view.restarts, "what_to_do": what,
         }
