@@ -279,20 +279,20 @@ class Metrics:
                                    "Live processes of a model holding a CUDA context on a GPU", labels=("model", "gpu"))
         held: Counter[tuple[str, str]] = Counter((proc.model, gpu) for proc in self._procs.values()
                                                  for gpu in proc.gpus)
-        for labels, count in sorted(held.items()):
-            on_gpu.add_metric(labels, count)
+        for held_labels, count in sorted(held.items()):
+            on_gpu.add_metric(held_labels, count)
         yield on_gpu
 
         restarts = CounterMetricFamily(f"{p}_ollama_restarts", "Restarts of Ollama by reason (crash, remedy, "
                                        "requested) and the remedied cause", labels=("reason", "cause"))
-        for labels, count in sorted(self._restarts.items()):
-            restarts.add_metric(labels, count)
+        for restart_labels, count in sorted(self._restarts.items()):
+            restarts.add_metric(restart_labels, count)
         yield restarts
 
         remedies = CounterMetricFamily(f"{p}_remedies", "Remedy decisions by cause and action (applied or advised)",
                                        labels=("cause", "action"))
-        for labels, count in sorted(self._remedies.items()):
-            remedies.add_metric(labels, count)
+        for remedy_labels, count in sorted(self._remedies.items()):
+            remedies.add_metric(remedy_labels, count)
         yield remedies
 
         yield from self._shim_families()
@@ -303,8 +303,8 @@ class Metrics:
                                       labels=("where", "reason"))
         rows = dict(self._dropped)
         rows.update({("event_server", reason): n for reason, n in self._server_dropped.items()})
-        for labels, count in sorted(rows.items()):
-            dropped.add_metric(labels, count)
+        for drop_labels, count in sorted(rows.items()):
+            dropped.add_metric(drop_labels, count)
         yield dropped
 
         events = CounterMetricFamily(f"{p}_events", "Events observed, by source", labels=("source",))
