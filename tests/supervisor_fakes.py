@@ -15,6 +15,7 @@ from launcher.events import Event
 from launcher.lifecycle import State
 from launcher.ollama_host import OllamaHost, parse_ollama_host
 from launcher.output import SharedStream
+from launcher.proctree import ProcInfo
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
 from launcher.supervisor import Options, Supervisor, Wiring
@@ -40,6 +41,7 @@ class FakeSystem:
     jobs: list[tuple[Callable[[], object], Callable[[object], None]]] = field(default_factory=list)
     guarded: list[int] = field(default_factory=list)
     spawn_error: OSError | None = None
+    helper_pids: set[int] = field(default_factory=set)
 
     def monotonic(self) -> float:
         return self.t
@@ -74,7 +76,7 @@ class FakeSystem:
         self.guarded.append(pgid)
 
     def helpers(self) -> set[int]:
-        return set()
+        return set(self.helper_pids)
 
     # --- what the test does -----------------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class FakeWatcher:
     def __init__(self) -> None:
         self.model_runner = False
         self.scans = 0
+        self.tree: list[ProcInfo] = []  # our descendants, parents before children
 
     def scan(self) -> list[Event]:
         self.scans += 1
@@ -139,8 +142,8 @@ class FakeWatcher:
     def has_alive(self, cls: str) -> bool:
         return cls == "model_runner" and self.model_runner
 
-    def descendants(self) -> list[Any]:
-        return []
+    def descendants(self) -> list[ProcInfo]:
+        return list(self.tree)
 
     def exited(self, pid: int, status: dict[str, int]) -> list[Event]:
         return []

@@ -17,6 +17,7 @@ import pytest
 from launcher.directives import Fail, RestartWith
 from launcher.exitcodes import Exit
 from launcher.lifecycle import TRANSITIONS, IllegalTransition, State, Trigger, next_state
+from launcher.proctree import ProcInfo
 from tests.supervisor_fakes import GRACE, NEW_PLAN, PLAN, FakeWatcher, Rig, exits, rig
 
 KILL, TERM = signal.SIGKILL, signal.SIGTERM
@@ -203,6 +204,22 @@ def exit_while_waiting_for_ready_is_a_crash() -> Rig:
     assert r.sup.state is State.BACKOFF
     return r
 
+
+def leftovers_killed_but_never_our_helpers() -> Rig:
+    """After Ollama's exit its group is killed, and so is a runner that escaped to us; the guardian and a compiler
+    the reload worker runs (with its own child) are ours and are left alone."""
+    watcher = FakeWatcher()
+    r = rig(watcher=watcher)
+    r.ready()
+    guardian, cc, cc1, escaped = 50, 60, 61, 70
+    r.system.helper_pids = {guardian, cc}
+    watcher.tree = [ProcInfo(guardian, 1, 0, ("sh",)), ProcInfo(cc, 1, 0, ("cc",)), ProcInfo(cc1, cc, 0, ("cc1",)),
+                    ProcInfo(escaped, 1, 0, ("llama-server", "--model", "m"))]
+    exits(r.ollama, 1)
+    r.tick(1.0)
+    assert r.system.group_kills == [(r.system.spawned[0].pid, KILL)]
+    assert r.system.signals == [(escaped, KILL)]
+    return r
 
 # --- stopping ---------------------------------------------------------------------------------------------------
 
@@ -478,6 +495,7 @@ SCENARIOS: list[Callable[[], Rig]] = [
     answer_for_a_dead_ollama_is_ignored, discovery_time_remedy_restarts_before_ready, term_while_waiting_for_ready,
     clean_exit_before_ready, crash_backs_off_then_starts_again, crash_loop_gives_up_with_5,
     no_restarts_configured_passes_ollamas_code, clean_exit_stops_with_0, exit_while_waiting_for_ready_is_a_crash,
+    leftovers_killed_but_never_our_helpers,
     term_stops_with_ollamas_code, grace_over_kills_the_group_exit_137, unkillable_ollama_is_reported_once,
     term_during_backoff_stops_at_once, second_term_changes_nothing, policy_fail_exits_4,
     restart_now_spawns_when_the_old_one_is_gone, restart_grace_over_kills_then_starts,
