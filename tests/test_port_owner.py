@@ -30,3 +30,30 @@ def test_listener_found_and_told_apart() -> None:
             proc.kill()
             proc.wait()
     assert listens_on(server.pid, port) is None  # gone: cannot be told
+
+
+def test_probe_reports_our_server_and_names_a_foreign_one() -> None:
+    """The readiness probe reports (pid, version, owner, holder): owner True for the child that listens; for a child
+    that does not, owner False once, with the listener's pid, and polling goes on until the timeout."""
+    from launcher.children import Child
+    from launcher.system import probe_until_ready
+
+    port = free_port()
+    host = parse_ollama_host(f"127.0.0.1:{port}")
+    server = subprocess.Popen([sys.executable, str(FAKE_SERVER), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        wait_for(lambda: answering(host), what="the server listening")
+        ours: list[tuple[int, str, bool | None, int | None]] = []
+        probe_until_ready(Child(server.pid, "ollama", ("x",), True, 0.0), host, 10.0,
+                          lambda *a: ours.append(a))  # type: ignore[arg-type]
+        assert ours == [(server.pid, "0.0.0-fake", True, None)]
+        theirs: list[tuple[int, str, bool | None, int | None]] = []
+        probe_until_ready(Child(bystander.pid, "ollama", ("x",), True, 0.0), host, 0.5,
+                          lambda *a: theirs.append(a))  # type: ignore[arg-type]
+        assert theirs == [(bystander.pid, "0.0.0-fake", False, server.pid)]
+    finally:
+        for proc in (server, bystander):
+            proc.kill()
+            proc.wait()
