@@ -189,7 +189,7 @@ class Supervisor:
                 for key, _mask in self._sel.select(self.next_timeout(self.system.monotonic())):
                     self._readers[key.fd]()
                 self.tick(self.system.monotonic())
-            self._wind_down(time.monotonic() + PIPE_DRAIN)
+            self._wind_down(self.system.monotonic() + PIPE_DRAIN)
             return self._finish()
         finally:
             self._restore_signals()
@@ -669,8 +669,9 @@ class Supervisor:
     def _wind_down(self, deadline: float) -> None:
         """Stopped: forward what the pipes still hold and reap what is left of the group (bounded; the loop is
         over, so waiting here holds nothing up)."""
-        while self._pipes and time.monotonic() < deadline:
-            for key, _mask in self._sel.select(max(0.0, deadline - time.monotonic())):
+        clock = self.system.monotonic
+        while self._pipes and clock() < deadline:
+            for key, _mask in self._sel.select(max(0.0, deadline - clock())):
                 if key.fd in self._pipes:
                     self._pump(key.fd)
                 elif key.fd == self._wake_r:
@@ -678,8 +679,8 @@ class Supervisor:
             self.system.reap()
         for fd in list(self._pipes):
             self._close_pipe(fd)
-        reap_until = time.monotonic() + 2.0
-        while self._escaped_runners() and time.monotonic() < reap_until:
+        reap_until = clock() + 2.0
+        while self._escaped_runners() and clock() < reap_until:
             self.system.reap()
             time.sleep(0.02)
         self.system.reap()
