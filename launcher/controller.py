@@ -21,7 +21,6 @@ from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.restarts import RemedyBudget
 
-NVML_INTERVAL = 1.0
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
 DISCOVERY_GRACE = 30.0  # READY waits at most this long after /api/version for the discovery verdict
 UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown generation: observe, do not wait)
@@ -61,8 +60,6 @@ class Controller:
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
     _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    nvml: Any = None  # launcher.nvml.NvmlSampler, sampled from the loop every NVML_INTERVAL
-    _last_sample: float = 0.0
 
     # --- events (any thread) --------------------------------------------------------------------------------
 
@@ -80,11 +77,6 @@ class Controller:
 
     def tick(self, view: View, t: float) -> list[Directive]:
         """Judge (at most every JUDGE_INTERVAL while events arrive); what the supervisor should do about it."""
-        if self.nvml is not None and t - self._last_sample >= NVML_INTERVAL:
-            self._last_sample = t
-            first = self.nvml.state is None
-            for event in self.nvml.start() if first else self.nvml.sample():
-                self.sink(event)
         if not self._dirty or t - self._last_judged < JUDGE_INTERVAL:
             return []
         with self._lock:

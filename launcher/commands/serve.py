@@ -168,18 +168,21 @@ class StatsTap:
         return self.server.rechecking
 
 
+NVML_INTERVAL = 1.0  # seconds between two NVML memory samples
+
+
 def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
                        recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
                        tap: StatsTap | None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics."""
     from launcher.controller import Controller
     from launcher.nvml import NvmlSampler
+    from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
     from launcher.status_socket import StatusServer
 
-    nvml = NvmlSampler()  # opened by the controller's first turn
-    closers.append(nvml.close)
+    nvml = NvmlSampler()  # opened and sampled by the poller's thread, started once the controller takes events
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -204,8 +207,9 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             if tap is not None:
                 tap.on_stats = exported[0].set_shim_server_stats
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, nvml=nvml)
+                            remedy_context=remedy_context)
     pending.attach(controller.sink)
+    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL).start().close)
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup.view())).start()
