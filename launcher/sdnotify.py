@@ -31,7 +31,8 @@ class Notifier:
             return False
         message = "\n".join(f.replace("\n", " ") for f in fields).encode()
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # non-blocking: a full queue on systemd's side drops this datagram (counted) instead of holding the loop
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(message, self.address)
         except OSError:
             self.errors += 1

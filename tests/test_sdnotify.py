@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 from launcher.sdnotify import Notifier, watchdog_interval
@@ -41,3 +42,19 @@ class TestUnits:
             values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("WatchdogSec=")]
             assert len(values) == 1
             assert int(values[0]) >= 10
+
+
+class TestNeverBlocks:
+    def test_a_full_notify_queue_drops_and_counts(self, tmp_path: Path) -> None:
+        """A receiver that never reads (systemd stuck): sends fail fast and are counted, the caller never waits."""
+        path = tmp_path / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+            results: list[bool] = []
+            sender = threading.Thread(target=lambda: results.extend(notifier.watchdog() for _ in range(5000)),
+                                      daemon=True)  # far more than a datagram queue holds
+            sender.start()
+            sender.join(10)
+            assert not sender.is_alive(), "a send blocked on the full queue"
+            assert not all(results) and notifier.errors == results.count(False)
