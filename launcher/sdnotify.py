@@ -51,6 +51,11 @@ class Notifier:
         """WATCHDOG=1: the loop is alive (sent from the loop's own thread, so a stuck loop sends none)."""
         return self.send("WATCHDOG=1")
 
+    def watchdog_off(self) -> bool:
+        """WATCHDOG_USEC=0: no more pings will come (mode off execs Ollama, which never sends any); systemd stops
+        the watchdog instead of killing a healthy Ollama WatchdogSec later. Sent only where the watchdog is on."""
+        return self.watchdog_interval is not None and self.send("WATCHDOG_USEC=0")
+
     def stopping(self) -> bool:
         """STOPPING=1."""
         return self.send("STOPPING=1", "STATUS=stopping")

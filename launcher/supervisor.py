@@ -743,4 +743,5 @@ class Supervisor:
 def exec_off(argv: Sequence[str], env: dict[str, str], notifier: Notifier) -> None:
     """Mode off: become `ollama serve` (same pid, so systemd's main process stays right); READY=1 first."""
     notifier.ready("mode off: exec ollama serve")
+    notifier.watchdog_off()  # the shipped units set WatchdogSec=; Ollama itself never pings
     os.execvpe(argv[0], list(argv), env)

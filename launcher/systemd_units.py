@@ -36,7 +36,7 @@ KillMode=mixed
 TimeoutStartSec={start_timeout}
 TimeoutStopSec={stop_timeout}
 # The supervisor's loop sends WATCHDOG=1 every WatchdogSec/2 while it turns (from READY=1 on); a stuck loop is
-# killed and restarted by systemd.
+# killed and restarted by systemd. OGPU_MODE=off turns the watchdog off (WATCHDOG_USEC=0) before it execs Ollama.
 WatchdogSec={watchdog}
 Restart=on-failure
 RestartSec=3

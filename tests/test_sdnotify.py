@@ -58,3 +58,21 @@ class TestNeverBlocks:
             sender.join(10)
             assert not sender.is_alive(), "a send blocked on the full queue"
             assert not all(results) and notifier.errors == results.count(False)
+
+
+class TestModeOff:
+    def test_mode_off_turns_the_watchdog_off_before_exec(self, tmp_path: Path) -> None:
+        """OGPU_MODE=off execs Ollama, which never pings: READY=1 and then WATCHDOG_USEC=0, so a unit with
+        WatchdogSec= does not kill a healthy Ollama (the exec'd program here is /bin/true)."""
+        from tests.cli_helpers import clean_env, run_cli
+
+        path = tmp_path / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(10)
+            env = clean_env(tmp_path, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+            proc = run_cli(["--mode", "off", "--ollama", "/bin/true", "serve"], env)
+            assert proc.returncode == 0
+            got = [sock.recv(4096).decode(), sock.recv(4096).decode()]
+        assert got[0].startswith("READY=1")
+        assert got[1] == "WATCHDOG_USEC=0"
