@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Final
+from typing import Any, Final
 
 from launcher.children import Child, ChildRegistry, SpawnError
 
@@ -51,15 +51,18 @@ class Guardian:
         os.set_blocking(write_end, False)
         return cls(child, write_end)
 
-    def watch(self, pgid: int) -> None:
-        """From now on, kill group `pgid` if we die (0: nothing to kill)."""
-        if self._fd < 0 or pgid == self.pgid:
-            return
+    def watch(self, pgid: int) -> bool:
+        """From now on, kill group `pgid` if we die (0: nothing to kill); False when the guardian is gone."""
+        if self._fd < 0:
+            return False
+        if pgid == self.pgid:
+            return self.alive
         try:
             os.write(self._fd, f"{pgid}\n".encode())
-        except OSError:  # the guardian is gone (killed by hand): nothing guards Ollama now, but nothing breaks
-            return
+        except OSError:  # the guardian is gone (killed by hand): the keeper replaces it
+            return False
         self.pgid = pgid
+        return True
 
     def close(self) -> None:
         """Close our end: the guardian kills what it was last told (0 after a clean stop: nothing) and exits.
@@ -74,3 +77,43 @@ class Guardian:
     def alive(self) -> bool:
         """The guardian has not been reaped."""
         return not self.child.done.is_set()
+
+
+class GuardianKeeper:
+    """Keeps one guardian: a guardian that died (killed by hand) is replaced at the next `watch`, with one line."""
+
+    def __init__(self, registry: ChildRegistry, log: Any) -> None:
+        self._registry = registry
+        self._log = log
+        self.guardian = self._start()
+
+    def _start(self) -> Guardian | None:
+        try:
+            return Guardian.start(self._registry)
+        except OSError as exc:
+            self._log.warning("no_guardian", error=str(exc), shell=SHELL,
+                              consequence="if ollama-gpu is SIGKILLed, Ollama outlives it")
+            return None
+
+    @property
+    def pid(self) -> int | None:
+        """The guardian's pid (ours, not Ollama's: never audited nor killed as a leftover)."""
+        return self.guardian.child.pid if self.guardian is not None else None
+
+    def watch(self, pgid: int) -> None:
+        """Tell the guardian which group dies with us; replace it first if it is gone."""
+        old = self.guardian
+        if old is None or old.watch(pgid):
+            return
+        self._log.warning("guardian_replaced", pid=old.child.pid, problem="the guardian process is gone",
+                          action="starting a new one")
+        old.close()
+        self.guardian = self._start()
+        if self.guardian is not None:
+            self.guardian.watch(pgid)
+
+    def close(self, wait: float = 1.0) -> None:
+        """Close our end (the guardian kills what it was last told, 0 after a clean stop) and reap it."""
+        if self.guardian is not None:
+            self.guardian.close()
+            self._registry.wait(self.guardian.child, timeout=wait)

@@ -11,7 +11,7 @@ import time
 import psutil
 
 from launcher.children import ChildRegistry
-from launcher.guardian import Guardian
+from launcher.guardian import Guardian, GuardianKeeper
 
 
 def _group(registry: ChildRegistry) -> tuple[int, int]:
@@ -98,3 +98,22 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+class TestKeeper:
+    def test_a_killed_guardian_is_replaced_at_the_next_watch(self) -> None:
+        """Someone kills the guardian: the next watch starts a new one (one warning) that guards the group."""
+        from tests.supervisor_fakes import RecordingLog
+
+        registry, log = ChildRegistry(), RecordingLog()
+        keeper = GuardianKeeper(registry, log)
+        first = keeper.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert _gone(first, registry)
+        leader, runner = _group(registry)
+        keeper.watch(leader)
+        assert keeper.pid not in (None, first)
+        assert log.events() == ["guardian_replaced"]
+        keeper.close()  # our end closes as at our death: the new guardian kills the group
+        assert _gone(leader, registry) and _gone(runner, registry)

@@ -22,7 +22,7 @@ from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
-from launcher.guardian import Guardian
+from launcher.guardian import GuardianKeeper
 from launcher.instance import AlreadyRunning, InstanceLock
 from launcher.lineage import descends_from
 from launcher.output import Line, SharedStream
@@ -270,11 +270,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
 
     holder_: list[Supervisor] = []
     registry = ChildRegistry(on_orphan=lambda orphan: holder_[0].on_orphan(orphan) if holder_ else None)
-    guardian: Guardian | None = None
-    try:
-        guardian = Guardian.start(registry)
-    except OSError as exc:
-        log.warning("no_guardian", error=str(exc), consequence="if ollama-gpu is SIGKILLed, Ollama outlives it")
+    guardian = GuardianKeeper(registry, log)  # before Ollama exists: it must never run unguarded
     prepared = prepare(settings, ctx.env, registry, log, args.args)
     for advice in prepared.plan.advice:
         log.warning("advice", fix=advice, mode=settings.mode.value)
@@ -308,10 +304,8 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
         log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
-    guardian_pid = guardian.child.pid if guardian is not None else -1  # ours, not Ollama's: not audited
     slot = ControllerSlot()
-    system = OsSystem(registry, wake=lambda: holder_[0].wake() if holder_ else None,
-                      guardian=guardian.watch if guardian is not None else None)
+    system = OsSystem(registry, wake=lambda: holder_[0].wake() if holder_ else None, guardian=guardian.watch)
     supervisor = Supervisor(
         plan=prepared.plan, system=system, log=log, out=out, err=err, notifier=notifier,
         options=Options(host=settings.host, stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout,
@@ -321,7 +315,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
         wiring=Wiring(
             sink=pending, line_sink=on_line, event_server=tap, reload=reload, policy=slot,
             make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
-                                                  ignore=guardian_pid.__eq__),
+                                                  ignore=lambda pid: pid == guardian.pid),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
                                                              closers, tap),
         ),
@@ -336,6 +330,4 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             log.debug("shim_events_stats", **server.stats().to_dict())
             server.close()
         recorder.close()
-        if guardian is not None:  # end-of-file: the guardian kills what it was last told (0 after a clean stop)
-            guardian.close()
-            registry.wait(guardian.child, timeout=1.0)
+        guardian.close()  # end-of-file: the guardian kills what it was last told (0 after a clean stop)
