@@ -10,7 +10,10 @@ from typing import IO, Any
 
 from launcher.evidence import Board, Verdict
 from launcher.exitcodes import VerdictExit, verdict_exit
-from launcher.ollama_logs import parse_stream
+from launcher.log_input import read_chunks
+from launcher.memory_account import MemoryAccount
+from launcher.memory_report import MemoryTee, relevant, render, report
+from launcher.ollama_logs import parse_chunks, parse_stream
 from launcher.remedy_text import advice
 
 HELP = "explain an Ollama server log: GPU or CPU, why, the evidence lines and what to do"
@@ -38,7 +41,17 @@ def explain_stream(stream: IO[bytes]) -> Verdict:
     return board.verdict()
 
 
-def render_text(verdict: Verdict, name: str) -> str:
+def explain_with_memory(stream: IO[bytes]) -> tuple[Verdict, list[MemoryAccount]]:
+    """The verdict and, read in the same pass, the memory account of each model load (issue 17)."""
+    board = Board()
+    tee = MemoryTee()
+    for event in parse_chunks(tee.chunks(read_chunks(stream))):
+        board.add(event)
+    verdict = board.verdict()
+    return verdict, relevant(tee.accounts(), verdict.outcome)
+
+
+def render_text(verdict: Verdict, name: str, memory: list[MemoryAccount] = ()) -> str:  # type: ignore[assignment]
     """The verdict as an operator reads it."""
     out = [f"{name}: {verdict.outcome} (cause: {verdict.cause})"]
     gen = verdict.generation or "unknown"
@@ -54,14 +67,15 @@ def render_text(verdict: Verdict, name: str) -> str:
         out.append("evidence: none")
     out.extend(f"note: {n}" for n in verdict.notes)
     out.extend(f"also: {x}" for x in verdict.findings[:10])
+    out.extend(render(list(memory)))
     out.append(f"what to do: {advice(verdict.outcome, verdict.cause)}")
     return "\n".join(out) + "\n"
 
 
-def render_json(verdict: Verdict, name: str) -> str:
+def render_json(verdict: Verdict, name: str, memory: list[MemoryAccount] = ()) -> str:  # type: ignore[assignment]
     """The verdict as one JSON object."""
     data: dict[str, Any] = {"input": name, **verdict.to_dict(), "advice": advice(verdict.outcome, verdict.cause),
-                            "exit_code": verdict_exit(verdict.outcome)}
+                            "exit_code": verdict_exit(verdict.outcome), "memory": [report(a) for a in memory]}
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -82,9 +96,9 @@ def run(args: argparse.Namespace, ctx: object) -> int:
         return _fail(args, name, exc.strerror or str(exc))
     try:
         with stream if args.file != "-" else contextlib.nullcontext(stream):
-            verdict = explain_stream(stream)
+            verdict, memory = explain_with_memory(stream)
     except OSError as exc:  # a directory, an I/O error mid-read
         return _fail(args, name, exc.strerror or str(exc))
-    sys.stdout.write(render_json(verdict, name) if args.json else render_text(verdict, name))
+    sys.stdout.write(render_json(verdict, name, memory) if args.json else render_text(verdict, name, memory))
     return verdict_exit(verdict.outcome)
 

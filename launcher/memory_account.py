@@ -1,0 +1,325 @@
+"""A memory account per model load: where its layers went, what full offload needed, and by how much it missed.
+
+Built from the facts of `memory_lines` (and, in `serve`, NVML's per-process memory). Every figure is the log's own,
+or None ("not in the log"); nothing is guessed. Which figures exist depends on the release line that printed them:
+
+- `estimate` — Ollama's `offload` line (`llm/memory.go`, v0.1 to v0.12): Ollama decided the layer count itself.
+- `layout` — the Ollama engine's `model weights`/`kv cache`/`compute graph` lines (v0.6 to v0.24).
+- `llama-server` — llama.cpp's fit in `llama-server` (v0.30+): it measured free memory and chose the layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from launcher.memory_lines import Fact, parse_size, scan_line
+
+# Ollama's own constant (discover/gpu.go `cudaMinimumMemory`, v0.1.x to v0.12; printed as `minimum` from v0.12).
+CUDA_MINIMUM_MEMORY: Final = 457 << 20
+# llama-server's default fit target (`--fit-target`, LLAMA_ARG_FIT_TARGET), MiB of free memory it leaves per device.
+FIT_TARGET_DEFAULT: Final = 1024 << 20
+MAX_ACCOUNTS: Final = 64
+
+
+@dataclass
+class Holder:
+    """A process holding VRAM on the GPU (NVML, `serve` only)."""
+
+    name: str
+    pid: int
+    used: int  # bytes
+
+
+@dataclass
+class MemoryAccount:  # pylint: disable=too-many-instance-attributes
+    """One model load. Sizes in bytes; None means the log does not say."""
+
+    release_line: str | None = None  # "estimate" | "layout" | "llama-server"
+    version: str | None = None
+    model: str | None = None
+    first_line: int | None = None
+    layers_gpu: int | None = None
+    layers_total: int | None = None
+    gpus: int = 1
+    vram_total: int | None = None
+    vram_free: int | None = None  # free at load
+    vram_available: int | None = None  # what Ollama (or llama-server's fit) counted as usable
+    holders: list[Holder] = field(default_factory=list)
+    weights_repeating: int | None = None
+    weights_nonrepeating: int | None = None
+    weights_total: int | None = None
+    repeating_includes_kv: bool = False  # Ollama up to v0.6.0 summed each layer's KV into memory.weights.repeating
+    kv: int | None = None
+    graph: int | None = None  # full offload
+    graph_partial: int | None = None
+    projector_weights: int | None = None
+    projector_graph: int | None = None
+    gpu_overhead: int | None = None
+    minimum: int | None = None  # Ollama's per-GPU minimum (printed from v0.12; a constant before)
+    fit_margin: int | None = None  # llama-server's fit target
+    need_full: int | None = None
+    shortfall: int | None = None
+    on_gpu: dict[str, int] = field(default_factory=dict)  # weights/kv/graph actually placed on the GPU
+    off_gpu: dict[str, int] = field(default_factory=dict)  # ... and on the host
+    ctx_total: int | None = None  # context in force (all sequences)
+    parallel: int | None = None
+    kv_type: str | None = None
+    flash_attn: str | None = None
+    num_gpu: int | None = None
+    engine: str | None = None  # "ollama" for --ollama-engine
+    projector_in_argv: bool = False
+    meta: dict[str, str] = field(default_factory=dict)  # print_info / llama_model_loader values
+    lines: dict[str, int] = field(default_factory=dict)  # figure → line number it came from
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Fewer layers on the GPU than the model has (known only when the log says both)."""
+        return self.layers_gpu is not None and self.layers_total is not None and self.layers_gpu < self.layers_total
+
+    def meta_int(self, key: str) -> int | None:
+        """A model metadata value as an int (None if absent or per-layer arrays)."""
+        try:
+            return int(self.meta[key])
+        except (KeyError, ValueError):
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, for `explain --json`, status and events."""
+        out = asdict(self)
+        out["partial"] = self.partial
+        return out
+
+
+def _first(values: object) -> int | None:
+    if isinstance(values, list):
+        return sum(v for v in values if isinstance(v, int)) if values else None
+    return values if isinstance(values, int) else None
+
+
+class MemoryTracker:
+    """Folds memory facts into accounts, one per model load, in log order."""
+
+    def __init__(self) -> None:
+        self.accounts: list[MemoryAccount] = []
+        self.config: dict[str, str] = {}
+        self.version: str | None = None
+        self.devices: dict[str, dict[str, object]] = {}  # discovery's `inference compute` per id
+        self._started = False
+        self.lines = 0
+
+    def _current(self, number: int, *, new: bool = False) -> MemoryAccount:
+        if new or not self.accounts:
+            acc = MemoryAccount(version=self.version, first_line=number)
+            overhead = self.config.get("OLLAMA_GPU_OVERHEAD")
+            if overhead is not None:
+                try:
+                    acc.gpu_overhead = int(overhead)
+                except ValueError:
+                    acc.gpu_overhead = parse_size(overhead)
+            if self.devices:
+                totals = [d["total"] for d in self.devices.values() if isinstance(d.get("total"), int)]
+                acc.vram_total = sum(totals) if totals else None  # type: ignore[arg-type]
+            self.accounts.append(acc)
+            del self.accounts[:-MAX_ACCOUNTS]
+            self._started = False
+        return self.accounts[-1]
+
+    def feed(self, number: int, text: str) -> MemoryAccount | None:
+        """Read one cleaned line; returns the account it changed, if any. Never raises."""
+        self.lines += 1
+        fact = scan_line(number, text)
+        if fact is None:
+            return None
+        return self.apply(fact)
+
+    def apply(self, fact: Fact) -> MemoryAccount | None:  # noqa: C901, PLR0912 - one branch per fact kind
+        """Fold one fact in."""
+        d = fact.data
+        if fact.kind == "version":
+            self.version = str(d["version"])
+            return None
+        if fact.kind == "config":
+            self.config.update({k: str(v) for k, v in d.items()})
+            return None
+        if fact.kind == "device" and not self._started and not any(a.lines for a in self.accounts[-1:]):
+            self.devices[str(d.get("id"))] = dict(d)
+            return None
+        if fact.kind == "offload":
+            acc = self._current(fact.line, new=bool(self.accounts and ("offload" in self.accounts[-1].lines
+                                                                     or self._started)))
+            self._offload(acc, fact)
+            return acc
+        if fact.kind == "start":
+            cur = self.accounts[-1] if self.accounts else None
+            fresh = cur is None or self._started or ("offload" not in cur.lines and bool(cur.lines))
+            acc = self._current(fact.line, new=fresh)
+            self._started = True
+            self._start(acc, fact)
+            return acc
+        if not self.accounts:
+            if fact.kind == "device":
+                self.devices[str(d.get("id"))] = dict(d)
+                return None
+            acc = self._current(fact.line)
+        acc = self.accounts[-1]
+        self._runner(acc, fact)
+        return acc
+
+    def _offload(self, acc: MemoryAccount, fact: Fact) -> None:
+        d = fact.data
+        acc.release_line = "estimate"
+        acc.lines["offload"] = fact.line
+        acc.layers_total = _first(d.get("layers.model"))
+        acc.layers_gpu = _first(d.get("layers.offload"))
+        avail = d.get("memory.available")
+        if isinstance(avail, list):
+            acc.gpus = max(1, len(avail))
+        acc.vram_available = _first(avail)
+        acc.gpu_overhead = _first(d.get("memory.gpu_overhead"))
+        acc.need_full = _first(d.get("memory.required.full"))
+        acc.kv = _first(d.get("memory.required.kv"))
+        acc.weights_total = _first(d.get("memory.weights.total"))
+        acc.weights_repeating = _first(d.get("memory.weights.repeating"))
+        acc.weights_nonrepeating = _first(d.get("memory.weights.nonrepeating"))
+        acc.graph = _first(d.get("memory.graph.full"))
+        acc.graph_partial = _first(d.get("memory.graph.partial"))
+        acc.projector_weights = _first(d.get("projector.weights"))
+        acc.projector_graph = _first(d.get("projector.graph"))
+        acc.minimum = CUDA_MINIMUM_MEMORY if str(d.get("library") or "").lower() in ("cuda", "rocm") else None
+        acc.repeating_includes_kv = _repeating_includes_kv(acc.version)
+        if acc.need_full is not None and acc.vram_available is not None:
+            acc.shortfall = acc.need_full + (acc.gpu_overhead or 0) - acc.vram_available
+
+    def _start(self, acc: MemoryAccount, fact: Fact) -> None:
+        d = fact.data
+        acc.lines.setdefault("start", fact.line)
+        acc.model = str(d["model"]) if "model" in d else acc.model
+        for key in ("ctx_total", "parallel", "num_gpu"):
+            value = d.get(key)
+            if isinstance(value, int):
+                setattr(acc, key, value)
+        if isinstance(d.get("kv_type"), str):
+            acc.kv_type = str(d["kv_type"])
+        if isinstance(d.get("flash_attn"), str):
+            acc.flash_attn = str(d["flash_attn"])
+        acc.engine = str(d["engine"]) if "engine" in d else acc.engine
+        acc.projector_in_argv = bool(d.get("projector")) or acc.projector_in_argv
+        if d.get("runner") == "llama-server" and acc.release_line is None:
+            acc.release_line = "llama-server"
+
+    def _runner(self, acc: MemoryAccount, fact: Fact) -> None:  # noqa: C901, PLR0912 - one branch per fact kind
+        d = fact.data
+        kind = fact.kind
+        if kind == "offloaded":
+            acc.layers_gpu, acc.layers_total = int(d["gpu"]), int(d["total"])  # type: ignore[call-overload]
+            acc.lines["offloaded"] = fact.line
+        elif kind == "buffer":
+            part = {"model": "weights", "KV": "kv", "compute": "graph"}.get(str(d["part"]))
+            if part is not None:
+                where = acc.off_gpu if d["host"] else acc.on_gpu
+                where[part] = where.get(part, 0) + int(d["size"])  # type: ignore[call-overload]
+                acc.lines.setdefault(f"buffer.{part}", fact.line)
+        elif kind == "layout":
+            if acc.release_line is None:
+                acc.release_line = "layout"
+            device = str(d.get("device") or "")
+            if d["part"] == "total":
+                return
+            where = acc.off_gpu if (not device or device.startswith("CPU")) else acc.on_gpu
+            part = str(d["part"])
+            where[part] = where.get(part, 0) + int(d["size"])  # type: ignore[call-overload]
+            acc.lines.setdefault(f"layout.{part}", fact.line)
+            both = acc.on_gpu.get(part, 0) + acc.off_gpu.get(part, 0)
+            if part == "weights":
+                acc.weights_total = both
+            elif part == "kv":
+                acc.kv = both
+        elif kind == "gpu_memory":
+            for key, attr in (("free", "vram_free"), ("available", "vram_available"), ("minimum", "minimum"),
+                              ("overhead", "gpu_overhead")):
+                if isinstance(d.get(key), int):
+                    setattr(acc, attr, d[key])
+            acc.lines["gpu_memory"] = fact.line
+        elif kind == "meta":
+            acc.meta.update({k: str(v) for k, v in d.items()})
+        elif kind == "context":
+            for key, value in d.items():
+                if key == "n_ctx":
+                    acc.ctx_total = int(str(value)) if str(value).isdigit() else acc.ctx_total
+                elif key == "n_seq_max" and str(value).isdigit():
+                    acc.parallel = int(str(value))
+                elif key == "flash_attn":
+                    acc.flash_attn = str(value)
+        elif kind == "kv_size":
+            acc.kv_type = str(d.get("type_k") or acc.kv_type)
+            if isinstance(d.get("cells"), int):
+                acc.ctx_total = int(d["cells"])  # type: ignore[call-overload]
+            acc.meta["kv_size"] = str(d["size"])
+        elif kind == "breakdown":
+            if "breakdown" not in acc.lines:  # the first is for the initial parameters: full offload
+                acc.release_line = "llama-server"
+                acc.lines["breakdown"] = fact.line
+                acc.vram_total, acc.vram_free = int(d["total"]), int(d["free"])  # type: ignore[call-overload]
+                acc.weights_total = int(d["model"])  # type: ignore[call-overload]
+                acc.kv = int(d["context"])  # type: ignore[call-overload]
+                acc.graph = int(d["compute"])  # type: ignore[call-overload]
+                acc.need_full = int(d["self"])  # type: ignore[call-overload]
+                if acc.fit_margin is None:
+                    acc.fit_margin = FIT_TARGET_DEFAULT
+                acc.shortfall = acc.need_full + acc.fit_margin - acc.vram_free
+        elif kind == "fit":
+            if "margin" in d:
+                acc.fit_margin = int(d["margin"])  # type: ignore[call-overload]
+            if "reduce" in d:
+                acc.shortfall = int(d["reduce"])  # type: ignore[call-overload]
+                acc.lines["fit.reduce"] = fact.line
+            elif "leave" in d:
+                acc.shortfall = -int(d["leave"]) + int(d["margin"])  # type: ignore[call-overload]
+            if "use" in d and acc.need_full is None:
+                acc.need_full = int(d["use"])  # type: ignore[call-overload]
+        elif kind in ("device_free", "device_info"):
+            if acc.vram_free is None or kind == "device_free":
+                acc.vram_free = int(d["free"])  # type: ignore[call-overload]
+            if isinstance(d.get("total"), int):
+                acc.vram_total = int(d["total"])  # type: ignore[call-overload]
+
+
+def _repeating_includes_kv(version: str | None) -> bool:
+    """Ollama before v0.6.1 added each layer's KV to memory.weights.repeating (llm/memory.go, commit 033cec232)."""
+    if version is None:
+        return False
+    parts = []
+    for piece in version.split("-")[0].split(".")[:3]:
+        try:
+            parts.append(int(piece))
+        except ValueError:
+            return False
+    return tuple(parts) < (0, 6, 1)
+
+
+def accounts_of_lines(lines: Iterable[tuple[int, str]]) -> list[MemoryAccount]:
+    """Every load's account in a log given as (line number, cleaned text)."""
+    tracker = MemoryTracker()
+    for number, text in lines:
+        tracker.feed(number, text)
+    return [a for a in tracker.accounts if a.release_line is not None or a.layers_total is not None]
+
+
+def attach_holders(acc: MemoryAccount, processes: Iterable[Mapping[str, Any]], own_pids: Iterable[int]) -> None:
+    """NVML's per-process memory: processes not ours (Ollama and its runners) that hold VRAM, largest first."""
+    mine = set(own_pids)
+    held = [Holder(str(p.get("name") or "?"), int(p["pid"]), int(p["used"])) for p in processes
+            if isinstance(p.get("pid"), int) and isinstance(p.get("used"), int) and p["pid"] not in mine
+            and p["used"] > 0]
+    acc.holders = sorted(held, key=lambda h: -h.used)
+
+
+def accounts_of_text(raw: bytes | str) -> list[MemoryAccount]:
+    """Every load's account in a whole log (any prefix the input normaliser strips: journald, docker, ...)."""
+    from launcher.log_input import clean, split_lines  # noqa: PLC0415 - kept out of the import graph of serve
+
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    return accounts_of_lines((n, clean(line)[0]) for n, (line, _cut) in enumerate(split_lines([data]), start=1))
