@@ -95,7 +95,7 @@ class EstimateFit:
     def __post_init__(self) -> None:
         self.layers_total = self.acc.layers_total or 0
 
-    def predict(self, change: Change) -> Prediction:  # noqa: C901 - the replay of one Go function
+    def predict(self, change: Change) -> Prediction:
         a = self.acc
         n = max(1, self.layers_total - 1)
         gpus = max(1, a.gpus)
@@ -221,7 +221,8 @@ def fit_model(acc: MemoryAccount) -> tuple[FitModel | None, str]:
         got = model_ls.predict(Change()).layers
         if acc.layers_gpu is not None and abs(got - acc.layers_gpu) > 1:
             model_ls.calibrated = False
-            return model_ls, f"replaying the load gives {got} layers, the log says {acc.layers_gpu}: predictions are rough"
+            return model_ls, (f"replaying the load gives {got} layers, the log says {acc.layers_gpu}: "
+                              "predictions are rough")
         return model_ls, ""
     return None, "this release line prints no free-memory figure for the load"
 

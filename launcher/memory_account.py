@@ -135,7 +135,7 @@ class MemoryTracker:
             return None
         return self.apply(fact)
 
-    def apply(self, fact: Fact) -> MemoryAccount | None:  # noqa: C901, PLR0912 - one branch per fact kind
+    def apply(self, fact: Fact) -> MemoryAccount | None:
         """Fold one fact in."""
         d = fact.data
         if fact.kind == "version":
@@ -210,7 +210,7 @@ class MemoryTracker:
         if d.get("runner") == "llama-server" and acc.release_line is None:
             acc.release_line = "llama-server"
 
-    def _runner(self, acc: MemoryAccount, fact: Fact) -> None:  # noqa: C901, PLR0912 - one branch per fact kind
+    def _runner(self, acc: MemoryAccount, fact: Fact) -> None:
         d = fact.data
         kind = fact.kind
         if kind == "offloaded":
@@ -319,7 +319,7 @@ def attach_holders(acc: MemoryAccount, processes: Iterable[Mapping[str, Any]], o
 
 def accounts_of_text(raw: bytes | str) -> list[MemoryAccount]:
     """Every load's account in a whole log (any prefix the input normaliser strips: journald, docker, ...)."""
-    from launcher.log_input import clean, split_lines  # noqa: PLC0415 - kept out of the import graph of serve
+    from launcher.log_input import clean, split_lines
 
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
     return accounts_of_lines((n, clean(line)[0]) for n, (line, _cut) in enumerate(split_lines([data]), start=1))

@@ -37,7 +37,8 @@ _UNITS: Final = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 
 _SIZE: Final = re.compile(r"^\s*(-?[\d.]+)\s*([KMGT]i?B|B)\s*$")
 _SLOG_FIELD: Final = re.compile(r'(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\[[^\]]*\]|\S*)')
 _OFFLOADED: Final = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER: Final = re.compile(r"(?:^|\s)([A-Za-z_][\w]*)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+)\s*MiB")
+_BUFFER: Final = re.compile(r"(?:^|\s)([A-Za-z_][\w]*)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*"
+                            r"([\d.]+)\s*MiB")
 _KV_SIZE: Final = re.compile(r"size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
                              r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
 _KV_SELF: Final = re.compile(r"KV self size\s*=\s*([\d.]+) MiB, K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\)")
@@ -45,7 +46,8 @@ _META: Final = re.compile(r"^(?:print_info|llm_load_print_meta):\s+(\w+(?: \w+)?
 _LOADER_KV: Final = re.compile(r"^llama_model_loader: - kv\s+\d+:\s+([\w.]+)\s+\w+\s+=\s+(\S+)")
 _CONTEXT: Final = re.compile(r"^llama_(?:context|new_context_with_model):\s+(n_ctx|n_seq_max|flash_attn|type_k|type_v)"
                              r"\s*=\s*(\S+)")
-_BREAKDOWN: Final = re.compile(r"\|\s+-\s+(\w+)\s+\(([^)]*)\)\s*\|\s*(\d+)\s*=\s*(\d+)\s*\+\s*\(\s*(\d+)\s*=\s*(\d+)\s*\+"
+_BREAKDOWN: Final = re.compile(r"\|\s+-\s+(\w+)\s+\(([^)]*)\)\s*\|\s*(\d+)\s*=\s*(\d+)\s*\+\s*\("
+                               r"\s*(\d+)\s*=\s*(\d+)\s*\+"
                                r"\s*(\d+)\s*\+\s*(\d+)\s*\)\s*\+\s*(-?\d+)\s*\|")
 _PROJECTED: Final = re.compile(r"projected to use (\d+) MiB of device memory vs\. (\d+) MiB of free device memory")
 _LEAVE: Final = re.compile(r"will leave (-?\d+) >= (\d+) MiB of free device memory")
@@ -198,7 +200,7 @@ def _host(device: str) -> bool:
     return device in HOST_DEVICES or device.startswith("CPU") or device.endswith("_Host")
 
 
-def _runner_fact(number: int, text: str) -> Fact | None:  # noqa: PLR0911 - one early return per line shape
+def _runner_fact(number: int, text: str) -> Fact | None:
     m = _OFFLOADED.search(text)
     if m is not None:
         return Fact("offloaded", number, {"gpu": int(m.group(1)), "total": int(m.group(2))})

@@ -1,0 +1,267 @@
+"""Issue 17: the memory account of each partial load matches the log's figures, and the fit arithmetic is the
+release line's own (checked by hand against printed figures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.commands.explain import explain_with_memory, render_json, render_text
+from launcher.fit_advice import (
+    Change,
+    EstimateFit,
+    LlamaServerFit,
+    advise,
+    fit_model,
+    kv_bytes_per_token,
+    summary,
+)
+from launcher.memory_account import MemoryAccount, accounts_of_text, attach_holders
+from launcher.memory_lines import parse_size, parse_sizes, scan_line, slog_fields
+from launcher.memory_report import render
+from tests.memory_logs import D_PARTIAL
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+PARTIAL = sorted((FIXTURES / "ollama-logs").glob("partial_offload-*"))
+GIB, MIB = 1 << 30, 1 << 20
+
+
+def account(name: str) -> MemoryAccount:
+    (acc,) = [a for a in accounts_of_text((FIXTURES / "ollama-logs" / name / "server.log").read_bytes()) if a.partial
+              or a.release_line is not None]
+    return acc
+
+
+def d_partial() -> MemoryAccount:
+    (acc,) = accounts_of_text(D_PARTIAL)
+    return acc
+
+
+class TestSizes:
+    def test_humanbytes2_sizes_and_lists(self) -> None:
+        """Ollama's HumanBytes2 strings, single and in slog lists, become bytes; anything else is None."""
+        assert parse_size('"23.6 GiB"') == int(23.6 * GIB)
+        assert parse_size("512.0 MiB") == 512 * MIB
+        assert parse_size("0 B") == 0
+        assert parse_size("lots") is None
+        assert parse_sizes('"[22.0 GiB 22.0 GiB]"') == [22 * GIB, 22 * GIB]
+        assert parse_sizes("[22.0 GiB 22.0]") is None
+
+    def test_slog_fields_keep_quoted_values(self) -> None:
+        """Dotted keys and quoted values with spaces are read as the slog handler wrote them."""
+        f = slog_fields('msg=offload layers.split="" memory.available="[11.1 GiB]" memory.required.kv="992.0 MiB"')
+        assert f["layers.split"] == "" and f["memory.available"] == "[11.1 GiB]"
+        assert f["memory.required.kv"] == "992.0 MiB"
+
+    @pytest.mark.parametrize("text", ["", "msg=", 'msg="offload', "common_memory_breakdown_print: | - CUDA0 (x) |",
+                                      "load_tensors: offloaded x/y layers to GPU", "\x00\xff" * 40,
+                                      'msg="gpu memory" free=abc', "llama_model_loader: - kv 3: llama.block_count"])
+    def test_odd_lines_give_nothing_and_never_raise(self, text: str) -> None:
+        """A line the scanner cannot read is no fact, never an exception."""
+        fact = scan_line(1, text)
+        assert fact is None or fact.kind in ("gpu_memory", "offloaded")
+
+
+class TestKvArithmetic:
+    def test_llama3_70b_kv_matches_the_printed_figure_of_issue_9181(self) -> None:
+        """80 layers * 8 KV heads * (128 + 128) * 2 B = 327,680 B/token; 64000 tokens = 19.53 GiB, printed as
+        memory.required.kv="19.5 GiB" in the 9181 log (HumanBytes2 rounds to 0.1 GiB)."""
+        per = kv_bytes_per_token(80, 8, 128, 128, "f16")
+        assert per == 327_680
+        acc = account("partial_offload-insufficient_vram-unk-9181")
+        assert acc.ctx_total == 64000
+        assert abs(per * acc.ctx_total - (acc.kv or 0)) < 0.05 * GIB
+
+    def test_real_h100_log_kv_buffer_is_layers_heads_dims_bytes(self) -> None:
+        """The real 0.32.15 H100 log prints n_layer 2, n_head_kv 4, n_embd_head_k/v 16 and a 512-cell f16 cache:
+        2 * 4 * (16 + 16) * 2 B * 512 = 262,144 B, its `CUDA0 KV buffer size = 0.25 MiB`."""
+        (acc,) = accounts_of_text((FIXTURES / "ollama-real-gpu" / "healthy.server.log").read_bytes())
+        per = kv_bytes_per_token(acc.meta_int("n_layer") or 0, acc.meta_int("n_head_kv") or 0,
+                                 acc.meta_int("n_embd_head_k") or 0, acc.meta_int("n_embd_head_v"), acc.kv_type or "")
+        assert per * (acc.ctx_total or 0) == 262_144 == acc.on_gpu["kv"]
+        assert (acc.layers_gpu, acc.layers_total, acc.partial) == (3, 3, False)
+
+    def test_quantised_cache_types_use_their_block_sizes(self) -> None:
+        """q8_0 blocks are 34 B per 32 elements, q4_0 18 B: 0.53 and 0.28 of f16."""
+        f16 = kv_bytes_per_token(32, 8, 128)
+        assert kv_bytes_per_token(32, 8, 128, cache_type="q8_0") == f16 * 17 // 32
+        assert kv_bytes_per_token(32, 8, 128, cache_type="q4_0") == f16 * 9 // 32
+
+
+class TestFixtureAccounts:
+    def test_every_partial_fixture_gets_an_account_and_advice(self) -> None:
+        """All partial_offload fixtures: an account with a release line and a non-empty advice list."""
+        assert len(PARTIAL) >= 3
+        for case in PARTIAL:
+            accs = accounts_of_text((case / "server.log").read_bytes())
+            assert accs, case.name
+            candidates, _note = advise(accs[-1])
+            assert candidates, case.name
+
+    def test_pr12000_figures_match_the_offload_line(self) -> None:
+        """layers.model=49 layers.offload=48 memory.available=[11.1 GiB] required.full=11.4 GiB kv=992.0 MiB
+        weights 6.0 GiB + 787.5 MiB, graph 519.5 MiB / 1.3 GiB, projector 795.9 MiB + 1.0 GiB; ctx 8192."""
+        a = account("partial_offload-insufficient_vram-unk-pr12000")
+        assert (a.release_line, a.layers_gpu, a.layers_total, a.gpus) == ("estimate", 48, 49, 1)
+        assert a.vram_available == int(11.1 * GIB) and a.need_full == int(11.4 * GIB)
+        assert a.kv == 992 * MIB and a.weights_repeating == 6 * GIB and a.weights_nonrepeating == int(787.5 * MIB)
+        assert a.graph == int(519.5 * MIB) and a.graph_partial == int(1.3 * GIB)
+        assert a.projector_weights == int(795.9 * MIB) and a.projector_graph == GIB
+        assert a.gpu_overhead == 0 and a.ctx_total == 8192 and a.parallel == 1 and a.engine == "ollama"
+        assert a.shortfall == int(11.4 * GIB) - int(11.1 * GIB)  # 0.3 GiB: full + overhead - available
+        assert a.vram_free is None  # this release line does not print free memory: said, not guessed
+
+    def test_9181_figures_match_the_offload_line(self) -> None:
+        """Four 22.0 GiB GPUs, 44 of 81 layers (11,11,11,11), full 127.4 GiB, 64000-token context."""
+        a = account("partial_offload-insufficient_vram-unk-9181")
+        assert (a.layers_gpu, a.layers_total, a.gpus) == (44, 81, 4)
+        assert a.vram_available == 4 * 22 * GIB and a.need_full == int(127.4 * GIB)
+        assert a.weights_repeating == int(86.2 * GIB) and a.graph == a.graph_partial == int(8.2 * GIB)
+        assert a.shortfall == int(127.4 * GIB) - 88 * GIB
+
+    def test_10833_layout_lines_split_gpu_and_host(self) -> None:
+        """Ollama engine layout lines: 12.7 GiB weights and a 167.7 MiB graph on CUDA0, 1.7 GiB weights and a
+        9.0 GiB graph on the CPU; no layer count or free memory in these lines, so none is given."""
+        a = account("partial_offload-insufficient_vram-unk-10833")
+        assert a.release_line == "layout"
+        assert a.on_gpu == {"weights": int(12.7 * GIB), "graph": int(167.7 * MIB)}
+        assert a.off_gpu == {"weights": int(1.7 * GIB), "graph": 9 * GIB}
+        assert a.layers_total is None and a.vram_free is None and a.shortfall is None
+        candidates, note = advise(a)
+        assert "layers" in note and all(c.layers is None for c in candidates)
+        assert candidates[0].name == "graph" and "9.0 GiB" in candidates[0].setting
+
+
+class TestEstimateReplay:
+    @pytest.mark.parametrize(("case", "layers"), [("partial_offload-insufficient_vram-unk-pr12000", 48),
+                                                  ("partial_offload-insufficient_vram-unk-9181", 44)])
+    def test_replay_reproduces_the_logs_layer_count(self, case: str, layers: int) -> None:
+        """Ollama's EstimateGPULayers on the printed figures gives the printed layers.offload."""
+        model, _note = fit_model(account(case))
+        assert isinstance(model, EstimateFit) and model.calibrated
+        assert model.predict(Change()).layers == layers
+
+    def test_9181_reads_repeating_weights_with_kv(self) -> None:
+        """Ollama before v0.6.1 summed each layer's KV into weights.repeating: only that reading gives 11 layers
+        per 22 GiB card (1.08 GiB a layer with KV, 8.2 GiB graph, 457 MiB minimum)."""
+        model, note = fit_model(account("partial_offload-insufficient_vram-unk-9181"))
+        assert isinstance(model, EstimateFit) and model.includes_kv and "includes the KV" in note
+
+    def test_pr12000_q8_cache_saves_half_the_kv(self) -> None:
+        """992 MiB of f16 KV becomes 496 MiB at q8_0 (Ollama counts 1 byte an element): 496 - 307 MiB short
+        leaves about 190 MiB, and all 49 layers fit."""
+        candidates, _ = advise(account("partial_offload-insufficient_vram-unk-pr12000"))
+        q8 = next(c for c in candidates if c.name == "kv_cache_q8_0")
+        assert q8.fits and q8.layers == 49 and q8.margin is not None
+        assert 150 * MIB < q8.margin < 230 * MIB
+        assert "OLLAMA_FLASH_ATTENTION=1" in q8.note  # the log shows no flash attention for this load
+
+    def test_pr12000_largest_context_that_fits(self) -> None:
+        """KV scales with the context: 307 MiB short of 992 MiB at 8192 tokens needs under 8192*(685/992) =
+        5657 tokens; rounded down to 256 that is 5632."""
+        candidates, _ = advise(account("partial_offload-insufficient_vram-unk-pr12000"))
+        ctx = next(c for c in candidates if c.name == "num_ctx")
+        assert ctx.setting.endswith("=5632") and ctx.fits and (ctx.margin or 0) >= 0
+
+    def test_9181_needs_a_smaller_model_not_a_smaller_context(self) -> None:
+        """70B at 87 GiB over 4 x 22 GiB: no context fits it fully (the maintainer's advice in the thread was a
+        smaller num_ctx or a more quantised model); the first change that fits is a quantisation."""
+        a = account("partial_offload-insufficient_vram-unk-9181")
+        candidates, _ = advise(a)
+        ctx = next(c for c in candidates if c.name == "num_ctx")
+        assert not ctx.fits and (ctx.layers or 0) > 44
+        assert candidates[0].name == "quantisation" and candidates[0].fits
+        assert "smallest change that fits: weights at most" in summary(a, candidates)
+
+    def test_overhead_is_given_back(self) -> None:
+        """The same load on a card 1 GiB larger with OLLAMA_GPU_OVERHEAD=1 GiB: still 48 layers (the replay says
+        so), and setting the overhead to 0 gives back 1 GiB: all 49 fit with about 1 GiB - 0.3 GiB to spare."""
+        a = account("partial_offload-insufficient_vram-unk-pr12000")
+        a.gpu_overhead = GIB
+        a.vram_available = (a.vram_available or 0) + GIB
+        model, _ = fit_model(a)
+        assert model is not None and model.predict(Change()).layers == 48
+        c = next(c for c in advise(a)[0] if c.name == "gpu_overhead")
+        assert c.fits and c.layers == 49
+
+
+class TestLlamaServerFit:
+    def test_account_of_a_d_partial_load(self) -> None:
+        """The breakdown's full-offload figures, the fit's 1448 MiB shortfall, the placed buffers."""
+        a = d_partial()
+        assert (a.release_line, a.layers_gpu, a.layers_total) == ("llama-server", 8, 17)
+        assert (a.weights_total, a.kv, a.graph, a.need_full) == (2100 * MIB, 1024 * MIB, 300 * MIB, 3424 * MIB)
+        assert a.vram_free == 3000 * MIB and a.fit_margin == 1024 * MIB and a.shortfall == 1448 * MIB
+        assert a.on_gpu == {"weights": 987 * MIB, "kv": 512 * MIB, "graph": 300 * MIB}
+        assert a.kv == kv_bytes_per_token(16, 16, 128) * 8192  # 131072 B/token * 8192
+
+    def test_per_layer_costs_from_full_minus_placed(self) -> None:
+        """(2100 - 987) / 9 = 123.7 MiB of weights and (1024 - 512) / 9 = 56.9 MiB of KV a layer; the replay of
+        (3000 - 1024 - 356.9) / 180.6 gives the 8 layers llama-server placed."""
+        model = LlamaServerFit(d_partial())
+        assert model.per_weights == pytest.approx((2100 - 987) / 9 * MIB)
+        assert model.per_kv == pytest.approx(512 / 9 * MIB)
+        assert model.predict(Change()).layers == 8
+
+    def test_quantisation_is_the_change_that_fits(self) -> None:
+        """Q4_K_M at 4.85 of 16 bits: 2100 * 4.85 / 16 = 636.6 MiB + 1024 + 300 = 1960.6 <= 1976 usable."""
+        candidates, note = advise(d_partial())
+        assert note == ""
+        first = candidates[0]
+        assert first.name == "quantisation" and "Q4_K_M" in first.setting and first.fits
+        assert first.margin == pytest.approx((1976 - 2100 * 4.85 / 16 - 1324) * MIB, abs=MIB)
+        q8 = next(c for c in candidates if c.name == "kv_cache_q8_0")
+        assert not q8.fits and q8.layers == 10  # (1976 - 300 - 30.2) / (123.7 + 30.2) = 10.7
+
+    def test_more_free_memory_fits_fully(self) -> None:
+        """Freeing 1.5 GiB held by another process: 4536 - 1024 >= 3424."""
+        a = d_partial()
+        attach_holders(a, [{"pid": 4242, "name": "python3", "used": 1536 * MIB}, {"pid": 1, "used": 10}], [1])
+        assert [(h.name, h.pid) for h in a.holders] == [("python3", 4242)]
+        candidates, _ = advise(a)
+        assert candidates[0].name == "free_vram" and candidates[0].fits
+        assert "python3 (pid 4242, 1.5 GiB)" in candidates[0].setting
+
+    def test_gpu_overhead_has_no_effect_on_llama_server(self) -> None:
+        """0.30+: OLLAMA_GPU_OVERHEAD changes Ollama's `gpu memory` line, not llama-server's fit."""
+        a = d_partial()
+        a.gpu_overhead = GIB
+        candidates, _ = advise(a)
+        c = next(c for c in candidates if c.name == "gpu_overhead")
+        assert c.fits is False and "no effect" in c.note
+
+
+class TestExplainOutput:
+    def test_text_table_for_a_partial_fixture(self) -> None:
+        """`explain` prints the account and the advice table under the verdict."""
+        path = FIXTURES / "ollama-logs" / "partial_offload-insufficient_vram-unk-pr12000" / "server.log"
+        with open(path, "rb") as fh:
+            verdict, memory = explain_with_memory(fh)
+        assert verdict.outcome == "partial_offload" and len(memory) == 1
+        text = render_text(verdict, "x", memory)
+        assert "layers on GPU        48/49" in text and "short by             307 MiB" in text
+        assert "OLLAMA_KV_CACHE_TYPE=q8_0" in text and "VRAM free at load    not in the log" in text
+
+    def test_json_carries_account_and_advice(self) -> None:
+        """--json: a `memory` list with the figures, advice and one summary line."""
+        path = FIXTURES / "ollama-logs" / "partial_offload-insufficient_vram-unk-9181" / "server.log"
+        import json
+
+        with open(path, "rb") as fh:
+            verdict, memory = explain_with_memory(fh)
+        data = json.loads(render_json(verdict, "x", memory))
+        (m,) = data["memory"]
+        assert m["layers_gpu"] == 44 and m["advice"] and m["summary"].startswith("44/81 layers on GPU")
+
+    def test_healthy_log_has_no_memory_table(self) -> None:
+        """A full offload shows no account: nothing to explain."""
+        with open(FIXTURES / "ollama-real-gpu" / "healthy.server.log", "rb") as fh:
+            verdict, memory = explain_with_memory(fh)
+        assert verdict.outcome == "gpu" and memory == []
+        assert "memory of the load" not in render_text(verdict, "x", memory)
+
+    def test_render_d_partial(self) -> None:
+        """The table of a 0.30+ load names llama-server's fit and its target."""
+        text = "\n".join(render([d_partial()]))
+        assert "llama-server's fit" in text and "fit target 1.0 GiB" in text and "8/17" in text
