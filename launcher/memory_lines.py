@@ -143,7 +143,7 @@ def _argv_facts(cmd: str) -> dict[str, object]:
         elif arg in ("--mmproj", "--projector"):
             out["projector"] = True
         elif arg == "--model" and nxt:
-            out["model"] = nxt.rsplit("/", 1)[-1][:80]
+            out["model"] = nxt[:400]
     out.setdefault("runner", "llama-server" if "llama-server" in (argv[0] if argv else "") else "ollama")
     return out
 
