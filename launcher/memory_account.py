@@ -261,6 +261,10 @@ class MemoryTracker:
         elif kind == "breakdown":
             if "breakdown" not in acc.lines:  # the first is for the initial parameters: full offload
                 acc.release_line = "llama-server"
+                # llama-server decides the layers: an `offload` estimate before it (a simulator prints one) is moot
+                acc.weights_repeating = acc.weights_nonrepeating = acc.graph_partial = None
+                acc.projector_weights = acc.projector_graph = None
+                acc.lines.pop("offload", None)
                 acc.lines["breakdown"] = fact.line
                 acc.vram_total, acc.vram_free = int(d["total"]), int(d["free"])  # type: ignore[call-overload]
                 acc.weights_total = int(d["model"])  # type: ignore[call-overload]

@@ -260,8 +260,13 @@ def _runner_fact(number: int, text: str) -> Fact | None:
     return None
 
 
+_LLAMA_PREFIX: Final = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWEDT] ")  # llama.cpp's log prefix without --no-log-prefix
+
+
 def scan_line(number: int, text: str) -> Fact | None:
     """The memory fact of one cleaned log line, or None. Never raises."""
+    if text[:1].isdigit():
+        text = _LLAMA_PREFIX.sub("", text, count=1)
     try:
         i = text.find("msg=")
         if i >= 0 and (i == 0 or text[i - 1] == " "):
