@@ -33,6 +33,9 @@ OLLAMA_KV_BYTES: Final = {"f16": 2.0, "q8_0": 1.0, "q4_0": 0.5}
 # Bits per weight of the common GGUF quantisations (llama.cpp's quantize table, 7B-class models).
 QUANT_BPW: Final = (("Q8_0", 8.50), ("Q6_K", 6.56), ("Q5_K_M", 5.69), ("Q4_K_M", 4.85), ("Q4_0", 4.55),
                     ("Q3_K_M", 3.91), ("Q2_K", 3.35))
+# Ollama prints sizes to one decimal (HumanBytes2): a "GiB" figure is known to +-51 MiB. A searched bound (the largest
+# context, the largest weights) keeps this much margin where the figures are so rounded; llama-server's are in MiB.
+ROUNDING_HEADROOM: Final = 64 * MIB
 CTX_STEP: Final = 256
 MIN_CTX: Final = 2048  # Ollama's floor for a useful context (and for any model with a projector)
 
@@ -256,6 +259,16 @@ def _largest(fits: Callable[[float], bool], lo: float, hi: float, steps: int = 4
     return lo
 
 
+def headroom(acc: MemoryAccount) -> int:
+    """The margin a searched bound keeps: the rounding of the figures it was computed from."""
+    return ROUNDING_HEADROOM if acc.release_line == "estimate" else 0
+
+
+def _fits(model: FitModel, change: Change, keep: int) -> bool:
+    p = model.predict(change)
+    return p.layers >= model.layers_total and p.margin >= keep
+
+
 def _ctx_candidate(acc: MemoryAccount, model: FitModel) -> Candidate | None:
     if not acc.ctx_total or not acc.kv:
         return None
@@ -263,8 +276,10 @@ def _ctx_candidate(acc: MemoryAccount, model: FitModel) -> Candidate | None:
     per_seq = acc.ctx_total // par
     floor = min(MIN_CTX, per_seq)
 
+    keep = headroom(acc)
+
     def fits(c: float) -> bool:
-        return model.predict(Change(kv=c / per_seq)).layers >= model.layers_total
+        return _fits(model, Change(kv=c / per_seq), keep)
 
     best = _largest(fits, float(floor), float(per_seq))
     var = "num_ctx (or OLLAMA_CONTEXT_LENGTH)"
@@ -289,6 +304,10 @@ def _kv_candidates(acc: MemoryAccount, model: FitModel) -> list[Candidate]:
     for target in ("q8_0", "q4_0"):
         if target == cur or table.get(target, 2.0) >= table.get(cur, 2.0):
             continue
+        if acc.kv_quant_unsupported:
+            out.append(Candidate(f"kv_cache_{target}", f"OLLAMA_KV_CACHE_TYPE={target}", None, model.layers_total,
+                                 None, False, "not for this model: the log says its KV cache type is not supported"))
+            continue
         factor = table[target] / table.get(cur, 2.0)
         note = "needs flash attention: set OLLAMA_FLASH_ATTENTION=1" if fa_off else "with flash attention"
         out.append(_candidate(model, f"kv_cache_{target}", f"OLLAMA_KV_CACHE_TYPE={target}", Change(kv=factor), note))
@@ -296,7 +315,8 @@ def _kv_candidates(acc: MemoryAccount, model: FitModel) -> list[Candidate]:
 
 
 def _quant_candidate(acc: MemoryAccount, model: FitModel) -> Candidate | None:
-    best = _largest(lambda f: model.predict(Change(weights=f)).layers >= model.layers_total, 0.05, 1.0)
+    keep = headroom(acc)
+    best = _largest(lambda f: _fits(model, Change(weights=f), keep), 0.05, 1.0)
     if best is None:
         return Candidate("quantisation", "a smaller quantisation", None, model.layers_total, None, False,
                          "even a tenfold smaller quantisation would not fit: the KV cache or graph alone is too big")

@@ -69,6 +69,7 @@ class MemoryAccount:  # pylint: disable=too-many-instance-attributes
     flash_attn: str | None = None
     num_gpu: int | None = None
     engine: str | None = None  # "ollama" for --ollama-engine
+    kv_quant_unsupported: bool = False  # Ollama said "kv cache type not supported by model"
     projector_in_argv: bool = False
     meta: dict[str, str] = field(default_factory=dict)  # print_info / llama_model_loader values
     lines: dict[str, int] = field(default_factory=dict)  # figure → line number it came from
@@ -213,7 +214,9 @@ class MemoryTracker:
     def _runner(self, acc: MemoryAccount, fact: Fact) -> None:
         d = fact.data
         kind = fact.kind
-        if kind == "offloaded":
+        if kind == "kv_type_unsupported":
+            acc.kv_quant_unsupported = True
+        elif kind == "offloaded":
             acc.layers_gpu, acc.layers_total = int(d["gpu"]), int(d["total"])  # type: ignore[call-overload]
             acc.lines["offloaded"] = fact.line
         elif kind == "buffer":

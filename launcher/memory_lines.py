@@ -190,6 +190,8 @@ def _slog_fact(number: int, text: str, msg: str) -> Fact | None:
             if m is not None and m.group(1):
                 data[key] = m.group(1)
         return Fact("config", number, data)
+    if msg == "kv cache type not supported by model":  # llm/server.go: OLLAMA_KV_CACHE_TYPE ignored for this model
+        return Fact("kv_type_unsupported", number, {"type": f.get("type", "")})
     m = _OFFLOADED.search(msg)
     if m is not None:
         return Fact("offloaded", number, {"gpu": int(m.group(1)), "total": int(m.group(2))})

@@ -12,7 +12,7 @@ from launcher.fit_advice import Candidate, advise, summary
 from launcher.log_input import LineSplitter, clean
 from launcher.memory_account import MemoryAccount, MemoryTracker
 
-RELEASE_LINES = {"estimate": "Ollama's estimate (offload line)", "layout": "Ollama engine layout lines",
+RELEASE_LINES = {"estimate": "Ollama's own estimate: the offload line", "layout": "the Ollama engine's layout lines",
                  "llama-server": "llama-server's fit"}
 NOT = "not in the log"
 
