@@ -262,13 +262,15 @@ class MemoryTracker:
                 acc.ctx_total = int(d["cells"])  # type: ignore[call-overload]
             acc.meta["kv_size"] = str(d["size"])
         elif kind == "breakdown":
+            if "breakdown" in acc.lines and fact.line == acc.lines.get("breakdown.last", -2) + 1:
+                self._more_devices(acc, fact)  # the same table, one row per device
             if "breakdown" not in acc.lines:  # the first is for the initial parameters: full offload
                 acc.release_line = "llama-server"
                 # llama-server decides the layers: an `offload` estimate before it (a simulator prints one) is moot
                 acc.weights_repeating = acc.weights_nonrepeating = acc.graph_partial = None
                 acc.projector_weights = acc.projector_graph = None
                 acc.lines.pop("offload", None)
-                acc.lines["breakdown"] = fact.line
+                acc.lines["breakdown"] = acc.lines["breakdown.last"] = fact.line
                 acc.vram_total, acc.vram_free = int(d["total"]), int(d["free"])  # type: ignore[call-overload]
                 acc.weights_total = int(d["model"])  # type: ignore[call-overload]
                 acc.kv = int(d["context"])  # type: ignore[call-overload]
@@ -292,6 +294,18 @@ class MemoryTracker:
                 acc.vram_free = int(d["free"])  # type: ignore[call-overload]
             if isinstance(d.get("total"), int):
                 acc.vram_total = int(d["total"])  # type: ignore[call-overload]
+
+
+    @staticmethod
+    def _more_devices(acc: MemoryAccount, fact: Fact) -> None:
+        """A further device's row of the first breakdown table: the account sums the devices."""
+        d = fact.data
+        acc.lines["breakdown.last"] = fact.line
+        acc.gpus += 1
+        for attr, key in (("vram_total", "total"), ("vram_free", "free"), ("weights_total", "model"), ("kv", "context"),
+                          ("graph", "compute"), ("need_full", "self")):
+            setattr(acc, attr, (getattr(acc, attr) or 0) + int(d[key]))  # type: ignore[call-overload]
+        acc.shortfall = (acc.need_full or 0) + (acc.fit_margin or FIT_TARGET_DEFAULT) * acc.gpus - (acc.vram_free or 0)
 
 
 def _repeating_includes_kv(version: str | None) -> bool:

@@ -204,6 +204,17 @@ class TestLlamaServerFit:
         assert a.on_gpu == {"weights": 987 * MIB, "kv": 512 * MIB, "graph": 300 * MIB}
         assert a.kv == kv_bytes_per_token(16, 16, 128) * 8192  # 131072 B/token * 8192
 
+    def test_two_device_breakdown_is_summed(self) -> None:
+        """One row per device in the first breakdown table: the account sums them (and ignores the table that
+        llama-server prints again at exit)."""
+        head = "common_memory_breakdown_print: |   - "
+        rows = (f"{head}CUDA0 (H100 80GB HBM3) | 81079 =  3000 + (3424 =  2100 +    1024 +     300) +      74655 |\n"
+                f"{head}CUDA1 (H100 80GB HBM3) | 81079 =  2000 + (1000 =   800 +     100 +     100) +      78079 |\n")
+        (a,) = accounts_of_text(rows + "load_tensors: offloaded 8/17 layers to GPU\n" + rows)
+        assert a.gpus == 2 and a.vram_free == 5000 * MIB and a.need_full == 4424 * MIB
+        assert (a.weights_total, a.kv, a.graph) == (2900 * MIB, 1124 * MIB, 400 * MIB)
+        assert a.shortfall == (4424 + 2048 - 5000) * MIB
+
     def test_per_layer_costs_from_full_minus_placed(self) -> None:
         """(2100 - 987) / 9 = 123.7 MiB of weights and (1024 - 512) / 9 = 56.9 MiB of KV a layer; the replay of
         (3000 - 1024 - 356.9) / 180.6 gives the 8 layers llama-server placed."""
