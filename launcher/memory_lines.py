@@ -27,7 +27,6 @@ lines that size a model load. Formats, as the sources print them:
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -122,10 +121,7 @@ class Fact:
 
 def _argv_facts(cmd: str) -> dict[str, object]:
     """The settings of a runner's argv that size a load."""
-    try:
-        argv = shlex.split(cmd)
-    except ValueError:
-        argv = cmd.split()
+    argv = cmd.split()  # Go's exec.Cmd.String(): the arguments joined by spaces, unquoted
     out: dict[str, object] = {}
     flags = {"--ctx-size": "ctx_total", "-c": "ctx_total", "--parallel": "parallel", "-np": "parallel",
              "--n-gpu-layers": "num_gpu", "-ngl": "num_gpu", "--kv-cache-type": "kv_type", "--cache-type-k": "kv_type",
@@ -203,7 +199,7 @@ def _host(device: str) -> bool:
 
 
 def _runner_fact(number: int, text: str) -> Fact | None:
-    m = _OFFLOADED.search(text)
+    m = _OFFLOADED.search(text) if "offloaded" in text else None
     if m is not None:
         return Fact("offloaded", number, {"gpu": int(m.group(1)), "total": int(m.group(2))})
     if "buffer size" in text:
@@ -211,7 +207,7 @@ def _runner_fact(number: int, text: str) -> Fact | None:
         if m is not None:
             return Fact("buffer", number, {"device": m.group(1), "part": m.group(2), "host": _host(m.group(1)),
                                            "size": int(float(m.group(3)) * MIB)})
-    m = _META.match(text)
+    m = _META.match(text) if text.startswith(("print_info", "llm_load_print_meta")) else None
     if m is not None and m.group(1) in META_KEYS:
         return Fact("meta", number, {m.group(1): m.group(2)})
     if text.startswith("llama_model_loader: - kv"):
@@ -222,15 +218,15 @@ def _runner_fact(number: int, text: str) -> Fact | None:
                 if key.endswith("." + suffix) and key.count(".") == suffix.count(".") + 1:
                     return Fact("meta", number, {name: m.group(2)})
         return None
-    m = _CONTEXT.match(text)
+    m = _CONTEXT.match(text) if text.startswith("llama_") else None
     if m is not None:
         return Fact("context", number, {m.group(1): m.group(2)})
-    m = _KV_SIZE.search(text)
+    m = _KV_SIZE.search(text) if "cells" in text else None
     if m is not None:
         return Fact("kv_size", number, {"size": int(float(m.group(1)) * MIB), "cells": int(m.group(2)),
                                         "layers": int(m.group(3)), "seqs": int(m.group(5)), "type_k": m.group(6),
                                         "type_v": m.group(8)})
-    m = _KV_SELF.search(text)
+    m = _KV_SELF.search(text) if "KV self" in text else None
     if m is not None:
         return Fact("kv_size", number, {"size": int(float(m.group(1)) * MIB), "type_k": m.group(2),
                                         "type_v": m.group(4)})
@@ -251,22 +247,33 @@ def _runner_fact(number: int, text: str) -> Fact | None:
                         "cannot": {"margin": a, "reduce": b}}[kind]
                 return Fact("fit", number, data)  # type: ignore[arg-type]
         return None
-    m = _USING_DEVICE.search(text)
+    m = _USING_DEVICE.search(text) if "using device" in text else None
     if m is not None:
         return Fact("device_free", number, {"device": m.group(1), "name": m.group(2),
                                             "free": int(m.group(3)) * MIB})
-    m = _DEVICE_INFO.match(text)
+    m = _DEVICE_INFO.match(text) if text.startswith("cmn") else None
     if m is not None and not m.group(1).startswith("CPU"):
         return Fact("device_info", number, {"device": m.group(1), "name": m.group(2),
                                             "total": int(m.group(3)) * MIB, "free": int(m.group(4)) * MIB})
     return None
 
 
+# Every line a fact can come from holds one of these: one scan rejects the rest (the bulk of a runner's output).
+KEYWORDS: Final = ("msg=", "offloaded", "buffer size", "print_info:", "llm_load_print_meta:",
+                   "llama_model_loader: - kv", "llama_context:", "llama_new_context_with_model:", "llama_kv_cache",
+                   "KV self size",
+                   "common_memory_breakdown_print", "common_params_fit_impl", "using device", "common_param:")
+RELEVANT: Final = re.compile("|".join(re.escape(k) for k in KEYWORDS))
+RELEVANT_BYTES: Final = re.compile("|".join(re.escape(k) for k in KEYWORDS).encode())
+SLOG_MSGS: Final = frozenset({*_START_MSGS, *_LAYOUT_MSGS, "gpu memory", "inference compute", "server config",
+                              "kv cache type not supported by model"})
 _LLAMA_PREFIX: Final = re.compile(r"^\d+\.\d+\.\d+\.\d+ [IWEDT] ")  # llama.cpp's log prefix without --no-log-prefix
 
 
 def scan_line(number: int, text: str) -> Fact | None:
     """The memory fact of one cleaned log line, or None. Never raises."""
+    if RELEVANT.search(text) is None:
+        return None
     if text[:1].isdigit():
         text = _LLAMA_PREFIX.sub("", text, count=1)
     try:
@@ -282,7 +289,9 @@ def scan_line(number: int, text: str) -> Fact | None:
             if msg.startswith("Listening on"):
                 m = _VERSION.search(msg)
                 return Fact("version", number, {"version": m.group(1)}) if m else None
-            return _slog_fact(number, text, msg)
+            if msg in SLOG_MSGS or msg.startswith("offload") or "layers to GPU" in msg:
+                return _slog_fact(number, text, msg)
+            return None
         return _runner_fact(number, text)
     except (ValueError, IndexError, KeyError, TypeError, OverflowError):
         return None

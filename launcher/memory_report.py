@@ -11,6 +11,7 @@ from typing import Any
 from launcher.fit_advice import Candidate, advise, summary
 from launcher.log_input import LineSplitter, clean
 from launcher.memory_account import MemoryAccount, MemoryTracker
+from launcher.memory_lines import RELEVANT_BYTES
 
 RELEASE_LINES = {"estimate": "Ollama's own estimate: the offload line", "layout": "the Ollama engine's layout lines",
                  "llama-server": "llama-server's fit"}
@@ -41,7 +42,7 @@ class MemoryTee:
 
     def _line(self, raw: bytes) -> None:
         self._number += 1
-        if b"msg=" in raw or b"size" in raw or b"layers" in raw or b":" in raw[:40]:
+        if RELEVANT_BYTES.search(raw) is not None:
             self.tracker.feed(self._number, clean(raw)[0])
 
     def chunks(self, source: Iterable[bytes]) -> Iterator[bytes]:
