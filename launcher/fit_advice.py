@@ -274,7 +274,9 @@ def _ctx_candidate(acc: MemoryAccount, model: FitModel) -> Candidate | None:
         return None
     par = max(1, acc.parallel or 1)
     per_seq = acc.ctx_total // par
-    floor = min(MIN_CTX, per_seq)
+    if per_seq <= MIN_CTX:
+        return None  # already at the floor: a smaller context is not the change to make
+    floor = MIN_CTX
 
     keep = headroom(acc)
 
@@ -350,7 +352,7 @@ def advise(acc: MemoryAccount) -> tuple[list[Candidate], str]:
     how they were sized."""
     model, note = fit_model(acc)
     if model is None:
-        return _unsized(acc, note), note
+        return _unsized(acc, note)
     out: list[Candidate] = []
     if acc.holders:
         freed = sum(h.used for h in acc.holders)
@@ -378,16 +380,19 @@ def advise(acc: MemoryAccount) -> tuple[list[Candidate], str]:
     return out, note
 
 
-def _unsized(acc: MemoryAccount, why: str) -> list[Candidate]:
+def _unsized(acc: MemoryAccount, why: str) -> tuple[list[Candidate], str]:
     """Candidates without numbers (the log lacks what sizes them), with what is off the GPU."""
     off = acc.off_gpu
+    if acc.partial and off.get("weights"):
+        why = (f"{why}; {(acc.layers_total or 0) - (acc.layers_gpu or 0)} of {acc.layers_total} layers and "
+               f"{_fmt(off['weights'])} of weights are on the CPU")
     out = [Candidate("num_ctx", "a smaller num_ctx (or OLLAMA_CONTEXT_LENGTH)", note=why),
            Candidate("kv_cache_q8_0", "OLLAMA_KV_CACHE_TYPE=q8_0 with OLLAMA_FLASH_ATTENTION=1", note=why),
            Candidate("quantisation", "a smaller quantisation of the same model", note=why)]
     if off.get("graph"):
         out.insert(0, Candidate("graph", f"the {_fmt(off['graph'])} compute graph on the CPU (a vision projector's, "
                                          "typically): a smaller num_ctx or batch shrinks it", note=why))
-    return out
+    return out, why
 
 
 def summary(acc: MemoryAccount, candidates: list[Candidate]) -> str:

@@ -36,7 +36,7 @@ class Holder:
 class MemoryAccount:  # pylint: disable=too-many-instance-attributes
     """One model load. Sizes in bytes; None means the log does not say."""
 
-    release_line: str | None = None  # "estimate" | "layout" | "llama-server"
+    release_line: str | None = None  # "estimate" | "layout" | "llama-server" | "runner" (its own lines only)
     version: str | None = None
     model: str | None = None
     first_line: int | None = None
@@ -214,6 +214,8 @@ class MemoryTracker:
     def _runner(self, acc: MemoryAccount, fact: Fact) -> None:
         d = fact.data
         kind = fact.kind
+        if acc.release_line is None and kind in ("offloaded", "buffer"):
+            acc.release_line = "runner"  # until an estimate, layout or fit line says more
         if kind == "kv_type_unsupported":
             acc.kv_quant_unsupported = True
         elif kind == "offloaded":

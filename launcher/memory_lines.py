@@ -36,7 +36,9 @@ _UNITS: Final = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 
 _SIZE: Final = re.compile(r"^\s*(-?[\d.]+)\s*([KMGT]i?B|B)\s*$")
 _SLOG_FIELD: Final = re.compile(r'(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\[[^\]]*\]|\S*)')
 _OFFLOADED: Final = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER: Final = re.compile(r"(?:^|\s)([A-Za-z_][\w]*)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*"
+# `<dev> model|KV|compute buffer size = X MiB`; the old runner (llama.cpp of 2024) printed weights as
+# `llm_load_tensors: <dev> buffer size = X MiB`, without the word `model`.
+_BUFFER: Final = re.compile(r"(?:^|\s)([A-Za-z_][\w]*)\s+(?:(model|KV|compute|output|RS)\s+)?buffer size\s*=\s*"
                             r"([\d.]+)\s*MiB")
 _KV_SIZE: Final = re.compile(r"size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
                              r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
@@ -205,7 +207,10 @@ def _runner_fact(number: int, text: str) -> Fact | None:
     if "buffer size" in text:
         m = _BUFFER.search(text)
         if m is not None:
-            return Fact("buffer", number, {"device": m.group(1), "part": m.group(2), "host": _host(m.group(1)),
+            part = m.group(2) or ("model" if text.startswith("llm_load_tensors") else "")
+            if not part:
+                return None
+            return Fact("buffer", number, {"device": m.group(1), "part": part, "host": _host(m.group(1)),
                                            "size": int(float(m.group(3)) * MIB)})
     m = _META.match(text) if text.startswith(("print_info", "llm_load_print_meta")) else None
     if m is not None and m.group(1) in META_KEYS:

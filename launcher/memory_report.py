@@ -14,7 +14,8 @@ from launcher.memory_account import MemoryAccount, MemoryTracker
 from launcher.memory_lines import RELEVANT_BYTES
 
 RELEASE_LINES = {"estimate": "Ollama's own estimate: the offload line", "layout": "the Ollama engine's layout lines",
-                 "llama-server": "llama-server's fit"}
+                 "llama-server": "llama-server's fit",
+                 "runner": "the runner's own lines; no estimate or fit lines in the log"}
 NOT = "not in the log"
 
 

@@ -3,6 +3,7 @@ release line's own (checked by hand against printed figures)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,44 @@ class TestFixtureAccounts:
         candidates, note = advise(a)
         assert "layers" in note and all(c.layers is None for c in candidates)
         assert candidates[0].name == "graph" and "9.0 GiB" in candidates[0].setting
+
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+ALL_PARTIAL = PARTIAL + sorted(CORPUS.glob("partial_offload-*"))
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_ESTIMATE = re.compile(r"layers\.model=(\d+) layers\.offload=(\d+)")
+
+
+class TestEveryPartialCase:
+    @pytest.mark.parametrize("case", ALL_PARTIAL, ids=lambda p: p.name)
+    def test_account_layers_match_the_log_and_advice_exists(self, case: Path) -> None:
+        """Every partial-offload case (public fixtures and this repository's real-log corpus): the account's
+        layers are the last `offloaded N/M` (the runner's report) or, without one, the `offload` estimate's; and
+        there is an advice list."""
+        text = (case / "server.log").read_bytes().decode(errors="replace")
+        accs = accounts_of_text(text)
+        assert accs, case.name
+        acc = accs[-1]
+        ran = _OFFLOADED.findall(text)
+        est = _ESTIMATE.findall(text)
+        if ran:
+            assert (acc.layers_gpu, acc.layers_total) == tuple(int(x) for x in ran[-1])
+        elif est:
+            assert (acc.layers_total, acc.layers_gpu) == tuple(int(x) for x in est[-1])
+        candidates, note = advise(acc)
+        assert candidates and all(c.setting for c in candidates)
+        assert note or any(c.layers is not None for c in candidates)
+
+
+    def test_old_runner_buffers_split_gpu_and_host(self) -> None:
+        """llama.cpp of 2024 printed `<dev> buffer size` without `model`; `CUDA_Host` is host memory."""
+        (a,) = accounts_of_text((CORPUS / "partial_offload-insufficient_vram-unk-3301" / "server.log").read_bytes())
+        assert a.release_line == "runner" and (a.layers_gpu, a.layers_total) == (30, 81)
+        assert a.on_gpu == {"weights": int(13771.88 * MIB)} and a.off_gpu == {"weights": int(38110.61 * MIB)}
+        (b,) = accounts_of_text((CORPUS / "partial_offload-insufficient_vram-unk-8393" / "server.log").read_bytes())
+        assert b.on_gpu == {"weights": int(3627.97 * MIB)} and b.off_gpu == {"weights": int(809.84 * MIB)}
+        _, note = advise(b)
+        assert "2 of 33 layers and 810 MiB of weights are on the CPU" in note
 
 
 class TestEstimateReplay:
