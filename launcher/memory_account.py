@@ -94,6 +94,11 @@ class MemoryAccount:  # pylint: disable=too-many-instance-attributes
         return out
 
 
+def _n(value: object) -> int:
+    """A fact's number (the scanner only stores ints there; anything else counts as 0, never raises)."""
+    return value if isinstance(value, int) else 0
+
+
 def _first(values: object) -> int | None:
     if isinstance(values, list):
         return sum(v for v in values if isinstance(v, int)) if values else None
@@ -110,6 +115,7 @@ class MemoryTracker:
         self.devices: dict[str, dict[str, object]] = {}  # discovery's `inference compute` per id
         self._started = False
         self.lines = 0
+        self.errors = 0
 
     def _current(self, number: int, *, new: bool = False) -> MemoryAccount:
         if new or not self.accounts:
@@ -121,8 +127,8 @@ class MemoryTracker:
                 except ValueError:
                     acc.gpu_overhead = parse_size(overhead)
             if self.devices:
-                totals = [d["total"] for d in self.devices.values() if isinstance(d.get("total"), int)]
-                acc.vram_total = sum(totals) if totals else None  # type: ignore[arg-type]
+                totals = [_n(d.get("total")) for d in self.devices.values() if isinstance(d.get("total"), int)]
+                acc.vram_total = sum(totals) if totals else None
             self.accounts.append(acc)
             del self.accounts[:-MAX_ACCOUNTS]
             self._started = False
@@ -134,7 +140,11 @@ class MemoryTracker:
         fact = scan_line(number, text)
         if fact is None:
             return None
-        return self.apply(fact)
+        try:
+            return self.apply(fact)
+        except (KeyError, TypeError, ValueError, OverflowError):  # a fact we cannot fold is counted, never raised
+            self.errors += 1
+            return None
 
     def apply(self, fact: Fact) -> MemoryAccount | None:
         """Fold one fact in."""
@@ -219,13 +229,13 @@ class MemoryTracker:
         if kind == "kv_type_unsupported":
             acc.kv_quant_unsupported = True
         elif kind == "offloaded":
-            acc.layers_gpu, acc.layers_total = int(d["gpu"]), int(d["total"])  # type: ignore[call-overload]
+            acc.layers_gpu, acc.layers_total = _n(d["gpu"]), _n(d["total"])
             acc.lines["offloaded"] = fact.line
         elif kind == "buffer":
             part = {"model": "weights", "KV": "kv", "compute": "graph"}.get(str(d["part"]))
             if part is not None:
                 where = acc.off_gpu if d["host"] else acc.on_gpu
-                where[part] = where.get(part, 0) + int(d["size"])  # type: ignore[call-overload]
+                where[part] = where.get(part, 0) + _n(d["size"])
                 acc.lines.setdefault(f"buffer.{part}", fact.line)
         elif kind == "layout":
             if acc.release_line is None:
@@ -235,7 +245,7 @@ class MemoryTracker:
                 return
             where = acc.off_gpu if (not device or device.startswith("CPU")) else acc.on_gpu
             part = str(d["part"])
-            where[part] = where.get(part, 0) + int(d["size"])  # type: ignore[call-overload]
+            where[part] = where.get(part, 0) + _n(d["size"])
             acc.lines.setdefault(f"layout.{part}", fact.line)
             both = acc.on_gpu.get(part, 0) + acc.off_gpu.get(part, 0)
             if part == "weights":
@@ -261,7 +271,7 @@ class MemoryTracker:
         elif kind == "kv_size":
             acc.kv_type = str(d.get("type_k") or acc.kv_type)
             if isinstance(d.get("cells"), int):
-                acc.ctx_total = int(d["cells"])  # type: ignore[call-overload]
+                acc.ctx_total = _n(d["cells"])
             acc.meta["kv_size"] = str(d["size"])
         elif kind == "breakdown":
             if "breakdown" in acc.lines and fact.line == acc.lines.get("breakdown.last", -2) + 1:
@@ -273,29 +283,29 @@ class MemoryTracker:
                 acc.projector_weights = acc.projector_graph = None
                 acc.lines.pop("offload", None)
                 acc.lines["breakdown"] = acc.lines["breakdown.last"] = fact.line
-                acc.vram_total, acc.vram_free = int(d["total"]), int(d["free"])  # type: ignore[call-overload]
-                acc.weights_total = int(d["model"])  # type: ignore[call-overload]
-                acc.kv = int(d["context"])  # type: ignore[call-overload]
-                acc.graph = int(d["compute"])  # type: ignore[call-overload]
-                acc.need_full = int(d["self"])  # type: ignore[call-overload]
+                acc.vram_total, acc.vram_free = _n(d["total"]), _n(d["free"])
+                acc.weights_total = _n(d["model"])
+                acc.kv = _n(d["context"])
+                acc.graph = _n(d["compute"])
+                acc.need_full = _n(d["self"])
                 if acc.fit_margin is None:
                     acc.fit_margin = FIT_TARGET_DEFAULT
                 acc.shortfall = acc.need_full + acc.fit_margin - acc.vram_free
         elif kind == "fit":
             if "margin" in d:
-                acc.fit_margin = int(d["margin"])  # type: ignore[call-overload]
+                acc.fit_margin = _n(d["margin"])
             if "reduce" in d:
-                acc.shortfall = int(d["reduce"])  # type: ignore[call-overload]
+                acc.shortfall = _n(d["reduce"])
                 acc.lines["fit.reduce"] = fact.line
             elif "leave" in d:
-                acc.shortfall = -int(d["leave"]) + int(d["margin"])  # type: ignore[call-overload]
+                acc.shortfall = -_n(d["leave"]) + _n(d["margin"])
             if "use" in d and acc.need_full is None:
-                acc.need_full = int(d["use"])  # type: ignore[call-overload]
+                acc.need_full = _n(d["use"])
         elif kind in ("device_free", "device_info"):
             if acc.vram_free is None or kind == "device_free":
-                acc.vram_free = int(d["free"])  # type: ignore[call-overload]
+                acc.vram_free = _n(d["free"])
             if isinstance(d.get("total"), int):
-                acc.vram_total = int(d["total"])  # type: ignore[call-overload]
+                acc.vram_total = _n(d["total"])
 
 
     @staticmethod
@@ -306,7 +316,7 @@ class MemoryTracker:
         acc.gpus += 1
         for attr, key in (("vram_total", "total"), ("vram_free", "free"), ("weights_total", "model"), ("kv", "context"),
                           ("graph", "compute"), ("need_full", "self")):
-            setattr(acc, attr, (getattr(acc, attr) or 0) + int(d[key]))  # type: ignore[call-overload]
+            setattr(acc, attr, (getattr(acc, attr) or 0) + _n(d[key]))
         acc.shortfall = (acc.need_full or 0) + (acc.fit_margin or FIT_TARGET_DEFAULT) * acc.gpus - (acc.vram_free or 0)
 
 

@@ -151,13 +151,13 @@ def _slog_fact(number: int, text: str, msg: str) -> Fact | None:
     if msg.startswith("offload") and "layers.model" in f:
         data: dict[str, object] = {}
         for key in ("layers.requested", "layers.model", "layers.offload"):
-            value = _int(f.get(key, ""))
-            if value is not None:
-                data[key] = value
+            count = _int(f.get(key, ""))
+            if count is not None:
+                data[key] = count
         data["layers.split"] = f.get("layers.split", "")
-        for key, value in f.items():
+        for key, raw in f.items():
             if key.startswith(("memory.", "projector.")):
-                sized = parse_sizes(value) if value.startswith("[") else parse_size(value)
+                sized = parse_sizes(raw) if raw.startswith("[") else parse_size(raw)
                 if sized is not None:
                     data[key] = sized
         data["library"] = f.get("library") or (msg.split()[-1] if msg.startswith("offload to") else None)
@@ -248,9 +248,9 @@ def _runner_fact(number: int, text: str) -> Fact | None:
             m = rx.search(text)
             if m is not None:
                 a, b = int(m.group(1)) * MIB, int(m.group(2)) * MIB
-                data = {"projected": {"use": a, "free": b}, "leave": {"leave": a, "margin": b},
-                        "cannot": {"margin": a, "reduce": b}}[kind]
-                return Fact("fit", number, data)  # type: ignore[arg-type]
+                keys = {"projected": ("use", "free"), "leave": ("leave", "margin"), "cannot": ("margin", "reduce")}
+                first, second = keys[kind]
+                return Fact("fit", number, {first: a, second: b})
         return None
     m = _USING_DEVICE.search(text) if "using device" in text else None
     if m is not None:

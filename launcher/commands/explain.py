@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 
 from launcher.evidence import Board, Verdict
@@ -51,7 +52,7 @@ def explain_with_memory(stream: IO[bytes]) -> tuple[Verdict, list[MemoryAccount]
     return verdict, relevant(tee.accounts(), verdict.outcome)
 
 
-def render_text(verdict: Verdict, name: str, memory: list[MemoryAccount] = ()) -> str:  # type: ignore[assignment]
+def render_text(verdict: Verdict, name: str, memory: Sequence[MemoryAccount] = ()) -> str:
     """The verdict as an operator reads it."""
     out = [f"{name}: {verdict.outcome} (cause: {verdict.cause})"]
     gen = verdict.generation or "unknown"
@@ -72,7 +73,7 @@ def render_text(verdict: Verdict, name: str, memory: list[MemoryAccount] = ()) -
     return "\n".join(out) + "\n"
 
 
-def render_json(verdict: Verdict, name: str, memory: list[MemoryAccount] = ()) -> str:  # type: ignore[assignment]
+def render_json(verdict: Verdict, name: str, memory: Sequence[MemoryAccount] = ()) -> str:
     """The verdict as one JSON object."""
     data: dict[str, Any] = {"input": name, **verdict.to_dict(), "advice": advice(verdict.outcome, verdict.cause),
                             "exit_code": verdict_exit(verdict.outcome), "memory": [report(a) for a in memory]}

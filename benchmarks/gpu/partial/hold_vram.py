@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable
 
 
 def main() -> int:
@@ -20,11 +21,12 @@ def main() -> int:
         print(f"error libcuda.so.1 {exc}", flush=True)
         return 1
     dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
-    for name, call in (("cuInit", lambda: cuda.cuInit(0)),
+    steps: tuple[tuple[str, Callable[[], int]], ...] = (("cuInit", lambda: cuda.cuInit(0)),
                        ("cuDeviceGet", lambda: cuda.cuDeviceGet(ctypes.byref(dev), ordinal)),
                        ("cuDevicePrimaryCtxRetain", lambda: cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)),
                        ("cuCtxSetCurrent", lambda: cuda.cuCtxSetCurrent(ctx)),
-                       ("cuMemAlloc_v2", lambda: cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(size)))):
+                       ("cuMemAlloc_v2", lambda: cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(size))))
+    for name, call in steps:
         rc = call()
         if rc != 0:
             print(f"error {name} {rc}", flush=True)
