@@ -30,6 +30,8 @@ def size(n: int | float | None) -> str:
         return f"{sign}{v / (1 << 30):.1f} GiB"
     if v >= 1 << 20:
         return f"{sign}{v / (1 << 20):.0f} MiB"
+    if v >= 1 << 10:
+        return f"{sign}{v / (1 << 10):.0f} KiB"
     return f"{sign}{int(v)} B"
 
 

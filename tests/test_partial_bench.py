@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -95,3 +97,33 @@ def test_holder_fails_cleanly_without_a_driver(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False, timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stdout.startswith("error ")
+
+
+def test_mock_run_end_to_end(tmp_path: Path) -> None:
+    """The script's plumbing without a GPU (--mode mock: the simulator's runner on the mock driver, whose 1056 MiB
+    free put 4 of 9 layers on the GPU): the baseline loads under `serve`, its account, the live `status` memory
+    summary and the advice line are recorded, later configurations are skipped at the deadline, and the table,
+    results and logs come back."""
+    from tests.ollama_sim import gguf
+
+    model = gguf.tiny_llama(tmp_path / "big.gguf", n_layer=8, size_mib=64)
+    out = tmp_path / "out"
+    # a short work dir: the status socket's path must fit a sockaddr_un (108 bytes)
+    with tempfile.TemporaryDirectory(prefix="p17-", dir="/tmp") as work:
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu/partial/run_partial.py"), "--mode", "mock",
+                               "--model", str(model), "--work", work, "--out", str(out), "--target-free-mib", "1056",
+                               "--num-ctx", "4096", "--deadline", "0"],
+                              capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    import json
+
+    results = json.loads((out / "partial_results.json").read_text())
+    base = results["rows"][0]
+    assert (base["name"], base["predicted"], base["actual"], base["total"]) == ("baseline", 4, 4, 9)
+    assert base["status_memory"].startswith("4/9 layers on GPU") and base["advice_line"] == base["status_memory"]
+    assert all(r["error"] == "skipped: deadline" for r in results["rows"][1:]) and len(results["rows"]) >= 5
+    assert results["baseline_account"]["release_line"] == "llama-server"
+    assert "within one layer: 1/1 configurations" in (out / "partial_table.txt").read_text()
+    with tarfile.open(out / "partial-logs.tgz") as tar:
+        assert "partial-logs/baseline.server.log" in tar.getnames()
+    assert done.returncode == 1  # skipped configurations are not a clean run

@@ -28,9 +28,14 @@ run() {
     done
     [ "$(cat $E2E_W/build.rc 2>/dev/null)" = 0 ] || { say "no llama.cpp build (run: device.sh build)"; exit 3; }
     [ -f $E2E_W/models/rand-1b-f16.gguf ] || { say "no model $E2E_W/models/rand-1b-f16.gguf"; exit 3; }
-    # the package and its dependencies, as ../e2e/device.sh installs them
-    export PYTHONPATH=/tmp/site:$REPO
-    python3 -c 'import structlog, psutil, pynvml' || { say "missing Python packages (run device.sh build)"; exit 3; }
+    # the dependencies as ../e2e/device.sh installed them, and this tree's package installed afresh in front of them
+    # (a warm machine's /tmp/site may hold the package of an older tree; the supervisor under test must be this one)
+    rm -rf /tmp/site-partial
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site-partial \
+        "$REPO" || { say "could not install this tree's package"; exit 3; }
+    export PYTHONPATH=/tmp/site-partial:/tmp/site:$REPO
+    python3 -c 'import structlog, psutil, pynvml, launcher.memory_account' \
+        || { say "missing Python packages (run device.sh build)"; exit 3; }
     # llama-quantize for the smaller-quantisation configuration (incremental; skipped when the target is missing)
     if [ ! -x /tmp/llama.cpp/build/bin/llama-quantize ]; then
         timeout 150 ninja -C /tmp/llama.cpp/build llama-quantize > $W/quantize-build.log 2>&1 \

@@ -36,6 +36,8 @@ from launcher.memory_account import MemoryAccount, accounts_of_text  # noqa: E40
 GIB, MIB = 1 << 30, 1 << 20
 HERE = Path(__file__).resolve().parent
 MODEL = "bench:latest"
+MOCK_ENV: dict[str, str] = {}  # --mode mock: the mock driver's device (its memory sets the split)
+HOLD_NOTHING = False  # --mode mock: no VRAM to hold
 
 
 @dataclass
@@ -186,9 +188,15 @@ class Holder:
         self.proc = None
 
 
+def _status_memory(srv: Any) -> dict[str, Any] | None:
+    """The memory block of the first runner that has one in `ollama-gpu status --json`."""
+    runners = (srv.status() or {}).get("runners") or []
+    return next((r["memory"] for r in runners if isinstance(r.get("memory"), dict)), None)
+
+
 def run_config(stack: Any, cfg: Config, logs: Path) -> tuple[Row, MemoryAccount | None]:
     """One independent run: holder, `ollama-gpu serve`, one load, the log read back; everything stopped after."""
-    from benchmarks.gpu.e2e.stack import Server
+    from benchmarks.gpu.e2e.stack import Server, wait_for
 
     row = Row(cfg.name, cfg.setting)
     t0 = time.monotonic()
@@ -196,17 +204,15 @@ def run_config(stack: Any, cfg: Config, logs: Path) -> tuple[Row, MemoryAccount 
     srv = None
     acc = None
     try:
-        holder = Holder(cfg.hold)
-        srv = Server(stack, f"partial-{cfg.name}", cfg.env)
+        holder = Holder(0 if HOLD_NOTHING else cfg.hold)
+        srv = Server(stack, f"partial-{cfg.name}", {**MOCK_ENV, **cfg.env})
         if not srv.wait_ready(90):
             raise RuntimeError("server not ready in 90 s")
         code, reply = srv.load(cfg.model, num_ctx=cfg.num_ctx, timeout=240)
         if code != 200:
             raise RuntimeError(f"load: HTTP {code} {str(reply)[:200]}")
-        time.sleep(1.5)  # the runner's last buffer lines reach the parser, status and our advice line
-        status = srv.status() or {}
-        runners = status.get("runners") or []
-        mem = next((r.get("memory") for r in runners if r.get("memory")), None)
+        # the runner's last buffer lines reach the parser, then status and our advice line (up to 15 s)
+        mem = wait_for(lambda: _status_memory(srv), 15, 0.5)
         row.status_memory = mem.get("summary") if isinstance(mem, dict) else None
         advice = [e for e in srv.our_lines() if e.get("event") == "partial_offload_advice"]
         row.advice_line = advice[-1].get("advice") if advice else None
@@ -248,13 +254,15 @@ def quantise(llama_bin: Path, model: Path, work: Path) -> Path | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--llama-bin", type=Path, required=True)
+    ap.add_argument("--mode", choices=("real", "mock"), default="real",
+                    help="mock: the simulator's runner and the mock driver (a smoke test of this script, no GPU)")
+    ap.add_argument("--llama-bin", type=Path)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ogpu-partial"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--num-ctx", type=int, default=16384)
     ap.add_argument("--target-free-mib", type=int, default=0,
-                    help="free VRAM to leave at load; 0: about half the model's full-offload need plus the fit target")
+                    help="free VRAM to leave at load; 0: the fit target + the weights + half the KV cache + 300 MiB")
     ap.add_argument("--deadline", type=float, default=480, help="start no configuration after this many seconds")
     args = ap.parse_args()
     t0 = time.monotonic()
@@ -265,14 +273,21 @@ def main() -> int:
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     models = {"bench": args.model}
-    q8 = quantise(args.llama_bin, args.model, args.work)
+    q8 = quantise(args.llama_bin, args.model, args.work) if args.llama_bin is not None else None
     if q8 is not None:
         models["bench-q8"] = q8
-    stack = Stack.build("real", args.work / "stack", args.llama_bin, models)
-    free0 = nvml_free()
-    kv = 16 * 16 * 256 * 2 * args.num_ctx  # rand-1b: 16 layers, 16 KV heads, head dims 128 + 128, f16
-    need = args.model.stat().st_size + kv + 400 * MIB
-    target = args.target_free_mib * MIB or (GIB + need // 2)
+    stack = Stack.build(args.mode, args.work / "stack", args.llama_bin, models)
+    if args.mode == "mock":  # the mock driver reports its memory less 512 MiB free; nothing can be held on it
+        global MOCK_ENV, HOLD_NOTHING  # a smoke-test switch, set once before any run
+        MOCK_ENV = {"MOCKCUDA_DEVICES": f"mem_mib={args.target_free_mib + 512 or 1568}"}
+        HOLD_NOTHING = True
+    free0 = nvml_free() if args.mode == "real" else 0
+    # rand-1b: 16 layers, 16 KV heads, head dims 128 + 128, f16: 128 KiB a token, 2 GiB at 16384. Leaving the fit
+    # target + the weights + half the KV + 300 MiB puts about half the layers on the GPU, and some advised changes fit
+    # fully while others stay partial (both kinds test the prediction).
+    kv = 16 * 16 * 256 * 2 * args.num_ctx
+    need = args.model.stat().st_size + kv + 300 * MIB
+    target = args.target_free_mib * MIB or (GIB + args.model.stat().st_size + kv // 2 + 300 * MIB)
     hold = max(0, free0 - target)
     print(f"free {free0 // MIB} MiB, full offload ~{need // MIB} MiB, leaving {target // MIB} MiB: holding "
           f"{hold // MIB} MiB", flush=True)
