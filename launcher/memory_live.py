@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # with the compute buffers; the Ollama engine with its compute graph line.
 SETTLING: Final = frozenset({"offload", "buffer.graph", "layout.graph", "offloaded", "fit.reduce"})
 MAX_KEPT: Final = 16
+GENERIC_WHAT_TO_DO: Final = "see the verdict's evidence"  # the controller's line when no remedy was advised
 
 
 def _comm(pid: int, proc_root: Path) -> str:
@@ -141,4 +142,7 @@ def add_memory(status: dict[str, Any], reports: list[dict[str, Any]],
             mine = reports[-1:]
         if mine:
             runner["memory"] = mine[-1]
+            generic = str(status.get("what_to_do", "")).startswith(GENERIC_WHAT_TO_DO)
+            if generic and runner.get("outcome") == "partial_offload" and mine[-1].get("summary"):
+                status["what_to_do"] = f"{mine[-1]['summary']} (advised, not applied)"
     return status

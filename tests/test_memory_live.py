@@ -102,6 +102,17 @@ class TestStatus:
         assert out["runners"][1]["memory"]["model"] == "/m/b"  # unknown argv, partial: the newest load
         assert out["memory"] == reports
 
+    def test_what_to_do_names_the_change_for_a_partial_runner(self) -> None:
+        """The controller's generic line for a partial runner becomes the account's summary; an advised remedy's
+        instruction is kept."""
+        reports = [{"model": "/m/a", "summary": "8/17 layers on GPU, short by 1.4 GiB; smallest change that fits: X"}]
+        generic = {"what_to_do": "see the verdict's evidence; `ollama-gpu doctor` checks the machine",
+                   "runners": [{"pid": 1, "outcome": "partial_offload"}]}
+        out = add_memory(generic, reports, model_of=lambda _pid: "/m/a")
+        assert out["what_to_do"] == reports[0]["summary"] + " (advised, not applied)"
+        kept = {"what_to_do": "restart the container", "runners": [{"pid": 1, "outcome": "partial_offload"}]}
+        assert add_memory(kept, reports, model_of=lambda _pid: "/m/a")["what_to_do"] == "restart the container"
+
     def test_no_reports_no_block(self) -> None:
         status: dict[str, Any] = {"runners": [{"pid": 1}]}
         assert add_memory(status, []) == {"runners": [{"pid": 1}]}
