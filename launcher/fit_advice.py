@@ -18,7 +18,7 @@ The `layout` release line (Ollama engine summaries) prints no free memory, so it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
 from launcher.memory_account import FIT_TARGET_DEFAULT, MemoryAccount
@@ -45,6 +45,28 @@ def kv_bytes_per_token(n_layer: int, n_head_kv: int, head_k: int, head_v: int | 
     """KV cache bytes per token: layers * kv_heads * (head_dim_k + head_dim_v) * bytes per element."""
     per = table.get(cache_type.lower(), 2.0)
     return int(n_layer * n_head_kv * (head_k + (head_v if head_v is not None else head_k)) * per)
+
+
+def kv_per_token(acc: MemoryAccount) -> tuple[int, str] | None:
+    """KV cache bytes per token and how it was found: from the model's metadata lines (layers, KV heads, head
+    dimensions, the cache type) when the log prints them and they agree with the printed KV size, else the printed KV
+    size over the context it was sized for. None when neither is in the log."""
+    printed = acc.kv // acc.ctx_total if acc.kv and acc.ctx_total else None
+    n_layer, heads = acc.meta_int("n_layer"), acc.meta_int("n_head_kv")
+    head_k = acc.meta_int("n_embd_head_k")
+    if head_k is None and acc.meta_int("n_embd") and acc.meta_int("n_head"):
+        head_k = (acc.meta_int("n_embd") or 0) // (acc.meta_int("n_head") or 1)
+    head_v = acc.meta_int("n_embd_head_v") or head_k
+    swa = acc.meta.get("n_swa", "0") not in ("0", "") or acc.meta.get("is_swa_any", "0") not in ("0", "")
+    if n_layer and heads and head_k and not swa:
+        cache = acc.kv_type or "f16"
+        table = OLLAMA_KV_BYTES if acc.release_line == "estimate" else LLAMA_KV_BYTES
+        per = kv_bytes_per_token(n_layer, heads, head_k, head_v, cache, table)
+        if printed is None or abs(per - printed) <= 0.05 * printed:
+            return per, f"{n_layer} layers x {heads} KV heads x ({head_k} + {head_v}) x {table.get(cache, 2.0):g} B"
+    if printed:
+        return printed, f"the log's KV size over {acc.ctx_total} tokens"
+    return None
 
 
 @dataclass(frozen=True)
@@ -405,8 +427,4 @@ def summary(acc: MemoryAccount, candidates: list[Candidate]) -> str:
     return f"{lay}, {short}; smallest change that fits: {best.setting} (margin {_fmt(best.margin)})"
 
 
-def with_holders(acc: MemoryAccount, holders: list[Any]) -> MemoryAccount:
-    """A copy of the account with NVML's holders (keeps the account itself as the log gave it)."""
-    return replace(acc, holders=list(holders), notes=list(acc.notes), on_gpu=dict(acc.on_gpu),
-                   off_gpu=dict(acc.off_gpu), meta=dict(acc.meta), lines=dict(acc.lines))
 

@@ -63,7 +63,7 @@ CONFIG_KEYS: Final = ("OLLAMA_GPU_OVERHEAD", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLA
                       "OLLAMA_CONTEXT_LENGTH", "LLAMA_ARG_FIT_TARGET", "OLLAMA_SCHED_SPREAD")
 META_KEYS: Final = frozenset({"n_layer", "n_head", "n_head_kv", "n_embd", "n_embd_head_k", "n_embd_head_v",
                               "n_embd_k_gqa", "n_embd_v_gqa", "n_ctx_train", "file type", "file size", "n_expert",
-                              "model params", "general.name", "arch"})
+                              "model params", "general.name", "arch", "n_swa", "is_swa_any"})
 LOADER_SUFFIXES: Final = {"block_count": "n_layer", "attention.head_count_kv": "n_head_kv",
                           "attention.head_count": "n_head", "attention.key_length": "n_embd_head_k",
                           "attention.value_length": "n_embd_head_v", "embedding_length": "n_embd"}

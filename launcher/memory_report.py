@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from launcher.fit_advice import Candidate, advise, summary
+from launcher.fit_advice import Candidate, advise, kv_per_token, summary
 from launcher.log_input import LineSplitter, clean
 from launcher.memory_account import MemoryAccount, MemoryTracker
 from launcher.memory_lines import RELEVANT_BYTES
@@ -79,7 +79,9 @@ def _need_parts(a: MemoryAccount) -> str:
         parts.append(f"weights {size(a.weights_total)}")
     ctx = f" at ctx {a.ctx_total}" if a.ctx_total else ""
     kv = f", {a.kv_type}" if a.kv_type else ""
-    parts.append(f"KV cache {size(a.kv)}{ctx}{kv}")
+    per = kv_per_token(a)
+    how = f" ({size(per[0])} a token: {per[1]})" if per else ""
+    parts.append(f"KV cache {size(a.kv)}{ctx}{kv}{how}")
     graph = size(a.graph)
     if a.graph_partial is not None and a.graph_partial != a.graph:
         graph += f" (partial {size(a.graph_partial)})"

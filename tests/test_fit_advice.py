@@ -16,6 +16,7 @@ from launcher.fit_advice import (
     advise,
     fit_model,
     kv_bytes_per_token,
+    kv_per_token,
     summary,
 )
 from launcher.memory_account import MemoryAccount, accounts_of_text, attach_holders
@@ -82,6 +83,16 @@ class TestKvArithmetic:
                                  acc.meta_int("n_embd_head_k") or 0, acc.meta_int("n_embd_head_v"), acc.kv_type or "")
         assert per * (acc.ctx_total or 0) == 262_144 == acc.on_gpu["kv"]
         assert (acc.layers_gpu, acc.layers_total, acc.partial) == (3, 3, False)
+
+    def test_per_token_from_metadata_or_from_the_printed_size(self) -> None:
+        """With print_info's n_layer/n_head_kv/n_embd_head_k/v the formula (it agrees with the printed 1024 MiB at
+        8192 tokens); without them, the printed KV over the context: 19.5 GiB / 64000 = 327,155 B, within 0.2 % of
+        the 327,680 B that Llama-3-70B's shape gives."""
+        per, how = kv_per_token(d_partial()) or (0, "")
+        assert per == 131_072 and how.startswith("16 layers x 16 KV heads x (128 + 128) x 2 B")
+        per, how = kv_per_token(account("partial_offload-insufficient_vram-unk-9181")) or (0, "")
+        assert per == int(19.5 * GIB) // 64000 and "over 64000 tokens" in how
+        assert abs(per - 327_680) / 327_680 < 0.002
 
     def test_quantised_cache_types_use_their_block_sizes(self) -> None:
         """q8_0 blocks are 34 B per 32 elements, q4_0 18 B: 0.53 and 0.28 of f16."""
