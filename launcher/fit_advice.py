@@ -12,7 +12,8 @@ so ollama-gpu never applies one. Two fit models, one per way the layer count is 
   layer, with the per-layer weights and KV taken from the difference between the full-offload breakdown it printed
   and the buffers it then allocated.
 
-The `layout` release line (Ollama engine summaries) prints no free memory, so its candidates are listed unsized.
+- `LayoutFit` does the same for the Ollama engine's layout (0.11.5 to 0.24) against the `gpu memory` line's
+  `available`; without that line (older layout lines) the candidates are listed unsized.
 """
 
 from __future__ import annotations
@@ -201,9 +202,13 @@ class LlamaServerFit:
             self.per_kv = ctx_full / max(1, n_layer)
             self.compute = float(a.graph or 0)
 
+    def usable(self, change: Change) -> float:
+        """What the layers, KV and graph may use: free at load less the fit target."""
+        return float(self.acc.vram_free or 0) + change.free - float(self.acc.fit_margin or FIT_TARGET_DEFAULT)
+
     def predict(self, change: Change) -> Prediction:
         a = self.acc
-        usable = float(a.vram_free or 0) + change.free - float(a.fit_margin or FIT_TARGET_DEFAULT)
+        usable = self.usable(change)
         per = self.per_weights * change.weights + self.per_kv * change.kv
         base = self.base_weights * change.weights + self.base_kv * change.kv + self.compute
         full = (float(a.weights_total or 0) * change.weights + float(a.kv or 0) * change.kv
@@ -212,6 +217,34 @@ class LlamaServerFit:
             return Prediction(self.layers_total, int(usable - full))
         n = int((usable - base) // per) if per > 0 else 0
         n = max(0, min(self.layers_total - 1, n))
+        return Prediction(n, int(usable - (base + n * per)))
+
+
+@dataclass
+class LayoutFit(LlamaServerFit):
+    """The Ollama engine's layout (llm/server.go `buildLayout`, v0.11.5 to v0.24): layers, each its weights and KV,
+    packed from the last while they fit in free - minimum - OLLAMA_GPU_OVERHEAD - the GPU's graph (the `gpu memory`
+    line's `available` less the `compute graph` on the GPU). The same linear model as llama-server's fit; the host's
+    share of the weights includes the token embeddings, which never move, so per-layer costs err high."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.compute = float(self.acc.on_gpu.get("graph", 0))
+
+    def usable(self, change: Change) -> float:
+        a = self.acc
+        given_back = float(a.gpu_overhead or 0) - float(change.overhead) if change.overhead is not None else 0.0
+        return float(a.vram_available or 0) + change.free + given_back
+
+    def predict(self, change: Change) -> Prediction:
+        a = self.acc
+        usable = self.usable(change)
+        per = self.per_weights * change.weights + self.per_kv * change.kv
+        base = self.base_weights * change.weights + self.base_kv * change.kv + self.compute
+        full = float(a.weights_total or 0) * change.weights + float(a.kv or 0) * change.kv + self.compute
+        if full <= usable:
+            return Prediction(self.layers_total, int(usable - full))
+        n = max(0, min(self.layers_total - 1, int((usable - base) // per) if per > 0 else 0))
         return Prediction(n, int(usable - (base + n * per)))
 
 
@@ -249,6 +282,18 @@ def fit_model(acc: MemoryAccount) -> tuple[FitModel | None, str]:
             return model_ls, (f"replaying the load gives {got} layers, the log says {acc.layers_gpu}: "
                               "predictions are rough")
         return model_ls, ""
+    if acc.release_line == "layout":
+        if acc.vram_available is None:
+            return None, "the `gpu memory` line (free VRAM at load) is not in the log"
+        if acc.layers_gpu is None or "weights" not in acc.on_gpu:
+            return None, "the layout lines lack the layer count or the weights on the GPU"
+        model_lo = LayoutFit(acc)
+        got = model_lo.predict(Change()).layers
+        if abs(got - acc.layers_gpu) > 1:
+            model_lo.calibrated = False
+            return model_lo, (f"replaying the load gives {got} layers, the log says {acc.layers_gpu}: "
+                              "predictions are rough")
+        return model_lo, ""
     return None, "this release line prints no free-memory figure for the load"
 
 

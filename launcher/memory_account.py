@@ -238,7 +238,7 @@ class MemoryTracker:
                 where[part] = where.get(part, 0) + _n(d["size"])
                 acc.lines.setdefault(f"buffer.{part}", fact.line)
         elif kind == "layout":
-            if acc.release_line is None:
+            if acc.release_line in (None, "runner"):
                 acc.release_line = "layout"
             device = str(d.get("device") or "")
             if d["part"] == "total":
@@ -252,6 +252,12 @@ class MemoryTracker:
                 acc.weights_total = both
             elif part == "kv":
                 acc.kv = both
+            elif part == "graph":
+                acc.graph = acc.on_gpu.get("graph")
+            if acc.vram_available is not None and acc.weights_total is not None:
+                # buildLayout: all layers' weights and KV plus the GPU's graph, against free - minimum - overhead
+                acc.need_full = acc.weights_total + (acc.kv or 0) + acc.on_gpu.get("graph", 0)
+                acc.shortfall = acc.need_full - acc.vram_available
         elif kind == "gpu_memory":
             for key, attr in (("free", "vram_free"), ("available", "vram_available"), ("minimum", "minimum"),
                               ("overhead", "gpu_overhead")):

@@ -49,3 +49,25 @@ llama_kv_cache: size = 1024.00 MiB (  8192 cells,  16 layers,  1/1 seqs), K (f16
 sched_reserve:      CUDA0 compute buffer size =   300.00 MiB
 sched_reserve:  CUDA_Host compute buffer size =    20.00 MiB
 """
+
+
+# A generation-C partial load (Ollama engine, 0.13-style), built from the sources' format strings (server/sched.go
+# `gpu memory`, ml/backend/ggml/ggml.go `offloaded %d/%d layers to GPU`, ml/device.go's summary lines): 24 of 33
+# layers on a GPU with 4.6 GiB free. Per layer left on the CPU: (1.1 GiB weights + 256 MiB KV) / 9 = 153.6 MiB.
+C_PARTIAL = """\
+time=2025-12-18T10:00:00.000Z level=INFO source=routes.go:1600 msg="Listening on 127.0.0.1:11434 (version 0.13.5)"
+time=2025-12-18T10:00:05.000Z level=INFO source=server.go:400 msg="starting runner" cmd="/usr/bin/ollama runner \
+--ollama-engine --model /m/blobs/sha256-c13 --port 40001"
+time=2025-12-18T10:00:05.100Z level=INFO source=sched.go:443 msg="system memory" total="62.7 GiB" free="56.0 GiB" \
+free_swap="0 B"
+time=2025-12-18T10:00:05.100Z level=INFO source=sched.go:450 msg="gpu memory" id=GPU-1 library=CUDA \
+available="4.2 GiB" free="4.6 GiB" minimum="457.0 MiB" overhead="0 B"
+time=2025-12-18T10:00:06.000Z level=INFO source=ggml.go:494 msg="offloaded 24/33 layers to GPU"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:240 msg="model weights" device=CUDA0 size="3.0 GiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:245 msg="model weights" device=CPU size="1.1 GiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:251 msg="kv cache" device=CUDA0 size="768.0 MiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:256 msg="kv cache" device=CPU size="256.0 MiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:262 msg="compute graph" device=CUDA0 size="300.0 MiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:267 msg="compute graph" device=CPU size="20.0 MiB"
+time=2025-12-18T10:00:06.000Z level=INFO source=device.go:272 msg="total memory" size="5.4 GiB"
+"""

@@ -12,6 +12,7 @@ from launcher.commands.explain import explain_with_memory, render_json, render_t
 from launcher.fit_advice import (
     Change,
     EstimateFit,
+    LayoutFit,
     LlamaServerFit,
     advise,
     fit_model,
@@ -22,7 +23,7 @@ from launcher.fit_advice import (
 from launcher.memory_account import MemoryAccount, accounts_of_text, attach_holders
 from launcher.memory_lines import parse_size, parse_sizes, scan_line, slog_fields
 from launcher.memory_report import render
-from tests.memory_logs import D_PARTIAL
+from tests.memory_logs import C_PARTIAL, D_PARTIAL
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 PARTIAL = sorted((FIXTURES / "ollama-logs").glob("partial_offload-*"))
@@ -299,6 +300,37 @@ class TestLlamaServerFit:
         candidates, _ = advise(a)
         c = next(c for c in candidates if c.name == "gpu_overhead")
         assert c.fits is False and "no effect" in c.note
+
+
+class TestLayoutFit:
+    def test_account_and_replay_of_a_c_partial_load(self) -> None:
+        """The layout lines split weights and KV between CUDA0 and the CPU; the `gpu memory` line gives free and
+        available VRAM. Full offload: 4198.4 + 1024 MiB + the 300 MiB GPU graph = 5522.4 MiB against 4300.8
+        available, 1221.6 MiB short. Per layer left: 125.2 MiB weights + 28.4 MiB KV; base 68.3 + 85.3 + 300 MiB;
+        (4300.8 - 453.6) / 153.6 = 25.0: within one layer of the log's 24 (the sizes are printed to 0.1 GiB)."""
+        (a,) = accounts_of_text(C_PARTIAL)
+        assert (a.release_line, a.layers_gpu, a.layers_total) == ("layout", 24, 33)
+        assert a.on_gpu == {"weights": 3 * GIB, "kv": 768 * MIB, "graph": 300 * MIB}
+        assert a.off_gpu == {"weights": int(1.1 * GIB), "kv": 256 * MIB, "graph": 20 * MIB}
+        assert a.vram_free == int(4.6 * GIB) and a.vram_available == int(4.2 * GIB) and a.minimum == 457 * MIB
+        assert a.weights_total == 3 * GIB + int(1.1 * GIB) and a.kv == 1024 * MIB
+        assert a.need_full == a.weights_total + 1324 * MIB and a.shortfall == a.need_full - int(4.2 * GIB)
+        assert abs(a.shortfall - int(1221.6 * MIB)) < MIB
+        model, note = fit_model(a)
+        assert isinstance(model, LayoutFit) and note == ""
+        assert abs(model.predict(Change()).layers - 24) <= 1
+
+    def test_free_memory_and_overhead_candidates(self) -> None:
+        """q8_0 KV (17/32 of f16): 125.2 + 15.1 MiB a layer, base 68.3 + 45.3 + 300: (4300.8 - 413.6) / 140.3 = 27.7
+        -> 27 layers. 1.5 GiB of OLLAMA_GPU_OVERHEAD given back covers the 1221.6 MiB: all 33; 1 GiB does not."""
+        (a,) = accounts_of_text(C_PARTIAL)
+        model, _ = fit_model(a)
+        assert model is not None
+        assert model.predict(Change(kv=17 / 32)).layers == 27
+        a.gpu_overhead = 1536 * MIB
+        assert model.predict(Change(overhead=0)).layers == 33
+        a.gpu_overhead = GIB
+        assert model.predict(Change(overhead=0)).layers == 31
 
 
 class TestExplainOutput:
