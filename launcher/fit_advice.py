@@ -328,7 +328,7 @@ def _largest(fits: Callable[[float], bool], lo: float, hi: float, steps: int = 4
 
 def headroom(acc: MemoryAccount) -> int:
     """The margin a searched bound keeps: the rounding of the figures it was computed from."""
-    return ROUNDING_HEADROOM if acc.release_line == "estimate" else 0
+    return ROUNDING_HEADROOM if acc.release_line in ("estimate", "layout") else 0
 
 
 def _fits(model: FitModel, change: Change, keep: int) -> bool:
