@@ -36,6 +36,7 @@ class Holder:
 class MemoryAccount:  # pylint: disable=too-many-instance-attributes
     """One model load. Sizes in bytes; None means the log does not say."""
 
+    serial: int = 0  # the tracker's count of loads: a key that survives restarted line numbers
     release_line: str | None = None  # "estimate" | "layout" | "llama-server" | "runner" (its own lines only)
     version: str | None = None
     model: str | None = None
@@ -116,10 +117,12 @@ class MemoryTracker:
         self._started = False
         self.lines = 0
         self.errors = 0
+        self.loads = 0
 
     def _current(self, number: int, *, new: bool = False) -> MemoryAccount:
         if new or not self.accounts:
-            acc = MemoryAccount(version=self.version, first_line=number)
+            self.loads += 1
+            acc = MemoryAccount(serial=self.loads, version=self.version, first_line=number)
             overhead = self.config.get("OLLAMA_GPU_OVERHEAD")
             if overhead is not None:
                 try:

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from launcher.memory_account import MemoryAccount, MemoryTracker
 
 # Facts after which a load's account is worth publishing: the estimate line is whole at once; llama.cpp's loads end
-# with the compute buffers; the Ollama engine with its compute graph line.
-SETTLING: Final = frozenset({"offload", "buffer.graph", "layout.graph", "offloaded", "fit.reduce"})
+# with the compute buffers; the Ollama engine with its compute graph line. (`offloaded N/M` comes before the buffers
+# that size the advice, so it settles nothing.)
+SETTLING: Final = frozenset({"offload", "buffer.graph", "layout.graph"})
 MAX_KEPT: Final = 16
 GENERIC_WHAT_TO_DO: Final = "see the verdict's evidence"  # the controller's line when no remedy was advised
 
@@ -42,7 +43,7 @@ class MemoryWatch:
         self.proc_root = proc_root
         self._tracker: MemoryTracker | None = None
         self._lock = threading.Lock()
-        self._published: dict[int, dict[str, Any]] = {}  # first line → report
+        self._published: dict[int, dict[str, Any]] = {}  # the account's serial → report
         self._advised: set[int] = set()
         self._processes: list[dict[str, Any]] = []
 
@@ -93,7 +94,7 @@ class MemoryWatch:
             named = [{**p, "name": _comm(int(p["pid"]), self.proc_root)} for p in processes]
             attach_holders(acc, named, own)
         data = report(acc)
-        key = acc.first_line or 0
+        key = acc.serial
         with self._lock:
             self._published[key] = data
             while len(self._published) > MAX_KEPT:

@@ -49,6 +49,15 @@ class TestWatch:
         assert call[1]["applied"] is False and "Q4_K_M" in call[1]["change"]
         assert call[1]["shortfall_bytes"] == 1448 * MIB and call[1]["layers_gpu"] == 8
 
+    def test_a_second_load_is_advised_again_even_with_restarted_line_numbers(self) -> None:
+        """Ollama restarted (its output numbered from 1 again) and the model loaded partly again: a second line."""
+        log = Log()
+        watch = MemoryWatch(log)
+        feed_all(watch, D_PARTIAL)
+        feed_all(watch, D_PARTIAL)
+        assert [c[0] for c in log.calls] == ["partial_offload_advice"] * 2
+        assert len(watch.reports()) == 2
+
     def test_journald_fixture_line_by_line(self) -> None:
         """The pr12000 log as `serve` would see it (the journald prefix is cleaned before): one event, one line."""
         from launcher.log_input import clean
