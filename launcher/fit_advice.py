@@ -114,7 +114,9 @@ class EstimateFit:
 
     acc: MemoryAccount
     includes_kv: bool
-    projector_last: bool  # Ollama engine: projector weights and graph go with the output layer
+    # where the projector goes: "last" (Ollama engine, with the output layer), "first" (llama engine: its weights on
+    # the first GPU), "first+graph" (up to v0.7.0: weights and graph on the first GPU, llm/memory.go gpuZeroOverhead)
+    projector: str
     layers_total: int = 0
     calibrated: bool = False
 
@@ -131,8 +133,9 @@ class EstimateFit:
         rep = float(a.weights_repeating or 0) - (float(a.kv or 0) if self.includes_kv else 0.0)
         layer = max(0.0, rep) / n * change.weights + kv / n
         proj_w, proj_g = float(a.projector_weights or 0), float(a.projector_graph or 0)
-        last = float(a.weights_nonrepeating or 0) * change.weights + (proj_w + proj_g if self.projector_last else 0)
-        gzo = 0.0 if self.projector_last else proj_w
+        last = float(a.weights_nonrepeating or 0) * change.weights + (proj_w + proj_g if self.projector == "last"
+                                                                       else 0.0)
+        gzo = {"last": 0.0, "first": proj_w, "first+graph": proj_w + proj_g}[self.projector]
         graph = float(max(a.graph or 0, a.graph_partial or 0))
         if gpus > 1:
             graph = float(a.graph_partial or a.graph or 0)
@@ -255,21 +258,24 @@ def fit_model(acc: MemoryAccount) -> tuple[FitModel | None, str]:
     if acc.release_line == "estimate":
         if acc.vram_available is None or acc.weights_repeating is None:
             return None, "the offload line lacks memory.available or memory.weights"
-        tries = [(acc.repeating_includes_kv, acc.engine == "ollama"), (not acc.repeating_includes_kv,
-                 acc.engine == "ollama"), (acc.repeating_includes_kv, acc.engine != "ollama"),
-                 (not acc.repeating_includes_kv, acc.engine != "ollama")]
-        for kv_in, proj_last in tries:
-            model = EstimateFit(acc, kv_in, proj_last)
+        first = "last" if acc.engine == "ollama" else "first"
+        places = [first, *[p for p in ("last", "first", "first+graph") if p != first]]
+        kv_first = acc.repeating_includes_kv
+        tries = [(kv_in, place) for place in places for kv_in in (kv_first, not kv_first)]
+        placed = {"last": "with the output layer", "first": "on the first GPU",
+                  "first+graph": "on the first GPU with its graph (Ollama up to 0.7.0)"}
+        for kv_in, place in tries:
+            model = EstimateFit(acc, kv_in, place)
             if model.predict(Change()).layers == acc.layers_gpu:
                 model.calibrated = True
                 said = []
-                if kv_in != acc.repeating_includes_kv:
+                if kv_in != kv_first:
                     said.append("memory.weights.repeating " + ("includes" if kv_in else "excludes") + " the KV cache")
-                if proj_last != (acc.engine == "ollama"):
-                    said.append("the projector is placed " + ("with the output layer" if proj_last else "first"))
+                if place != first and (acc.projector_weights or acc.projector_graph):
+                    said.append(f"the projector is placed {placed[place]}")
                 why = f"read so that the replay gives the log's {acc.layers_gpu} layers: " + "; ".join(said)
                 return model, why if said else ""
-        model = EstimateFit(acc, tries[0][0], tries[0][1])
+        model = EstimateFit(acc, kv_first, first)
         got = model.predict(Change()).layers
         return model, f"replaying the load gives {got} layers, the log says {acc.layers_gpu}: predictions are rough"
     if acc.release_line == "llama-server":

@@ -204,6 +204,17 @@ class MemoryTracker:
         acc.projector_graph = _first(d.get("projector.graph"))
         acc.minimum = CUDA_MINIMUM_MEMORY if str(d.get("library") or "").lower() in ("cuda", "rocm") else None
         acc.repeating_includes_kv = _repeating_includes_kv(acc.version)
+        if acc.layers_gpu == 0 and acc.weights_total is not None:
+            # With no GPU able to take a layer, Ollama's memory.required.full is the overflow alone: no graph, no
+            # per-GPU minimum, no buffer layer (llm/memory.go). The need is summed from the parts instead.
+            n = max(1, (acc.layers_total or 2) - 1)
+            kv = acc.kv or 0
+            layer = ((acc.weights_repeating or 0) - (kv if acc.repeating_includes_kv else 0)) // n + kv // n
+            acc.need_full = (acc.weights_total - (kv if acc.repeating_includes_kv else 0) + kv
+                             + (acc.projector_weights or 0) + (acc.projector_graph or 0)
+                             + max(acc.graph or 0, acc.graph_partial or 0) + (acc.minimum or 0) + layer)
+            acc.notes.append("no layer fit: the full-offload need is summed from the parts (Ollama's "
+                             "memory.required.full then leaves out the graph and the per-GPU minimum)")
         if acc.need_full is not None and acc.vram_available is not None:
             acc.shortfall = acc.need_full + (acc.gpu_overhead or 0) - acc.vram_available
 

@@ -62,12 +62,20 @@ class MemoryTee:
         return [a for a in self.tracker.accounts if a.release_line is not None or a.layers_total is not None]
 
 
-def relevant(accounts: list[MemoryAccount], outcome: str) -> list[MemoryAccount]:
-    """The accounts worth showing: partial loads, or the last load of a log judged partial."""
-    shown = [a for a in accounts if a.partial]
+def relevant(accounts: list[MemoryAccount], outcome: str, cause: str = "") -> list[MemoryAccount]:
+    """The accounts worth showing: loads with some layers on the GPU and some not; loads with none when memory is
+    the verdict's cause (a CPU fallback for another reason is not a memory question); else the last load of a log
+    judged partial."""
+    memory = cause == "insufficient_vram" or outcome == "partial_offload"
+    shown = [a for a in accounts if a.partial and ((a.layers_gpu or 0) > 0 or memory or _short_on_gpu(a))]
     if not shown and outcome == "partial_offload" and accounts:
         shown = [accounts[-1]]
     return shown
+
+
+def _short_on_gpu(a: MemoryAccount) -> bool:
+    """No layer on a GPU, and the load's own figures for a GPU (CUDA/ROCm) say it is short: a memory question."""
+    return a.minimum is not None and a.vram_available is not None and (a.shortfall or 0) > 0
 
 
 def _need_parts(a: MemoryAccount) -> str:
@@ -119,6 +127,7 @@ def table(a: MemoryAccount, candidates: list[Candidate], note: str) -> list[str]
         out.append(f"  placed on GPU        {on}; on the host: {off}")
     short = size(a.shortfall) if a.shortfall is None or a.shortfall > 0 else f"none ({size(-a.shortfall)} to spare)"
     out.append(f"  short by             {short}")
+    out.extend(f"  note: {n}" for n in a.notes)
     out.append("changes that would fit it (advised, never applied):")
     if note:
         out.append(f"  ({note})")

@@ -184,6 +184,29 @@ class TestEveryPartialCase:
         assert "2 of 33 layers and 810 MiB of weights are on the CPU" in note
 
 
+    def test_no_layer_fit_need_from_the_parts(self) -> None:
+        """ollama/ollama#10765: layers.offload=0 of 35 on 3.2 GiB, and memory.required.full=2.6 GiB, which then
+        leaves out the graph and the minimum. From the parts: 2.3 GiB weights + 254 MiB KV + 795.9 MiB + 1.0 GiB
+        projector + 1.0 GiB graph + 457 MiB minimum + one 60 MiB buffer layer = 5.8 GiB, 2.6 GiB short; shown by
+        explain although the verdict's cause is not (yet) insufficient_vram; a CPU fallback for another reason
+        (15918, a driver/library mismatch) shows no memory table."""
+        path = CORPUS / "cpu_fallback-insufficient_vram-unk-10765" / "server.log"
+        (a,) = accounts_of_text(path.read_bytes())
+        assert a.layers_gpu == 0 and a.notes and "summed from the parts" in a.notes[0]
+        assert abs((a.need_full or 0) - int(5.83 * GIB)) < 0.02 * GIB
+        assert abs((a.shortfall or 0) - int(2.63 * GIB)) < 0.02 * GIB
+        with open(path, "rb") as fh:
+            _verdict, memory = explain_with_memory(fh)
+        assert memory == [a] or (len(memory) == 1 and memory[0].shortfall == a.shortfall)
+        model, note = fit_model(a)  # Ollama up to 0.7.0 put the projector's weights and graph on the first GPU:
+        assert model is not None and model.predict(Change()).layers == 0  # 3.2 < 1.8 + 1.0 + 0.45 + 2 layers
+        assert "with its graph (Ollama up to 0.7.0)" in note
+        other = FIXTURES / "ollama-logs" / "cpu_fallback-driver_library_mismatch-0.20.6-15918" / "server.log"
+        with open(other, "rb") as fh:
+            _verdict, memory = explain_with_memory(fh)
+        assert memory == []
+
+
 class TestEstimateReplay:
     @pytest.mark.parametrize(("case", "layers"), [("partial_offload-insufficient_vram-unk-pr12000", 48),
                                                   ("partial_offload-insufficient_vram-unk-9181", 44)])

@@ -49,7 +49,7 @@ def explain_with_memory(stream: IO[bytes]) -> tuple[Verdict, list[MemoryAccount]
     for event in parse_chunks(tee.chunks(read_chunks(stream))):
         board.add(event)
     verdict = board.verdict()
-    return verdict, relevant(tee.accounts(), verdict.outcome)
+    return verdict, relevant(tee.accounts(), verdict.outcome, verdict.cause)
 
 
 def render_text(verdict: Verdict, name: str, memory: Sequence[MemoryAccount] = ()) -> str:
