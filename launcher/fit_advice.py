@@ -394,7 +394,8 @@ def _quant_candidate(acc: MemoryAccount, model: FitModel) -> Candidate | None:
     best = _largest(lambda f: _fits(model, Change(weights=f), keep), 0.05, 1.0)
     if best is None:
         return Candidate("quantisation", "a smaller quantisation", None, model.layers_total, None, False,
-                         "even a tenfold smaller quantisation would not fit: the KV cache, graph or projector alone is too big")
+                         "even a tenfold smaller quantisation would not fit: the KV cache, graph or projector alone "
+                         "is too big")
     bpw = _bpw(acc)
     weights = acc.weights_total or ((acc.weights_repeating or 0) + (acc.weights_nonrepeating or 0))
     if bpw is None:

@@ -6,6 +6,7 @@ or None ("not in the log"); nothing is guessed. Which figures exist depends on t
 - `estimate` — Ollama's `offload` line (`llm/memory.go`, v0.1 to v0.12): Ollama decided the layer count itself.
 - `layout` — the Ollama engine's `model weights`/`kv cache`/`compute graph` lines (v0.6 to v0.24).
 - `llama-server` — llama.cpp's fit in `llama-server` (v0.30+): it measured free memory and chose the layers.
+- `runner` — only the runner's own lines (`offloaded N/M`, buffer sizes): what was placed, not what was free.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Holder:
 
 
 @dataclass
-class MemoryAccount:  # pylint: disable=too-many-instance-attributes
+class MemoryAccount:
     """One model load. Sizes in bytes; None means the log does not say."""
 
     serial: int = 0  # the tracker's count of loads: a key that survives restarted line numbers
@@ -129,9 +130,10 @@ class MemoryTracker:
                     acc.gpu_overhead = int(overhead)
                 except ValueError:
                     acc.gpu_overhead = parse_size(overhead)
-            if self.devices:
-                totals = [_n(d.get("total")) for d in self.devices.values() if isinstance(d.get("total"), int)]
-                acc.vram_total = sum(totals) if totals else None
+            if len(self.devices) == 1:  # with several GPUs, which one the load used is for its own lines to say
+                (device,) = self.devices.values()
+                total = device.get("total")
+                acc.vram_total = total if isinstance(total, int) else None
             self.accounts.append(acc)
             del self.accounts[:-MAX_ACCOUNTS]
             self._started = False
