@@ -2,8 +2,8 @@
 # Issue 17 item 4 on one H100, from the repository root on the device machine, with `.carry` and `.whl` carried
 # (benchmarks/gpu/e2e/prep.sh makes both here). Reuses ../e2e's llama.cpp build and random models:
 #
-#   bash benchmarks/gpu/partial/device.sh build   # = benchmarks/gpu/e2e/device.sh build (llama.cpp ~300 s + models);
-#                                                 # skip it on a machine that ran the e2e build already
+#   bash benchmarks/gpu/partial/device.sh build   # = benchmarks/gpu/e2e/device.sh build, waiting for it (llama.cpp
+#                                                 # ~300 s + models); skip it on a machine that ran the e2e build
 #   bash benchmarks/gpu/partial/device.sh run     # waits for the build, then run_partial.py: baseline + >= 6
 #                                                 # configurations, ~30 s each, stops starting new ones at DEADLINE
 #   bash benchmarks/gpu/partial/device.sh all     # both, for a machine without the 600 s limit
@@ -56,7 +56,7 @@ run() {
 }
 
 case "${1:-all}" in
-    build) bash "$REPO/benchmarks/gpu/e2e/device.sh" build ;;
+    build) WAIT_BUILD=${WAIT_BUILD:-540} FIGURES_BY=0 bash "$REPO/benchmarks/gpu/e2e/device.sh" build ;;
     run) run ;;
     all) WAIT_BUILD=${WAIT_BUILD:-900} FIGURES_BY=0 bash "$REPO/benchmarks/gpu/e2e/device.sh" build; run ;;
     *) echo "usage: $0 build|run|all" >&2; exit 2 ;;
