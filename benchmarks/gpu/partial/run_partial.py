@@ -64,6 +64,7 @@ class Row:
     total: int | None = None
     free_at_load_mib: int | None = None
     status_memory: str | None = None
+    status_holders: list[Any] = field(default_factory=list)  # NVML's other processes holding VRAM, as serve saw
     advice_line: str | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -214,6 +215,7 @@ def run_config(stack: Any, cfg: Config, logs: Path) -> tuple[Row, MemoryAccount 
         # the runner's last buffer lines reach the parser, then status and our advice line (up to 15 s)
         mem = wait_for(lambda: _status_memory(srv), 15, 0.5)
         row.status_memory = mem.get("summary") if isinstance(mem, dict) else None
+        row.status_holders = list(mem.get("holders") or []) if isinstance(mem, dict) else []
         advice = [e for e in srv.our_lines() if e.get("event") == "partial_offload_advice"]
         row.advice_line = advice[-1].get("advice") if advice else None
     except Exception as exc:  # one configuration's failure is printed and the next one runs
