@@ -28,7 +28,8 @@ class TestTable:
     def test_every_row_has_advice_and_an_instruction(self) -> None:
         """`explain`'s one line and the operator instruction exist for every cause."""
         for cause, row in REMEDIES.items():
-            assert cause in ADVICE and row.instruction
+            assert cause in ADVICE and row.advice and row.steps
+            assert remedy_for(cause, ctx()).instruction
             assert row.when in ("proactive", "discovery", "idle")
 
     @pytest.mark.parametrize(("cause", "command"), [

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from launcher.events import Event
-from launcher.evidence.facts import GPU_LIBRARIES, HIDE_ALL_VALUES, RUNNER_CAP, Facts, Handler, Runner, _d, _push
+from launcher.evidence.facts import (
+    GPU_LIBRARIES,
+    HIDE_ALL_VALUES,
+    RUNNER_CAP,
+    Facts,
+    Handler,
+    Runner,
+    _d,
+    _push,
+    event_cause,
+)
 from launcher.log_patterns import MIN_COMPUTE
 from launcher.vocabulary import FILTER_VARS
 
@@ -36,16 +46,16 @@ def _on_no_gpu(f: Facts, e: Event) -> None:
 
 def _on_problem(stage: str) -> Handler:
     def handle(f: Facts, e: Event) -> None:
-        f.add_problem(str(_d(e, "cause", "unknown")), e, stage)
+        f.add_problem(event_cause(e), e, stage)
     return handle
 
 
 def _on_cuda_init_failed(f: Facts, e: Event) -> None:
     if _d(e, "where") == "runner" and not f.discovery_mode:
         _push(f.runner.reports, e)
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "runner")
+        f.add_problem(event_cause(e), e, "runner")
     else:
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "discovery")
+        f.add_problem(event_cause(e), e, "discovery")
 
 
 def _on_backend_failed(f: Facts, e: Event) -> None:
@@ -106,7 +116,7 @@ def _on_start(f: Facts, e: Event) -> None:
 
 def _on_failure(f: Facts, e: Event) -> None:
     if f.discovery_mode and e.kind == "runner_crash":
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "discovery")
+        f.add_problem(event_cause(e), e, "discovery")
         return
     _push(f.runner.failures, e)
 

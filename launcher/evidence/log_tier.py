@@ -19,6 +19,7 @@ from launcher.evidence.facts import (
     Verdict,
     _d,
     _ev,
+    event_cause,
 )
 from launcher.evidence.log_facts import _below_minimum
 from launcher.log_patterns import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
@@ -239,8 +240,8 @@ def _log_rules(f: Facts) -> Verdict:
     crashed = _crashed(f)
     if crashed is not None:
         causes = [p for p in f.problems if p.cause != "device_filter_hides_gpu"]
-        causes += [Problem(str(_d(e, "cause")), e, "runner") for e in crashed.failures
-                   if _d(e, "cause") not in (None, "unknown", "device_filter_hides_gpu")]
+        causes += [Problem(event_cause(e), e, "runner") for e in crashed.failures
+                   if event_cause(e) not in ("unknown", "device_filter_hides_gpu")]
         best = _best(causes)
         ev = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
         if best:
