@@ -58,6 +58,15 @@ def _on_cuda_init_failed(f: Facts, e: Event) -> None:
         f.add_problem(event_cause(e), e, "discovery")
 
 
+def _on_nvml_failed(f: Facts, e: Event) -> None:
+    """`Failed to initialize NVML: <text>` (nvidia-smi's words, pasted beside Ollama's): the text's code names the
+    cause; NVML's "Unknown Error" after a GPU was found in this log is a container that lost its devices."""
+    cause = event_cause(e)
+    if cause == "unknown" and f.discovered and "unknown error" in str(_d(e, "error", "")).lower():
+        cause = "container_gpu_access_lost"
+    f.add_problem(cause, e, "runner" if f.discovered else "discovery")
+
+
 def _on_backend_failed(f: Facts, e: Event) -> None:
     if _d(e, "backend") is None:
         return  # a CPU variant that does not load is normal: ggml scores every variant
