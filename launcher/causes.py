@@ -31,6 +31,7 @@ class Step:
 
     text: str
     sets: tuple[Setting, ...] = ()
+    applies: Callable[[RemedyContext], bool] | None = None  # None: always; else said only where this is true
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ def render(row: Cause, ctx: RemedyContext, why_no_patch: str = "") -> str:
     kept: list[str] = []
     already: list[str] = []
     for step in row.steps:
+        if step.applies is not None and not step.applies(ctx):
+            continue
         sets = tuple(_resolve(s, ctx) for s in step.sets)
         if sets and all(in_force(s, ctx) for s in sets):
             already += [_said(s) for s in sets]
@@ -88,7 +91,7 @@ def render(row: Cause, ctx: RemedyContext, why_no_patch: str = "") -> str:
                                      intent=_subject(ctx)))
     extra = row.situational(ctx, why_no_patch) if row.situational is not None else ()
     out = " ".join(kept)
-    if already:
+    if already and not extra:  # the situational sentences say what is in force, and why it is not enough
         out += (" " if out else "") + "Already in force: " + ", ".join(dict.fromkeys(already)) + "."
     if extra:
         out += (" " if out else "") + " ".join(extra)
@@ -140,8 +143,13 @@ def _intent_situation(keys: tuple[str, ...], forces: Callable[[str, str], bool])
 
 # --- the table --------------------------------------------------------------------------------------------------
 
+def _no_scheduler(ctx: RemedyContext) -> bool:
+    """Listing a filter in OGPU_MAY_OVERRIDE can help only where no scheduler assigned the GPUs."""
+    return rp.scheduler_assigned(ctx.env) is None
+
+
 _OVERRIDE_FILTER: Final = Step("Or list {filter} in OGPU_MAY_OVERRIDE to let ollama-gpu correct it.",
-                               ((MAY_OVERRIDE, "{filter}"),))
+                               ((MAY_OVERRIDE, "{filter}"),), _no_scheduler)
 
 CAUSE_TABLE: Final[tuple[Cause, ...]] = (
     Cause("none", 1000, "Nothing to do.", (Step("Nothing to do."),), expected_cpu=True),
@@ -273,7 +281,7 @@ CAUSE_TABLE: Final[tuple[Cause, ...]] = (
           "The model runs through Vulkan (or on another device) although CUDA is available: set "
           "OLLAMA_LLM_LIBRARY=cuda_v13 (or cuda_v12), or OLLAMA_VULKAN=0.",
           (Step("Set OLLAMA_VULKAN=0 so the CUDA device is used.", (("OLLAMA_VULKAN", "0"),)),
-           Step("Or set OLLAMA_LLM_LIBRARY=cuda_v13.", (("OLLAMA_LLM_LIBRARY", "cuda_v13"),))),
+           Step("OLLAMA_LLM_LIBRARY=cuda_v13 also makes Ollama use CUDA.", (("OLLAMA_LLM_LIBRARY", "cuda_v13"),))),
           "discovery", rp.vulkan_off, advice_sets=(("OLLAMA_VULKAN", "0"),)),
     Cause("backend_load_failed", 180,
           "The GPU backend library could not be loaded (see the loader error in the evidence): check that "
