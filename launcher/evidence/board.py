@@ -130,7 +130,7 @@ class Board:
         """The verdict of the first tier whose sources are present."""
         for _name, applies, decide in TIERS:
             if applies(self.facts):
-                return decide(self.facts.snapshot())
+                return decide(self.facts)
         return Verdict("unknown", "unknown", visible=False)
 
     def live(self) -> LiveVerdicts:

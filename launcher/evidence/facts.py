@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from launcher import error_codes
 from launcher.causes import BY_PRIORITY, EXPECTED_CPU, rank
@@ -78,6 +78,17 @@ class Verdict:
                 "generation": self.generation, "version": self.version, "tier": self.tier,
                 "subject": self.subject, "signals": list(self.signals), "disagreement": list(self.disagreement),
                 "devices": [d.to_dict() for d in self.devices]}
+
+
+# A rule's answer: the verdict and the notes the rule itself adds. Rules never write into the facts (DESIGN.md).
+Ruling: TypeAlias = tuple[Verdict, tuple[str, ...]]
+
+
+def settle(f: Facts, ruling: Ruling) -> Verdict:
+    """A rule's verdict with the handlers' notes first and the rule's own after, each said once."""
+    v, notes = ruling
+    return replace(v, notes=tuple(dict.fromkeys((*f.notes, *v.notes, *notes))),
+                   findings=tuple(dict.fromkeys(v.findings)))
 
 
 def _ev(event: Event, says: str) -> Evidence:
@@ -193,10 +204,6 @@ class Facts:
     sources: set[str] = field(default_factory=set)
     lines: int = 0
     live: Live = field(default_factory=Live)
-
-    def snapshot(self) -> Facts:
-        """A copy whose lists a tier may extend without changing the board (verdicts are repeatable)."""
-        return replace(self, problems=list(self.problems), notes=list(self.notes), findings=list(self.findings))
 
     @property
     def runner(self) -> Runner:

@@ -132,12 +132,10 @@ def _nvml_signal(f: Facts, p: Proc, settled: bool) -> Signal | None:
     if p.nvml_listed is not None:
         return Signal("nvml", "gpu", "strong", (_lev(p.nvml_listed, f"NVML: pid {p.pid} holds "
                                                                      f"{_mib(p.nvml_bytes)} of GPU memory"),))
-    if p.rise >= NVML_RISE_BYTES and p.rise_event is not None:
-        if p.rise_shared:
-            f.note(f"GPU memory rose by {_mib(p.rise)} while several runners were alive: not attributed")
-        else:
-            return Signal("nvml", "gpu", "strong", (_lev(p.rise_event, f"GPU memory rose by {_mib(p.rise)} while "
-                                                                        "it was the only runner"),))
+    if p.rise >= NVML_RISE_BYTES and p.rise_event is not None and not p.rise_shared:
+        # a rise while several runners were alive is not attributed (the runner's verdict says so)
+        return Signal("nvml", "gpu", "strong", (_lev(p.rise_event, f"GPU memory rose by {_mib(p.rise)} while "
+                                                                    "it was the only runner"),))
     late = p.nvml_last_seq > f.live.log_seq  # the latest sample came after the latest log line
     if settled and late and p.nvml_last_listed is False:
         return Signal("nvml", "cpu", "medium", (_lev(nvml, f"NVML lists no GPU memory for pid {p.pid}"),))
