@@ -575,6 +575,16 @@ class TestProbes:
         # a driver that loads and fails with 999 is a broken GPU, not a machine without one
         assert (rows["verdict"].found, rows["verdict"].cause) == ("cpu_fallback", "uvm_not_loaded")
 
+    @pytest.mark.parametrize(("code", "cause"), [("802", "fabric_manager_not_running"),
+                                                 ("800", "container_gpu_access_lost")])
+    def test_cuinit_code_names_its_cause(self, root: Root, native: NativeBuild, install: Install, code: str,
+                                         cause: str) -> None:
+        """cuInit 802 / 800 from the mock driver: the probe names the error-code table's cause and its fix."""
+        rows = probes(root, native, install, probe_env(native.mock_dir, MOCKCUDA_INIT_ERROR=code))
+        cu = rows["probe_cuinit"]
+        assert (cu.status, cu.cause) == ("fail", cause)
+        assert cu.found.startswith(f"cuInit returned {code}")
+
     def test_missing_libcuda_on_a_gpu_host_gives_the_loaders_text(self, root: Root, native: NativeBuild,
                                                                   install: Install) -> None:
         """Device nodes but no libcuda.so.1: fail with the dlopen error text, in the row and the shim's event."""
