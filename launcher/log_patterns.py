@@ -540,6 +540,8 @@ ROWS: Final[tuple[Row, ...]] = (
                                                        r"(?P<error>.*)"), _cuda_failure("runner")),
     Row("runner_crash", "ROCm error", _r(r"ROCm error:? ?(?P<error>.*)"),
         lambda m: {"text": m.group(0)[:300], "cause": "unknown"}),
+    Row("runner_crash", "hipError", _r(r"(?P<error>hipError\w+.*)"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unknown"}),
     Row("cuda_init_failed", "nvmlInit", _r(r"(?P<fn>nvmlInit\w*)(?:\(\))? (?:err|error|failed)\w*:? ?"
                                            r"(?P<error>(?P<code>\d+).*)"), _cuda_failure("discovery")),
     Row("nvml_failed", "Failed to initialize NVML", _r(r"Failed to initialize NVML: (?P<error>.*)"),

@@ -134,6 +134,12 @@ class TestFromLogLines:
         got = verdict_of(V_D, START_D, f"ROCm error: {row.text}")
         assert got == ("crash", row.cause)
 
+    def test_hip_runtime_abort_names_the_arch(self) -> None:
+        """The HIP runtime's own abort line (`hipErrorNoBinaryForGpu: Unable to find code object …`) after a ROCm
+        runner start: crash/unsupported_gpu_arch."""
+        got = verdict_of(V_D, START_D, "hipErrorNoBinaryForGpu: Unable to find code object for all current devices!")
+        assert got == ("crash", "unsupported_gpu_arch")
+
     def test_symbolic_name_in_a_line(self) -> None:
         """A code printed by name (`CUDA_ERROR_SYSTEM_NOT_READY`) names its cause like its number does."""
         assert error_codes.cause_of("cuInit failed: CUDA_ERROR_SYSTEM_NOT_READY") == "fabric_manager_not_running"

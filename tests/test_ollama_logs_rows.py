@@ -177,6 +177,7 @@ SAMPLES: list[tuple[str, str, str, dict[str, Any]]] = [
     (VD, "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected", "cuda_init_failed",
      {"where": "runner", "error": "no ROCm-capable device is detected"}),
     (VD, "ROCm error: invalid device function", "runner_crash", {}),
+    (VB, "hipErrorNoBinaryForGpu: Unable to find code object for all current devices!", "runner_crash", {}),
     (VB, "nvmlInit_v2 err: 18", "cuda_init_failed", {"code": 18, "where": "discovery"}),
     (VD, "Failed to initialize NVML: Driver/library version mismatch", "nvml_failed",
      {"error": "Driver/library version mismatch"}),
