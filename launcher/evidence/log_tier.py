@@ -41,7 +41,7 @@ class Placement:
 def _trusted(f: Facts, e: Event) -> bool:
     if f.generation in OFFLOAD_LINE_TRUSTED:
         return OFFLOAD_LINE_TRUSTED[f.generation]
-    return _d(e, "form") != "llm_load_tensors"
+    return bool(_d(e, "form") != "llm_load_tensors")
 
 
 def _report_placement(f: Facts, r: Runner) -> Placement | None:
@@ -232,12 +232,17 @@ def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
 
 
 def _log_rules(f: Facts) -> Ruling:
-    """The verdict and the rules' own notes (the facts' notes and findings are added by `settle`)."""
+    """The verdict and the rules' own notes (the facts' notes are added by `settle`)."""
     notes: list[str] = []
     problems = [*f.problems, *_amd_problems(f)]
     crashed, earlier = _crashed(f)
-    base = {"generation": f.generation, "version": f.version, "tier": "log"}
     findings = (*f.findings, *earlier)
+
+    def ruling(outcome: str, cause: str, evidence: Iterable[Evidence], visible: bool = True) -> Ruling:
+        v = Verdict(outcome, cause, tuple(evidence), (), findings, visible=visible, generation=f.generation,
+                    version=f.version, tier="log")
+        return v, tuple(notes)
+
     if f.version_unknown:
         notes.append(f"Ollama {f.version} is newer than the generation tables: only the patterns common to "
                      "every generation were used")
@@ -253,55 +258,48 @@ def _log_rules(f: Facts) -> Ruling:
         causes += [Problem(event_cause(e), e, "runner") for e in crashed.failures
                    if event_cause(e) not in ("unknown", "device_filter_hides_gpu")]
         best = _best(causes)
-        ev = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
+        failed = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
         if best:
-            ev.append(_ev(best.event, f"cause: {best.cause}"))
-        return Verdict("crash", best.cause if best else "unknown", tuple(ev), (), findings,
-                       **base), tuple(notes)
+            failed.append(_ev(best.event, f"cause: {best.cause}"))
+        return ruling("crash", best.cause if best else "unknown", failed)
 
     if place.where == "partial":
-        return Verdict("partial_offload", "insufficient_vram", place.evidence, (), findings,
-                       **base), tuple(notes)
+        return ruling("partial_offload", "insufficient_vram", place.evidence)
     if place.where == "gpu":
         vulkan = _vulkan_over_cuda(f)
         if vulkan:
-            return Verdict("gpu", "vulkan_selected_over_cuda", place.evidence + tuple(vulkan), tuple(f.notes),
-                           tuple(f.findings), **base), tuple(notes)
+            return ruling("gpu", "vulkan_selected_over_cuda", place.evidence + tuple(vulkan))
         if place.level == "plan" and not f.discovered:
             notes.append("only the scheduler's plan is in the log: it is an estimate, not proof of GPU use")
-        ev = place.evidence + tuple(_ev(e, "GPU discovered") for e in f.discovered[:2])
-        return Verdict("gpu", "none", ev, (), findings, **base), tuple(notes)
+        return ruling("gpu", "none", place.evidence + tuple(_ev(e, "GPU discovered") for e in f.discovered[:2]))
 
     runner_problems = [p for p in problems if p.stage == "runner"]
     best = _best(active + [p for p in runner_problems if p not in active])
     if place.where == "cpu" or (place.where is None and best is not None):
         if best is not None:
-            ev = (_ev(best.event, f"cause: {best.cause}"), *place.evidence)
-            return Verdict(_cause_outcome(best.cause), best.cause, ev, (), findings, **base), tuple(notes)
+            return ruling(_cause_outcome(best.cause), best.cause,
+                          (_ev(best.event, f"cause: {best.cause}"), *place.evidence))
         if f.discovered:
             plan = [e for r in f.runners for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") == 0]
             cause = "insufficient_vram" if plan and (_d(plan[-1], "requested") or -1) < 0 else "unknown"
-            ev = place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2])
-            return Verdict("cpu_fallback", cause, ev, (), findings, **base), tuple(notes)
+            return ruling("cpu_fallback", cause,
+                          place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2]))
         if f.no_gpu:
-            ev = place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2])
-            return Verdict("cpu_expected", "none", ev, (), findings, **base), tuple(notes)
+            return ruling("cpu_expected", "none", place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2]))
         notes.append("the model ran on the CPU but the log does not show GPU discovery: if this machine has no usable "
                      "GPU, this is expected")
-        return Verdict("cpu_fallback", "unknown", place.evidence, (), findings, **base), tuple(notes)
+        return ruling("cpu_fallback", "unknown", place.evidence)
 
     if f.discovered:
         notes.append("a GPU was discovered but no model load is in the log: load a model and look again")
         vulkan = _vulkan_over_cuda(f)
-        ev = tuple(_ev(e, "GPU discovered") for e in f.discovered[:3]) + tuple(vulkan)
-        return Verdict("gpu", "vulkan_selected_over_cuda" if vulkan else "none", ev, tuple(f.notes),
-                       tuple(f.findings), **base), tuple(notes)
+        return ruling("gpu", "vulkan_selected_over_cuda" if vulkan else "none",
+                      tuple(_ev(e, "GPU discovered") for e in f.discovered[:3]) + tuple(vulkan))
     if f.no_gpu:
-        ev = tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:3])
-        return Verdict("cpu_expected", "none", ev, (), findings, **base), tuple(notes)
+        return ruling("cpu_expected", "none", (_ev(e, "no usable GPU") for e in f.no_gpu[:3]))
     if f.verbosity is not None and f.verbosity < 4:
         notes.append("llama-server at its default verbosity prints no device, offload or buffer line: rerun with "
                      "-lv 4 (Ollama: OLLAMA_DEBUG=1) to see where the model runs")
     else:
         notes.append("nothing in this log shows where the model runs (no discovery, load or runner lines)")
-    return Verdict("unknown", "unknown", (), (), findings, visible=False, **base), tuple(notes)
+    return ruling("unknown", "unknown", (), visible=False)
