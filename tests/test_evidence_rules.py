@@ -126,3 +126,23 @@ class TestWhatWouldDecide:
     def test_decided_cause_adds_nothing(self) -> None:
         """A decided cause (cuInit 999) needs no deciding line."""
         assert notes_of(V_A, CONFIG, "cuInit err: 999", CPU_ONLY) == []
+
+
+class TestWslShadowing:
+    NATIVE = f'{T}msg="no nvidia devices detected by library /usr/lib/x86_64-linux-gnu/libcuda.so.535.183.01"'
+    WSL_500 = (f'{T}msg="Unable to load cudart library /usr/lib/wsl/drivers/nv.inf_amd64_1/libcuda.so.1.1: cuda driver '
+               'library init failure: 500"')
+
+    def test_native_libcuda_before_failing_wsl_ones(self) -> None:
+        """A Linux driver's versioned libcuda tried first, then WSL's own failing (500): wsl_libcuda_path, citing
+        the native library's line."""
+        v = board_of(list(parse_text("\n".join((V_A, self.NATIVE, self.WSL_500, CPU_ONLY)) + "\n"))).verdict()
+        assert (v.outcome, v.cause) == ("cpu_fallback", "wsl_libcuda_path")
+        assert "libcuda.so.535" in v.evidence[0].text
+
+    def test_without_wsl_paths_it_is_not_wsl(self) -> None:
+        """The same native library on a plain Linux host: the code's own cause (500), never WSL."""
+        bare_500 = (f'{T}msg="Unable to load cudart library /usr/lib/x86_64-linux-gnu/libcuda.so.535.183.01: cuda '
+                    'driver library init failure: 500"')
+        v = board_of(list(parse_text("\n".join((V_A, bare_500, CPU_ONLY)) + "\n"))).verdict()
+        assert v.cause == "driver_container_incompat"

@@ -195,6 +195,7 @@ class Facts:
     env: dict[str, str] = field(default_factory=dict)
     env_event: Event | None = None
     gpu_libraries: list[Event] = field(default_factory=list)
+    native_libcuda: Event | None = None  # a Linux driver's versioned libcuda tried first (WSL shadowing, if WSL)
     amd_targets: list[Event] = field(default_factory=list)
     gfx_override: bool = False
     selected: list[Event] = field(default_factory=list)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from launcher.events import Event
 from launcher.evidence.facts import (
     GPU_LIBRARIES,
@@ -56,6 +59,23 @@ def _on_cuda_init_failed(f: Facts, e: Event) -> None:
         f.add_problem(event_cause(e), e, "runner")
     else:
         f.add_problem(event_cause(e), e, "discovery")
+
+
+LIBCUDA_PATH: Final = re.compile(r"(/[^\s\"]*/libcuda\.so[\d.]*)")
+NATIVE_LIBCUDA: Final = re.compile(r"^/usr/lib(?:64|/x86_64-linux-gnu|/aarch64-linux-gnu)?/libcuda\.so\.\d{3}")
+
+
+def _on_library_failed(f: Facts, e: Event) -> None:
+    """A driver library that did not work, its cause from the error (or its code); a Linux driver package's
+    versioned libcuda tried before WSL's own, which then fail, is WSL's libcuda shadowed (reference A.4's search
+    order: the native one first)."""
+    f.add_problem(event_cause(e), e, "discovery")
+    named = LIBCUDA_PATH.search(str(_d(e, "text", "")))
+    path = str(_d(e, "path", "") or (named[1] if named else ""))
+    if NATIVE_LIBCUDA.match(path) and f.native_libcuda is None:
+        f.native_libcuda = e
+    elif "/usr/lib/wsl/" in path and f.native_libcuda is not None:
+        f.add_problem("wsl_libcuda_path", f.native_libcuda, "discovery")
 
 
 def _on_nvml_failed(f: Facts, e: Event) -> None:
