@@ -123,6 +123,17 @@ class TestWhatWouldDecide:
         notes = notes_of(V_D, CONFIG, FOUND, START_D, "load_tensors: offloaded 0/33 layers to GPU")
         assert any("why the discovered GPU was not used" in n for n in notes)
 
+    def test_present_failure_line_is_not_asked_for(self) -> None:
+        """The runner's failure line is there but its code names no cause (hipErrorNoDevice): the note names the
+        code and what else would decide, not the line that is already in the log."""
+        rocm = (f'{T}msg="inference compute" id=GPU-1 library=rocm variant="" compute=gfx1100 driver=0.0 '
+                'name=1002:744c total="20.0 GiB" available="19.9 GiB"')
+        notes = notes_of(V_D, CONFIG, rocm, START_D,
+                         "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected")
+        assert any("hipErrorNoDevice (no ROCm-capable device is detected), names no cause by itself" in n
+                   for n in notes)
+        assert not any("line would show why" in n for n in notes)
+
     def test_decided_cause_adds_nothing(self) -> None:
         """A decided cause (cuInit 999) needs no deciding line."""
         assert notes_of(V_A, CONFIG, "cuInit err: 999", CPU_ONLY) == []

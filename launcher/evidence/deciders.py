@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from launcher import error_codes
 from launcher.evidence.facts import Facts, Runner, Verdict, _d
 from launcher.operator_vars import FILTER_VARS
 
@@ -59,6 +60,19 @@ def _discovery_why(f: Facts) -> str:
             "no GPU was found")
 
 
+def _runner_failure_says(r: Runner) -> str:
+    """Why the discovered GPU was not used: the runner's failure line if it is there (its code names no cause by
+    itself), else the lines that would show it."""
+    failed = [e for e in r.reports if e.kind in ("cuda_init_failed", "backend_failed")]
+    if not failed:
+        return ("the runner's `ggml_cuda_init: failed to initialize …` or `load_backend: failed to load …` line "
+                "would show why the discovered GPU was not used")
+    row = error_codes.find(str(_d(failed[-1], "text", "")))
+    said = f"{row.name} ({row.text})" if row is not None else f"`{str(_d(failed[-1], 'error', ''))[:80]}`"
+    return (f"the runner's own error, {said}, names no cause by itself: the device filters in the `server config` "
+            "line, and the device nodes the service user can open (`ollama-gpu doctor`), would")
+
+
 def deciding_lines(f: Facts, v: Verdict) -> tuple[str, ...]:
     """For a verdict whose cause (or outcome) is not decided: what would decide it, computed from what is missing."""
     unexplained_no_gpu = v.outcome == "cpu_expected" and v.cause == "none" and bool(f.no_gpu) and not f.discovered
@@ -94,6 +108,5 @@ def deciding_lines(f: Facts, v: Verdict) -> tuple[str, ...]:
         out.append("a line from `ggml_cuda_init` or the runner's load (`offloaded N/M layers to GPU`, `CUDA0 model "
                    "buffer size`) would show whether the GPU was used")
     elif r is not None and v.outcome in CPU_OUTCOMES and f.discovered:
-        out.append("the runner's `ggml_cuda_init: failed to initialize …` or `load_backend: failed to load …` line "
-                   "would show why the discovered GPU was not used")
+        out.append(_runner_failure_says(r))
     return tuple("to decide: " + line for line in out)
