@@ -207,11 +207,14 @@ def find(text: str, family: Family | None = None) -> ErrorCode | None:
     if m and m[1].lower() in _BY_NAME:
         return _BY_NAME[m[1].lower()]
     fam = family or family_of(text)
-    row = _by_text(text, fam)
-    if row is not None:
-        return row
-    if fam is None:
-        return None
+    by_text = _by_text(text, fam)
+    if by_text is not None and by_text.cause is not None:
+        return by_text
+    by_number = _by_number(text, fam) if fam is not None else None
+    return by_number if by_number is not None and (by_text is None or by_number.cause is not None) else by_text
+
+
+def _by_number(text: str, fam: Family) -> ErrorCode | None:
     for n in _NUMBER.finditer(text):
         row = lookup(fam, int(n["code"]))
         if row is None and fam == "cu":

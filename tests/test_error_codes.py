@@ -86,6 +86,10 @@ class TestTables:
                 'map segment from shared object: Operation not permitted"')
         assert verdict_of(V_A, line, f'{T}msg="no compatible GPUs were discovered"')[1] == "tmp_noexec"
 
+    def test_a_code_that_names_a_cause_beats_a_text_that_does_not(self) -> None:
+        """`init failure: 802 (initialization error)`: the number names a cause, the generic text none."""
+        assert error_codes.cause_of("cuInit err: 802 (initialization error)") == "fabric_manager_not_running"
+
     def test_numbers_outside_the_words_that_carry_codes_are_not_codes(self) -> None:
         """A pid or a port in a line is not read as a code."""
         assert error_codes.find("cuInit pid 802 port 100") is None
