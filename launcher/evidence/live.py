@@ -209,7 +209,7 @@ def _after_discovery(runner: Verdict, discovery: Verdict) -> Verdict:
 
 
 def live_verdicts(f: Facts) -> LiveVerdicts:
-    """Verdicts for discovery and every model runner (each on its own copy of the facts' notes)."""
+X
     discovery = discovery_verdict(f)
     runners = {}
     for p in sorted((p for p in f.live.procs.values() if p.cls in MODEL_CLASSES), key=lambda p: p.seq):
