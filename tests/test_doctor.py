@@ -313,6 +313,14 @@ class TestFilters:
         row = one(make_ctx(root, env=env), doctor.check_filters)
         assert (row.status, row.cause) == ("warn", "operator_forced_cpu") and "OGPU_MAY_OVERRIDE" in row.fix
 
+    def test_override_already_listed_is_not_asked_for(self, root: Root) -> None:
+        """CUDA_VISIBLE_DEVICES=-1 already in OGPU_MAY_OVERRIDE: the fix does not ask to list it again (issue 15)."""
+        ctx = make_ctx(root, env={"CUDA_VISIBLE_DEVICES": "-1"},
+                       settings=DoctorSettings(may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
+        row = one(ctx, doctor.check_filters)
+        assert row.cause == "operator_forced_cpu" and "list them in OGPU_MAY_OVERRIDE" not in row.fix
+        assert "already lists CUDA_VISIBLE_DEVICES" in row.fix
+
     def test_keys_from_our_env_files_count(self, root: Root) -> None:
         """A filter set in an ollama-gpu env file reaches Ollama, so it is reported."""
         ctx = make_ctx(root, settings=DoctorSettings(ollama_env={"CUDA_VISIBLE_DEVICES": "-1"}))

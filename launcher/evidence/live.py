@@ -209,7 +209,7 @@ def _after_discovery(runner: Verdict, discovery: Verdict) -> Verdict:
 
 
 def live_verdicts(f: Facts) -> LiveVerdicts:
-X
+    """Verdicts for discovery and every model runner (the rules read the facts and never change them)."""
     discovery = discovery_verdict(f)
     runners = {}
     for p in sorted((p for p in f.live.procs.values() if p.cls in MODEL_CLASSES), key=lambda p: p.seq):
