@@ -17,7 +17,18 @@ from launcher.evidence import judge
 from launcher.ollama_logs import parse_text
 from launcher.vocabulary import CAUSES
 from tests.cli_helpers import REPO
-from tests.test_evidence_live import fixture_log, live, nvml_gpus, only_runner, runner, shim, started
+from tests.test_evidence_live import (
+    cuda_ok,
+    fixture_log,
+    live,
+    memory,
+    nvml_gpus,
+    only_runner,
+    runner,
+    shim,
+    snapshot,
+    started,
+)
 
 T = "time=2026-01-01T00:00:00.000Z level=INFO source=x.go:1 "
 V_A = f'{T}msg="Listening on 127.0.0.1:11434 (version 0.5.7)"'
@@ -191,6 +202,16 @@ class TestFromLiveEvents:
         v = only_runner(live([started(), nvml_gpus(), *runner(), failed, shim("cu_init", result=999),
                               *fixture_log("ggml-real/llama-server-cpu-libcuda-unloadable.log")]))
         assert v.cause == "container_gpu_access_lost"
+
+    def test_shim_cuda_error_mid_run_is_said_beside_the_verdict(self) -> None:
+        """A runner on the GPU whose later driver calls fail with 800: the verdict rests on the signals, and a note
+        names the code and its cause (container_gpu_access_lost)."""
+        v = only_runner(live([started(), nvml_gpus(), memory(500), *runner(), *cuda_ok(),
+                              *fixture_log("ggml-real/llama-server-gpu.log"), snapshot(120, 30),
+                              memory(1500, [(200, 1000)]), shim("cuda_error", fn="cuMemAlloc_v2", code=800, count=3)]))
+        assert v.outcome == "gpu"
+        assert any("cuMemAlloc_v2 fail with 800 (CUDA_ERROR_NOT_PERMITTED" in n and "container_gpu_access_lost" in n
+                   for n in v.notes)
 
     def test_nvml_gpu_is_lost_mid_run(self) -> None:
         """NVML's GPU_IS_LOST (15) while a runner failed: gpu_lost outranks the CUDA error it causes."""

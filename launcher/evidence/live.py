@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from launcher import device_evidence as gpus_ev
-from launcher import devices
+from launcher import devices, error_codes
 from launcher.events import Event
 from launcher.evidence.decide import _decide, _gpu_seen
 from launcher.evidence.facts import HIDE_ALL_VALUES, Facts, Problem, Proc, Runner, Signal, Verdict, _d, _ev, _lev, _rank
@@ -71,11 +71,25 @@ def _runner_signals(f: Facts, p: Proc) -> Verdict:
         return replace(crash, tier="live", subject=subject, signals=tuple(f"{s.source}:{s.says}" for s in signals))
     degraded = "vulkan_selected_over_cuda" if latest and _vulkan_over_cuda(f) else None
     notes = [] if latest else ["log lines carry no pid: they are attributed to the newest model runner only"]
+    notes += _cuda_error_notes(p)
     nvml_gpus = f.live.nvml is not None and f.live.nvml.kind == "gpus"
     if nvml_gpus and p.nvml_listed is None and p.rise >= NVML_RISE_BYTES and p.rise_event is not None \
             and p.rise_shared:
         notes.append(f"GPU memory rose by {_mib(p.rise)} while several runners were alive: not attributed")
     return _decide(f, subject, signals, _base(f), RUNNER_STAGES, degraded, notes)
+
+
+def _cuda_error_notes(p: Proc) -> list[str]:
+    """The driver errors the shim saw in this runner whose code names a cause (a GPU lost, a container's device
+    access revoked mid-run), each function once: said beside the verdict, which rests on the signals."""
+    out: dict[str, str] = {}
+    for e in p.cuda_errors:
+        code = _d(e, "code")
+        row = error_codes.lookup("cu", code) if isinstance(code, int) else None
+        if row is not None and row.cause is not None:
+            out[str(_d(e, "fn"))] = (f"the shim saw {_d(e, 'fn')} fail with {row.code} ({row.name}: {row.text}), "
+                                     f"{_d(e, 'count', 1)} time(s): {row.cause}")
+    return list(out.values())
 
 
 def _log_discovery_signal(f: Facts) -> tuple[Signal | None, bool]:
