@@ -245,3 +245,26 @@ def test_no_process_left(tmp_path: Path, libs: native.NativeLibs, cache_dir: Pat
     pids = [p.pid for p in descendants(run.serve.pid)]
     assert run.stop() == 0
     assert not [p for p in pids if psutil.pid_exists(p)]
+
+
+def test_failed_state_write_is_shown_in_status_15(tmp_path: Path, libs: native.NativeLibs, cache_dir: Path) -> None:
+    """Issue 15, item 3: when the remedy history cannot be written (here a directory sits where the state file goes,
+    so the rename fails even for root), the remedy still runs once, one warning names the path and errno, and
+    `status` shows the failure in JSON and in text."""
+    state, port = tmp_path / "state", free_port()
+    state_file = state / f"state-127.0.0.1-{port}.json"
+    state_file.mkdir(parents=True)
+    run = Run(tmp_path, libs, cache_dir, flags=("--may-override", "CUDA_VISIBLE_DEVICES"), state=state, port=port,
+              CUDA_VISIBLE_DEVICES="-1")
+    run.ready()
+    status = run.wait_status(lambda s: s["restarts"] == 1 and discovery(s) == ("gpu", "none"), "one remedy restart")
+    failed = status["remedies"]["budget"]["write_error"]
+    assert (failed["path"], failed["errno"]) == (str(state_file), "EISDIR")
+    assert status["remedies"]["budget"]["used"] == 1
+    warnings = run.events("state_write_failed")
+    assert [(e["level"], e["path"], e["errno"]) for e in warnings] == [("warning", str(state_file), "EISDIR")]
+    text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
+                          text=True, timeout=30, check=False).stdout
+    assert f"remedy history not saved: writing {state_file} failed (EISDIR: Is a directory)" in text
+    assert sorted(p.name for p in state.iterdir()) == [state_file.name]  # no temp file left beside it
+    assert run.stop() == 0

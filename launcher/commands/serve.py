@@ -16,7 +16,7 @@ from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
-from launcher.config import Mode, Settings
+from launcher.config import Mode, Settings, log_warnings
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
@@ -34,7 +34,11 @@ HELP = "run `ollama serve` (same arguments and environment) under supervision, w
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Everything after `serve` goes to `ollama serve` unchanged."""
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+    parser.description = (f"{HELP}. Every argument after `serve` goes to `ollama serve` unchanged (only a lone "
+                          "-h/--help is ours; write `serve -- --help` for Ollama's). ollama-gpu's own settings go "
+                          "before `serve`: ollama-gpu --mode advise serve.")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="OLLAMA_SERVE_ARGS",
+                        help="every other argument: passed to `ollama serve` unchanged")
 
 
 class Recorder:
@@ -217,8 +221,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if ctx.reload is None:
             return None
         new = ctx.reload()
-        for warning in new.warnings:
-            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
+        log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
     supervisor = Supervisor(
