@@ -1,11 +1,13 @@
-"""What an operator should do about a verdict when no context is known (explain, doctor): the cause table's advice."""
+"""What an operator should do about a verdict outside `serve` (explain, doctor): the cause table's advice, computed
+from the settings the log shows where it shows them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Final
 
-from launcher.causes import CAUSE_TABLE, row
+from launcher.causes import CAUSE_TABLE, advice_for, row
+from launcher.remedy_patches import RemedyContext
 
 ADVICE: Final[Mapping[str, str]] = {r.label: r.advice for r in CAUSE_TABLE}
 
@@ -17,8 +19,11 @@ OUTCOME_ADVICE: Final[dict[str, str]] = {
 }
 
 
-def advice(outcome: str, cause: str) -> str:
-    """The operator's next step for a verdict."""
+def advice(outcome: str, cause: str, settings: Mapping[str, str] | None = None) -> str:
+    """The operator's next step for a verdict; with the settings in force (e.g. the log's `server config` line), it
+    never asks for what is set already."""
     if cause in ("none", "unknown") and outcome in OUTCOME_ADVICE:
         return OUTCOME_ADVICE[outcome]
+    if settings:
+        return advice_for(row(cause), RemedyContext(env={k: v for k, v in settings.items() if v}))
     return row(cause).advice

@@ -244,3 +244,21 @@ class TestExplainEndToEnd:
         words = {"fabric_manager_not_running": "fabricmanager", "container_gpu_access_lost": "restart the container",
                  "gpu_lost": "fell off the bus"}[cause]
         assert words in data["advice"]
+
+
+class TestExplainAdviceFromTheLogsSettings:
+    def test_igpu_enable_already_set_is_not_advised(self, tmp_path: Path) -> None:
+        """The log's `server config` shows OLLAMA_IGPU_ENABLE:1 and the iGPU was still dropped: `explain` does not
+        tell the operator to set it (issue 15 item 5, applied to explain)."""
+        log = tmp_path / "server.log"
+        log.write_text("\n".join((
+            V_D, f'{T}msg="server config" env="map[CUDA_VISIBLE_DEVICES: OLLAMA_IGPU_ENABLE:1]"',
+            f'{T}msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" id=0 library=Vulkan '
+            'description="Intel(R) UHD"',
+            f'{T}msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama '
+            'driver="" pci_id="" type="" total="31 GiB" available="30 GiB"')) + "\n")
+        proc = subprocess.run([sys.executable, "-m", "launcher.cli", "explain", "--json", str(log)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=False)
+        data = json.loads(proc.stdout)
+        assert data["cause"] == "unsupported_igpu"
+        assert "set OLLAMA_IGPU_ENABLE=1" not in data["advice"] and "OLLAMA_IGPU_ENABLE=1" in data["advice"]
