@@ -196,14 +196,14 @@ class TestEveryPartialCase:
         assert abs((a.need_full or 0) - int(5.83 * GIB)) < 0.02 * GIB
         assert abs((a.shortfall or 0) - int(2.63 * GIB)) < 0.02 * GIB
         with open(path, "rb") as fh:
-            _verdict, memory = explain_with_memory(fh)
+            _board, memory = explain_with_memory(fh)
         assert memory == [a] or (len(memory) == 1 and memory[0].shortfall == a.shortfall)
         model, note = fit_model(a)  # Ollama up to 0.7.0 put the projector's weights and graph on the first GPU:
         assert model is not None and model.predict(Change()).layers == 0  # 3.2 < 1.8 + 1.0 + 0.45 + 2 layers
         assert "with its graph (Ollama up to 0.7.0)" in note
         other = FIXTURES / "ollama-logs" / "cpu_fallback-driver_library_mismatch-0.20.6-15918" / "server.log"
         with open(other, "rb") as fh:
-            _verdict, memory = explain_with_memory(fh)
+            _board, memory = explain_with_memory(fh)
         assert memory == []
 
 
@@ -361,7 +361,8 @@ class TestExplainOutput:
         """`explain` prints the account and the advice table under the verdict."""
         path = FIXTURES / "ollama-logs" / "partial_offload-insufficient_vram-unk-pr12000" / "server.log"
         with open(path, "rb") as fh:
-            verdict, memory = explain_with_memory(fh)
+            board, memory = explain_with_memory(fh)
+            verdict = board.verdict()
         assert verdict.outcome == "partial_offload" and len(memory) == 1
         text = render_text(verdict, "x", memory)
         assert "layers on GPU        48/49" in text and "short by             307 MiB" in text
@@ -373,7 +374,8 @@ class TestExplainOutput:
         import json
 
         with open(path, "rb") as fh:
-            verdict, memory = explain_with_memory(fh)
+            board, memory = explain_with_memory(fh)
+            verdict = board.verdict()
         data = json.loads(render_json(verdict, "x", memory))
         (m,) = data["memory"]
         assert m["layers_gpu"] == 44 and m["advice"] and m["summary"].startswith("44/81 layers on GPU")
@@ -381,7 +383,8 @@ class TestExplainOutput:
     def test_healthy_log_has_no_memory_table(self) -> None:
         """A full offload shows no account: nothing to explain."""
         with open(FIXTURES / "ollama-real-gpu" / "healthy.server.log", "rb") as fh:
-            verdict, memory = explain_with_memory(fh)
+            board, memory = explain_with_memory(fh)
+            verdict = board.verdict()
         assert verdict.outcome == "gpu" and memory == []
         assert "memory of the load" not in render_text(verdict, "x", memory)
 
@@ -396,5 +399,5 @@ class TestExplainOutput:
         block = readme.split("### Why is my model partly on the CPU?")[1].split("```")[1].strip("\n")
         path = FIXTURES / "ollama-logs" / "partial_offload-insufficient_vram-unk-pr12000" / "server.log"
         with open(path, "rb") as fh:
-            _verdict, memory = explain_with_memory(fh)
+            _board, memory = explain_with_memory(fh)
         assert block == "\n".join(render(memory))
