@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -25,6 +26,7 @@ from launcher.exitcodes import Exit
 from launcher.guardian import GuardianKeeper
 from launcher.instance import AlreadyRunning, InstanceLock
 from launcher.lineage import descends_from
+from launcher.memory_live import MemoryWatch, add_memory
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.port_owner import answering, holder
@@ -67,8 +69,9 @@ class Recorder:
             self._out.close()
 
 
-def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
-    """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started."""
+def _line_consumer(sink: Callable[[Event], None], memory: Any = None) -> Callable[[Line], None]:
+    """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started.
+    `memory` (a MemoryWatch) reads the same cleaned lines for the memory account of each load (issue 17)."""
     state: dict[str, Any] = {}
 
     def on_line(line: Line) -> None:
@@ -81,6 +84,9 @@ def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
         text, pid = state["clean"](line.raw)
         for event in state["parser"].feed(state["LogLine"](line.number, text, pid, line.truncated)):
             sink(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
+        if memory is not None:
+            for event in memory.feed(line.number, text):
+                sink(event)
 
     return on_line
 
@@ -171,10 +177,23 @@ class StatsTap:
 NVML_INTERVAL = 1.0  # seconds between two NVML memory samples
 
 
+def ollama_pids(sup: Supervisor) -> set[int]:
+    """Ollama and its descendants (runners): VRAM they hold is the load's own, not another process's."""
+    if sup.ollama is None:
+        return set()
+    import psutil
+
+    pids = {sup.ollama.pid}
+    with contextlib.suppress(psutil.Error):
+        pids.update(p.pid for p in psutil.Process(sup.ollama.pid).children(recursive=True))
+    return pids
+
+
 def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
                        recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
-                       tap: StatsTap | None) -> None:
-    """Right after Ollama started: the board, the policy, NVML, the status socket and metrics."""
+                       tap: StatsTap | None, memory: MemoryWatch | None = None) -> None:
+    """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
+    setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
     from launcher.nvml import NvmlSampler
     from launcher.nvml_poller import NvmlPoller
@@ -196,23 +215,32 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
                              driver_version=nvml.state.driver_version if nvml.state is not None else None,
                              tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=user)
 
-    record: Callable[[Event], None] = recorder
+    sinks: list[Callable[[Event], None]] = [recorder]
+    if memory is not None:
+        memory.own_pids = lambda: ollama_pids(sup)
+        sinks.append(memory.observe)
     if settings.metrics_addr is not None:
         from launcher import metrics  # prometheus_client is imported only when metrics are on
 
         exported = metrics.start(settings.metrics_addr, log)  # None (one warning) if it cannot bind
         if exported is not None:
-            record = metrics.tee(recorder, exported[0].observe)
+            sinks.append(exported[0].observe)
             closers.append(exported[1].close)
             if tap is not None:
                 tap.on_stats = exported[0].set_shim_server_stats
+
+    def record(event: Event) -> None:
+        for each in sinks:
+            each(event)
+
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
                             remedy_context=remedy_context)
     pending.attach(controller.sink)
     closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL).start().close)
     slot.controller = controller
     try:
-        status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup.view())).start()
+        status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
+            controller.status(sup.view()), memory.reports() if memory is not None else [])).start()
         sup.add_reader(status.fileno(), status.handle)
         closers.append(status.close)
     except OSError as exc:
@@ -291,7 +319,8 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
     recorder = Recorder(settings.record)
     pending = PendingSink()  # holds events until the controller exists (it is built after the spawn)
     pending(machine_event(prepared.driver))
-    on_line = _line_consumer(pending)
+    memory = MemoryWatch(log)
+    on_line = _line_consumer(pending, memory)
     shim_path = prepared.plan.shim
     closers: list[Callable[[], None]] = []
 
@@ -317,7 +346,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
                                                   ignore=lambda pid: pid == guardian.pid),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
-                                                             closers, tap),
+                                                             closers, tap, memory),
         ),
     )
     holder_.append(supervisor)

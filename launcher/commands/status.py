@@ -71,6 +71,7 @@ def _print(status: dict[str, Any]) -> None:
         print(f"{title}: {verdict.get('outcome', 'unknown')} (cause: {verdict.get('cause', 'unknown')})")
         for evidence in (verdict.get("evidence") or [])[:5]:
             print(f"  - {evidence.get('says', '')}: {str(evidence.get('text', ''))[:150]}")
+        _print_memory(verdict.get("memory"))
     remedies = status.get("remedies") or {}
     for item in remedies.get("applied") or []:
         print(f"remedy applied: {item}")
@@ -85,3 +86,16 @@ def _print(status: dict[str, Any]) -> None:
               f"{failed.get('error')}); it is kept in memory until ollama-gpu restarts")
     if status.get("what_to_do"):
         print(f"what to do: {status['what_to_do']}")
+
+
+def _print_memory(memory: object) -> None:
+    """Issue 17: a runner's memory account, in three lines at most, and the changes that would fit it."""
+    if not isinstance(memory, dict):
+        return
+    print(f"  memory: {memory.get('summary', '')}")
+    for c in (memory.get("advice") or [])[:4]:
+        if not isinstance(c, dict):
+            continue
+        layers = f"{c.get('layers')}/{c.get('layers_total')}" if c.get("layers") is not None else "?"
+        fits = "fits" if c.get("fits") else ("still partial" if c.get("fits") is False else "not sized")
+        print(f"    advised (not applied): {c.get('setting')} -> {layers} layers, {fits}")
