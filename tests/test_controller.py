@@ -24,7 +24,7 @@ def view() -> View:
 
 
 class TestBounds:
-    def test_thousands_of_runners_keep_the_maps_small(self, tmp_path: Path) -> None:
+    def test_a_hundred_runners_keep_the_maps_small(self, tmp_path: Path) -> None:
         """A long-lived server loads 100 models one after another: per-runner entries, decisions and the status
         list stay within their bounds, and the newest runner is still judged."""
         c = controller(tmp_path)
