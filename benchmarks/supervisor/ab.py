@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,15 +59,19 @@ def main() -> None:
     opts = parser.parse_args()
     sides: dict[str, Path | None] = {"bare": None, "other": opts.other.resolve(), "this": REPO}
     tmps = {name: Path(tempfile.mkdtemp(prefix=f"ogpu-ab-{name}-")) for name in sides}
-    for name, tree in sides.items():
-        one_start(tree, tmps[name])  # compiles and caches each side's shim
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-    rng = random.Random(14)
-    for _ in range(opts.runs):
-        order = list(sides)
-        rng.shuffle(order)
-        for name in order:
-            results[name].append(one_start(sides[name], tmps[name]))
+    try:
+        for name, tree in sides.items():
+            one_start(tree, tmps[name])  # compiles and caches each side's shim
+        rng = random.Random(14)
+        for _ in range(opts.runs):
+            order = list(sides)
+            rng.shuffle(order)
+            for name in order:
+                results[name].append(one_start(sides[name], tmps[name]))
+    finally:
+        for tmp in tmps.values():
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'side':6s} {'exec to spawn (ms)':>28s} {'exec to /api/version (ms)':>30s}")
     for name, rows in results.items():
         spawn = "-" if name == "bare" else fmt([r[0] for r in rows])
