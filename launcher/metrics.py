@@ -19,19 +19,20 @@ from prometheus_client.registry import Collector
 
 from launcher import __version__
 from launcher.events import Event
+from launcher.lifecycle import State
 from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
 
 if TYPE_CHECKING:
-    from launcher.evidence import LiveVerdicts, Verdict
     from launcher.shim_events import ServerStats
 
 PREFIX: Final = "ollama_gpu"
 ACTIONS: Final = ("apply_now", "apply_when_idle", "advise")  # `nothing` is not a remedy and is not counted
-STATES: Final = ("starting", "running", "backoff", "stopping", "stopped")
+STATES: Final = tuple(state.value for state in State)  # the supervisor's, launcher/lifecycle.py
 LAUNCH_KINDS: Final = ("kernel", "kernel_ex", "cooperative", "graph")
 COPY_DIRECTIONS: Final = ("htod", "dtoh", "dtod")
 MEM_FIELDS: Final = ("allocs", "frees", "alloc_bytes", "free_bytes")
+MAX_MODELS: Final = 256  # per-model memory series kept (oldest model dropped first)
 MAX_PROCS: Final = 4096  # per-process bookkeeping is pruned past this (oldest first)
 DISCOVERY: Final = "discovery"
 MODEL: Final = "model"
@@ -82,6 +83,8 @@ class Metrics:
         self._gpu_label: dict[int, str] = {}
         self._gpu_total: dict[str, int] = {}
         self._gpu_used: dict[str, int] = {}
+        self._layers: dict[str, tuple[int, int]] = {}  # model -> (layers on GPU, layers on CPU)
+        self._shortfall: dict[str, int] = {}
         self._nvml_up: int | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -103,17 +106,6 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         """Metrics is itself an event sink."""
         self.observe(event)
-
-    def set_verdicts(self, live: LiveVerdicts) -> None:
-        """The board's current answer: discovery's verdict and, per model, its newest runner's."""
-        with self._lock:
-            self._set_verdict(DISCOVERY, "", live.discovery.outcome, live.discovery.cause)
-            newest: dict[str, Verdict] = {}
-            for key, verdict in live.runners.items():  # start order: a later runner of a model wins
-                proc = self._procs.get(key) or self._procs.get((key[0], None))
-                newest[proc.model if proc is not None else "unknown"] = verdict
-            for model, verdict in newest.items():
-                self._set_verdict(MODEL, model, verdict.outcome, verdict.cause)
 
     def set_shim_server_stats(self, stats: ServerStats) -> None:
         """The shim event server's counters (cumulative since start), e.g. once per supervisor scan."""
@@ -218,6 +210,20 @@ class Metrics:
             if isinstance(index, int) and isinstance(used, int):
                 self._gpu_used[self._gpu_label.get(index, str(index))] = used
 
+    def _on_memory_account(self, event: Event) -> None:
+        """`log/memory_account` (issue 17): a load's layers on GPU and CPU and its VRAM shortfall, per model."""
+        model = self._names.name(["--model", str(event.data.get("model") or "")])
+        total, gpu = event.data.get("layers_total"), event.data.get("layers_gpu")
+        if isinstance(total, int) and isinstance(gpu, int) and 0 <= gpu <= total:
+            self._layers[model] = (gpu, total - gpu)
+        short = event.data.get("shortfall")
+        if isinstance(short, int):
+            self._shortfall[model] = max(0, short)
+        while len(self._layers) > MAX_MODELS:
+            del self._layers[next(iter(self._layers))]
+        while len(self._shortfall) > MAX_MODELS:
+            del self._shortfall[next(iter(self._shortfall))]
+
     def _on_state(self, event: Event) -> None:
         to = event.data.get("to")
         if to in STATES:
@@ -290,32 +296,33 @@ class Metrics:
                                    "Live processes of a model holding a CUDA context on a GPU", labels=("model", "gpu"))
         held: Counter[tuple[str, str]] = Counter((proc.model, gpu) for proc in self._procs.values()
                                                  for gpu in proc.gpus)
-        for labels, count in sorted(held.items()):
-            on_gpu.add_metric(labels, count)
+        for held_labels, count in sorted(held.items()):
+            on_gpu.add_metric(held_labels, count)
         yield on_gpu
 
         restarts = CounterMetricFamily(f"{p}_ollama_restarts", "Restarts of Ollama by reason (crash, remedy, "
                                        "requested) and the remedied cause", labels=("reason", "cause"))
-        for labels, count in sorted(self._restarts.items()):
-            restarts.add_metric(labels, count)
+        for restart_labels, count in sorted(self._restarts.items()):
+            restarts.add_metric(restart_labels, count)
         yield restarts
 
         remedies = CounterMetricFamily(f"{p}_remedies", "Remedy decisions by cause and action (applied or advised)",
                                        labels=("cause", "action"))
-        for labels, count in sorted(self._remedies.items()):
-            remedies.add_metric(labels, count)
+        for remedy_labels, count in sorted(self._remedies.items()):
+            remedies.add_metric(remedy_labels, count)
         yield remedies
 
         yield from self._shim_families()
         yield from self._gpu_families()
+        yield from self._memory_families()
 
         dropped = CounterMetricFamily(f"{p}_dropped_events", "Events lost before the board: by the shim (send "
                                       "buffer full), the event server (per reason) or these metrics",
                                       labels=("where", "reason"))
         rows = dict(self._dropped)
         rows.update({("event_server", reason): n for reason, n in self._server_dropped.items()})
-        for labels, count in sorted(rows.items()):
-            dropped.add_metric(labels, count)
+        for drop_labels, count in sorted(rows.items()):
+            dropped.add_metric(drop_labels, count)
         yield dropped
 
         events = CounterMetricFamily(f"{p}_events", "Events observed, by source", labels=("source",))
@@ -363,6 +370,21 @@ class Metrics:
         yield total
 
 
+    def _memory_families(self) -> Iterator[Metric]:
+        p = PREFIX
+        layers = GaugeMetricFamily(f"{p}_model_layers", "Layers of a model's newest load on the GPU and on the CPU "
+                                   "(from Ollama's log)", labels=("model", "where"))
+        for model, (gpu, cpu) in sorted(self._layers.items()):
+            layers.add_metric((model, "gpu"), gpu)
+            layers.add_metric((model, "cpu"), cpu)
+        yield layers
+        short = GaugeMetricFamily(f"{p}_model_vram_shortfall_bytes", "VRAM a model's newest load lacked for full "
+                                  "offload (0: it fit), as its release line counts it", labels=("model",))
+        for model, value in sorted(self._shortfall.items()):
+            short.add_metric((model,), value)
+        yield short
+
+
 _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("shim", "hello"): Metrics._on_hello,
     ("shim", "device"): Metrics._on_device,
@@ -375,6 +397,7 @@ _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("nvml", "unavailable"): Metrics._on_nvml_down,
     ("nvml", "sample_failed"): Metrics._on_nvml_down,
     ("nvml", "memory"): Metrics._on_memory,
+    ("log", "memory_account"): Metrics._on_memory_account,
     ("supervisor", "state"): Metrics._on_state,
     ("supervisor", "ready"): Metrics._on_ready,
     ("supervisor", "verdict"): Metrics._on_verdict,

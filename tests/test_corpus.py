@@ -24,10 +24,8 @@ KNOWN_MISSES: dict[str, str] = {
         "server config pasted from 'env=\"map[' on (line start cut): CUDA_VISIBLE_DEVICES:-1 not read",
     "cpu_fallback-container_gpu_access_lost-0.3.10-6928":
         "CUDA 800 (not permitted) unmapped, and the error is glued to the next record on one line",
-    "cpu_fallback-driver_library_mismatch-unk-ollamaflake-4": "NVML return code 18 (driver/library mismatch) unmapped",
     "cpu_fallback-fabric_manager_not_running-unk-5567":
         "CUDA 802 unmapped; the line is broken by a terminal-wrap gap inside 'failure'",
-    "cpu_fallback-fabric_manager_not_running-unk-9031": "cuInit err: 802 (fabric manager) unmapped",
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "OLLAMA_LLM_LIBRARY=cuda in the server config (0.12.5+) not read; the GPU UUID filter is blamed instead",
     "cpu_fallback-forced_cpu_library-0.12.5-12797":
@@ -48,8 +46,6 @@ KNOWN_MISSES: dict[str, str] = {
         "'amdgpu devices detected but permission problems block access ... /dev/kfd' not recognised; cpu_expected",
     "cpu_fallback-unsupported_gpu_arch-0.12.6-12708":
         "'removing unsupported or overlapping GPU combination' (gfx1031) not recognised; says cpu_expected/none",
-    "cpu_fallback-wsl_libcuda_path-0.6.0-nixpkgs-389898":
-        "native libcuda.so.535 shadowing /usr/lib/wsl/lib under WSL not recognised; 500 read as container issue",
     "crash-tmp_noexec-unk-2436": "0.1.2x wording 'failed to map segment from shared object' (noexec /tmp) unknown",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",

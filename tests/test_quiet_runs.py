@@ -15,12 +15,13 @@ import pytest
 from launcher import controller as controller_module
 from launcher.config import load_settings
 from launcher.controller import Controller
+from launcher.directives import Directive, View
 from launcher.environment import EnvPlan
 from launcher.events import Event
 from launcher.evidence import Verdict
 from launcher.ollama_logs import parse_stream
 from launcher.replaced import ReplacedFilter
-from launcher.restarts import CrashBudget, RemedyBudget
+from launcher.restarts import RemedyBudget
 from launcher.supervisor import State
 from launcher.verdict_log import is_pending
 from tests.cli_helpers import REPO, assert_no_traceback, clean_env, run_cli
@@ -93,28 +94,6 @@ class Logged:
         return lambda event, **kw: self.lines.append((level, event, kw))
 
 
-@dataclass
-class FakeSupervisor:
-    """What the controller reads of the supervisor while it judges: state, plan, runner liveness."""
-
-    plan: EnvPlan
-    state: State = State.RUNNING
-    restarted: list[str] = field(default_factory=list)
-    crash_budget: CrashBudget = field(default_factory=lambda: CrashBudget(5, 300, 1, 30))
-    restarts: int = 0
-    ollama: Any = None
-    version: str | None = None
-
-    def model_runner_alive(self) -> bool:
-        return False
-
-    def restart_with(self, plan: EnvPlan, reason: str, *, immediately: bool) -> None:
-        self.restarted.append(reason)
-
-    def fail(self, code: int) -> None:
-        raise AssertionError(f"fail({code})")
-
-
 @pytest.mark.parametrize("name", sorted(HEALTHY_LOGS))
 def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, name: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +103,9 @@ def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, n
     settings = load_settings(clean_env(tmp_path), [])
     logged = Logged()
     controller = Controller(settings=settings, budget=RemedyBudget(tmp_path / "state.json", 3), log=logged)
-    sup = FakeSupervisor(EnvPlan(argv=("ollama", "serve"), env={}))
+    view = View(state=State.RUNNING, plan=EnvPlan(argv=("ollama", "serve"), env={}), ollama_pid=100, version="",
+                restarts=0, crash_recent=0, crash_max=5, runner_alive=False)
+    directives: list[Directive] = []
     gpu = HEALTHY_LOGS[name] == "gpu"
     controller.sink(Event("supervisor", "machine", 0.0, None, {
         "device_nodes": ["nvidia0", "nvidiactl", "nvidia-uvm"] if gpu else [],
@@ -135,9 +116,9 @@ def test_real_fixture_replayed_through_the_controller_is_quiet(tmp_path: Path, n
     with open(FIXTURES / name, "rb") as stream:
         for event in parse_stream(stream):
             controller.sink(event)
-            controller.tick(sup)  # type: ignore[arg-type]
+            directives += controller.tick(view, event.t)
     assert [x for x in logged.lines if x[0] in LOUD] == []
-    assert sup.restarted == []
+    assert directives == []  # no restart, no failure
     verdicts = [kw for level, event, kw in logged.lines if event == "verdict"]
     assert verdicts[0]["outcome"] == "pending" and verdicts[-1]["outcome"] == HEALTHY_LOGS[name]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.cli_helpers import clean_env
 from tests.ollama_sim import native
@@ -183,6 +184,22 @@ class TestLeftAlone:
         assert "modprobe nvidia_uvm" in status["what_to_do"]
         assert any(a["cause"] == "uvm_not_loaded" for a in run.events("advice"))
         assert run.generate()["done"] is True  # still serving, on the CPU
+        assert run.stop() == 0
+
+    @pytest.mark.parametrize(("code", "cause", "words"), [
+        ("802", "fabric_manager_not_running", "nvidia-fabricmanager"),
+        ("800", "container_gpu_access_lost", "Restart the container"),
+    ])
+    def test_cuinit_code_names_its_cause_without_restart(self, tmp_path: Path, libs: native.NativeLibs,
+                                                         cache_dir: Path, code: str, cause: str, words: str) -> None:
+        """cuInit 802 (NVSwitch fabric manager down) and 800 (a container's device access revoked), from the mock
+        driver: the error-code table names the cause, `status` carries the instruction, nothing is restarted."""
+        run = Run(tmp_path, libs, cache_dir, MOCKCUDA_INIT_ERROR=code)
+        run.ready()
+        status = run.wait_status(lambda s: s["discovery"]["cause"] == cause, cause)
+        assert status["restarts"] == 0 and status["remedies"]["applied"] == []
+        assert words in status["what_to_do"]
+        assert any(a["cause"] == cause for a in run.events("advice"))
         assert run.stop() == 0
 
     def test_old_driver_without_older_runtime_is_not_restarted(self, tmp_path: Path, libs: native.NativeLibs,
