@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from launcher.ollama_host import parse_ollama_host
 from launcher.remedy_record import remedy_record, variable_changes
-from launcher.status import StatusServer
+from launcher.status_socket import StatusServer
 from launcher.status_text import KNOWN_KEYS, render, table, text
 from tests.cli_helpers import assert_no_traceback, clean_env, run_cli
 from tests.ollama_sim import native
@@ -163,8 +163,8 @@ def served_status(tmp_path: Path) -> Iterator[dict[str, str]]:
 
     def loop() -> None:
         while not stop.is_set():
-            if select.select([server], [], [], 0.05)[0]:
-                server.handle()
+            select.select([server], [], [], 0.02)
+            server.handle()  # accepts, and sends what a reader is still waiting for
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
