@@ -158,11 +158,15 @@ class TryIt:
 @pytest.fixture
 def try_it(installed_home: Path, tmp_path: Path) -> Iterator[tuple[TryIt, Path]]:
     left = tmp_path / "left.txt"
+    work = Path(f"/tmp/ollama-gpu-try-{os.geteuid()}")  # the README line's default directory
+    existed = work.exists()
     run = TryIt(installed_home, left)
     try:
         yield run, left
     finally:
         run.close()
+        if not existed:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_try_it_line_reaches_ready_and_stops_cleanly(try_it: tuple[TryIt, Path], installed_home: Path) -> None:
