@@ -21,7 +21,7 @@ from launcher.evidence.facts import (
     _ev,
 )
 from launcher.evidence.log_facts import _below_minimum
-from launcher.log_patterns import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
+from launcher.generations import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
 
 # --- the log tier: rules over the facts ---------------------------------------------------------------------------
 
@@ -226,13 +226,17 @@ def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
 def _log_rules(f: Facts) -> Verdict:
     _amd_problems(f)
     base = {"generation": f.generation, "version": f.version, "tier": "log"}
-    if f.version_unknown:
-        f.note(f"Ollama {f.version} is newer than the generation tables: only the patterns common to every "
-               "generation were used")
+    basis = f" ({f.generation_basis})" if f.generation_basis else ""
+    if f.version_unknown and f.generation_from == "inferred":
+        f.note(f"Ollama {f.version} is newer than the generation tables; generation {f.generation} inferred from "
+               f"the shapes of its lines{basis}")
+    elif f.version_unknown:
+        f.note(f"Ollama {f.version} is newer than the generation tables and its lines show no generation: only the "
+               "patterns common to every generation were used")
     elif f.generation is None:
-        f.note("no Ollama version in the log and no generation-specific line: only common patterns were used")
+        f.note("no Ollama version in the log and no line that shows the generation: only common patterns were used")
     elif f.generation_from == "inferred":
-        f.note(f"no version line; generation {f.generation} inferred from its own log lines")
+        f.note(f"no version line; generation {f.generation} inferred from the shapes of its lines{basis}")
     active = [p for p in f.problems if not p.superseded]
     place = placement(f)
 
