@@ -1,0 +1,139 @@
+"""Draft catalogue entries from Ollama's git history (a maintainer's tool, not shipped: the output is curated by hand).
+
+Usage: python tools/catalogue_extract.py GIT_DIR > draft.jsonl
+Reads Go slog / log.Printf calls and the vendored GGML/llama.cpp log calls at the representative tags of each
+release line, keeps the ones whose text bears on placement (keyword filter), and merges identical format strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+RELEASE_TAGS = {
+    "0.1": ("v0.1.20", "v0.1.32", "v0.1.48"),
+    "0.2-0.3": ("v0.2.8", "v0.3.14"),
+    "0.4-0.5": ("v0.4.7", "v0.5.7", "v0.5.13"),
+    "0.6-0.11": ("v0.6.8", "v0.11.11"),
+    "0.12-0.24": ("v0.12.4", "v0.13.5", "v0.24.0"),
+    "0.30+": ("v0.30.0", "v0.32.15", "v0.33.0-rc2"),
+}
+GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "llama", "envconfig")
+C_DIRS = ("llama", "ml/backend/ggml/ggml/src", "gpu", "discover")
+GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug)|log\.Printf|log\.Println)\(')
+C_CALL = re.compile(r'\b(LOG\([\w>.-]+,|LLAMA_LOG_(?:INFO|WARN|ERROR)|GGML_LOG_(?:INFO|WARN|ERROR)|LOG_(?:INF|WRN|ERR)|'
+                    r'GGML_CUDA_LOG_(?:INFO|WARN|ERROR)|fprintf\(stderr,)\s*\(?')
+RELEVANT = re.compile(r"gpu|cuda|rocm|hip\b|vulkan|vram|librar|offload|layers|runner|llama.server|device|discover|"
+                      r"compute|driver|backend|avx|amdgpu|gfx|nvml|nvidia|cudart|oneapi|inference|server config|"
+                      r"listening|weights|igpu|integrated|jetpack|variant|payload|buffer size|fit|overhead|"
+                      r"VMM|cublas|out of memory|ggml_cuda|terminated|exited|system_info|load_backend|failed to load|using device|"
+                      r"cuInit", re.I)
+C_MACROS = {"GGML_CUDA_NAME": "CUDA", "PRId64": "lld", "PRIu64": "llu", "PRIi64": "lli"}
+C_FUNC = re.compile(r"^(?![\s#/}{])[\w:<>*&, ]*?\b(\w+)\s*\([^;]*$")
+STR = re.compile(r'"((?:[^"\\]|\\.)*)"|`([^`]*)`')
+
+
+def git(gitdir: str, *args: str) -> str:
+    return subprocess.run(["git", f"--git-dir={gitdir}", *args], capture_output=True, text=True,
+                          errors="replace").stdout
+
+
+def call_text(src: str, start: int) -> str:
+    depth, i = 0, start
+    while i < len(src) and i < start + 1500:
+        c = src[i]
+        if c == '"':
+            j = i + 1
+            while j < len(src) and src[j] != '"':
+                j += 2 if src[j] == "\\" else 1
+            i = j
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return src[start:i + 1]
+        i += 1
+    return src[start:start + 300]
+
+
+def go_entry(call: str, fn: str) -> tuple[str, list[str], str] | None:
+    m = STR.search(call)
+    if not m or call[: m.start()].count(",") > 0 and "slog" in fn:
+        return None
+    fmt = m.group(1) if m.group(1) is not None else m.group(2)
+    rest = call[m.end():]
+    keys = re.findall(r',\s*"([\w. ]+)"\s*,', rest + ",") if fn.startswith("slog") else []
+    keys += re.findall(r'slog\.\w+\("([\w.]+)"', rest)
+    fields = keys if fn.startswith("slog") else re.findall(r"%[-+ #0-9.]*[a-zA-Z]", fmt)
+    return fmt, list(dict.fromkeys(fields)), "slog" if fn.startswith("slog") else "goprintf"
+
+
+def c_entry(call: str) -> tuple[str, list[str], str] | None:
+    lits: list[str] = []
+    pos = 0
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"|\b([A-Z][A-Z0-9_]{3,})\b', call):
+        if lits and call[pos:m.start()].strip():
+            break  # a comma or an expression: the format string has ended
+        if m.group(1) is not None:
+            lits.append(m.group(1))
+        elif lits and m.group(2) in C_MACROS:
+            lits.append(C_MACROS[m.group(2)])
+        elif lits:
+            break
+        pos = m.end()
+    if not lits:
+        return None
+    fmt = "".join(lits)
+    return fmt, re.findall(r"%[-+ #0-9.*]*(?:l|ll|z|h)?[a-zA-Z]", fmt), "c"
+
+
+def main() -> None:
+    gitdir = sys.argv[1]
+    entries: dict[tuple[str, str], dict] = {}
+    for line, tags in RELEASE_TAGS.items():
+        for tag in tags:
+            files = git(gitdir, "ls-tree", "-r", "--name-only", tag).split()
+            for path in files:
+                go = path.endswith(".go") and not path.endswith("_test.go") and path.split("/")[0] in GO_DIRS
+                c = (path.endswith((".c", ".cpp", ".cu", ".cuh", ".h")) and
+                     any(path.startswith(d + "/") for d in C_DIRS) and "/vendor/" not in path)
+                if not (go or c):
+                    continue
+                if c and not re.search(r"gpu_info|ggml-cuda|ggml-backend|ggml-hip|ggml-vulkan|llama-model|llama\.cpp|"
+                                       r"llama-context|llama-kv|llama-adapter|server|ggml-cuda\.cu|mem_|common", path):
+                    continue
+                src = git(gitdir, "show", f"{tag}:{path}")
+                for m in (GO_CALL if go else C_CALL).finditer(src):
+                    call = call_text(src, m.end() - 1) if go else src[m.end():m.end() + 400].split(";")[0]
+                    got = go_entry(call, m.group(1)) if go else c_entry(call)
+                    if not got:
+                        continue
+                    fmt, fields, shape = got
+                    if not fmt.strip() or not RELEVANT.search(fmt + " " + " ".join(fields)):
+                        continue
+                    lineno = src.count("\n", 0, m.start()) + 1
+                    func = None
+                    if c:
+                        for prev in reversed(src[: m.start()].split("\n")[-400:]):
+                            fm = C_FUNC.match(prev)
+                            if fm and fm.group(1) not in ("if", "for", "while", "switch", "return"):
+                                func = fm.group(1)
+                                break
+                    key = (shape if shape != "goprintf" else "slog", fmt)
+                    e = entries.setdefault(key, {"fmt": fmt, "shape": shape, "fields": fields, "at": {},
+                                                 "lines": []})
+                    if func and "func" not in e:
+                        e["func"] = func
+                    e["at"].setdefault(line, f"{path}:{lineno}@{tag}")
+                    if line not in e["lines"]:
+                        e["lines"].append(line)
+    for e in entries.values():
+        e["at"] = list(e["at"].values())
+        print(json.dumps(e, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
