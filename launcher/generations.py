@@ -10,6 +10,7 @@ imports nothing from the launcher.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 GENERATIONS: Final = ("0", "A", "B", "C", "D")
@@ -117,6 +118,9 @@ KEY_SHAPES: Final = (
     ("inference compute", re.compile(r"\blibdirs="), frozenset({"C", "D"})),
     ("inference compute", re.compile(r"\bvariant=\"?v1\d"), frozenset({"A", "B"})),
     ("ggml_init_cublas", re.compile(r"^ggml_init_cublas: "), frozenset({"0"})),
+    # llama.cpp renamed llm_load_tensors to llama_model::load_tensors; Ollama vendored the rename in v0.5.13
+    ("llm_load_tensors:", re.compile(r"^llm_load_tensors: "), frozenset({"0", "A", "B"})),
+    ("load_tensors:", re.compile(r"^load_tensors: "), frozenset({"B", "C", "D"})),
     (".go:", re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \w+\.go:\d+: "), frozenset({"0"})),  # Go log.Printf
 )
 
@@ -175,9 +179,29 @@ def source_file(text: str) -> str | None:
     return name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
 
 
-def shape_generations(text: str) -> tuple[frozenset[str], str] | None:
-    """The generations a line's shape allows, and what showed it (source file, message key, command line), or None
-    when the shape tells nothing."""
+def slog_message(text: str) -> str | None:
+    """The `msg=` value of a Go slog line, or None when the line is not one."""
+    i = text.find("msg=")
+    if i < 0 or (i > 0 and text[i - 1] != " "):
+        return None
+    j = i + 4
+    if text.startswith('"', j):
+        end = text.find('"', j + 1)
+        return text[j + 1 : end if end >= 0 else None]
+    end = text.find(" ", j)
+    return text[j : end if end >= 0 else None]
+
+
+def shape_generations(text: str, messages: Mapping[str, frozenset[str]] | None = None,
+                      ) -> tuple[frozenset[str], str] | None:
+    """The generations a line's shape allows, and what showed it (message, source file, message key, command line),
+    or None when the shape tells nothing. `messages` maps a slog message to the generations whose sources print it
+    (the catalogue's table)."""
+    if messages:
+        msg = slog_message(text)
+        gens = messages.get(msg) if msg else None
+        if gens and gens != ALL:
+            return gens, f"message {msg!r}"
     name = source_file(text)
     if name is not None:
         gens = SOURCE_FILE_GENS.get(name)

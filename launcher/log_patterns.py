@@ -356,6 +356,12 @@ ROWS: Final[tuple[Row, ...]] = (
                    else "unsupported_compute_capability", "library": m["library"]}, BOOTSTRAP),
     Row("discovery_failed", "failure during", _r(r"failure during (?:llama-server )?GPU discovery"),
         _discovery_failed, BOOTSTRAP),
+    # TRACE: a (device, library dir) pair dropped at discovery; overlapping NVIDIA dirs print it on healthy hosts too,
+    # so it is recorded, not weighed (the device's own verdict comes from `inference compute` and the drop lines)
+    Row("combination_removed", "removing unsupported or overlapping GPU combination",
+        _r(r"removing unsupported or overlapping GPU combination"),
+        lambda m: {k: v for k, v in kv(m.string).items() if k in ("libDir", "description", "compute", "pci_id")},
+        BOOTSTRAP),
     Row("discovery_failed", "unable to start discovery subprocess", _r(r"(?P<what>unable to start discovery "
                                                                        r"subprocess)"), _discovery_failed,
         frozenset({"C"})),
@@ -459,7 +465,16 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("runner_start", "running llama-server for discovery", _r(r'running llama-server for discovery.*?'
                                                                  r'cmd=(?P<cmd>\S*)'),
         lambda m: {"role": "discovery", "program": m["cmd"][-200:]}, GEN_D),
-    Row("runner_start", "starting llama runner", _r(r"starting llama runner"), None, PRE, {"role": "model"}),
+    Row("runner_start", "starting llama runner", _r(r"(?<!error )starting llama runner$"), None, PRE,
+        {"role": "model"}),
+    Row("runner_failed", "error starting", _r(r"error starting (?:the external )?llama runner: (?P<error>.*)"), _failed,
+        PRE),
+    Row("runner_failed", "llama runner stopped with error", _r(r"llama runner stopped with error: (?P<error>.*)"),
+        _failed, PRE),
+    Row("placement_plan", "less than 2 GB VRAM available", _r(r"less than 2 GB VRAM available"), None, PRE,
+        {"gpu": False, "cause": "insufficient_vram"}),
+    Row("load_request", "skipping accelerated runner because num_gpu=0",
+        _r(r"skipping accelerated runner because num_gpu=0"), None, PRE, {"gpu_layers": 0}),
     Row("runner_start", "Loading Dynamic llm server", _r(r"Loading Dynamic llm server: (?P<program>\S+)"),
         lambda m: {"role": "model", "program": m["program"][-200:], "variant": (re.search(
             r"[/\\](\w+)[/\\]libext_server", m["program"]) or [None, None])[1]}, PRE),

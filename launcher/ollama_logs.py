@@ -6,8 +6,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import IO, Final
 
+from launcher.catalogue import message_generations
 from launcher.events import Event, EventError
-from launcher.generations import ALL, generation_of, shape_generations
+from launcher.generations import ALL, generation_of, shape_generations, slog_message
 from launcher.log_input import Line, clean, read_chunks, split_lines
 from launcher.log_patterns import ROWS, Row
 
@@ -62,17 +63,8 @@ for _row in ROWS:
 _NEEDLES: Final = _needle_regex(_BY_NEEDLE)
 
 
-def _slog_msg(text: str) -> str | None:
-    """The `msg=` value of a Go slog line, or None when the line is not one."""
-    i = text.find("msg=")
-    if i < 0 or (i > 0 and text[i - 1] != " "):
-        return None
-    j = i + 4
-    if text.startswith('"', j):
-        end = text.find('"', j + 1)
-        return text[j + 1 : end if end >= 0 else None]
-    end = text.find(" ", j)
-    return text[j : end if end >= 0 else None]
+_slog_msg = slog_message
+_MESSAGES: Final = message_generations()  # slog message → generations whose sources print it (the catalogue)
 
 
 class LogParser:
@@ -169,7 +161,7 @@ class LogParser:
 
     def _shape(self, number: int, text: str, pid: int | None, truncated: bool) -> list[Event] | None:
         """A line whose shape (source file, message key, runner command line) exists in some generations only."""
-        found = shape_generations(text)
+        found = shape_generations(text, _MESSAGES)
         if found is None:
             return None
         gens, basis = found

@@ -209,14 +209,23 @@ class TestRows:
         assert not [e for e in _events(VA, line) if e.kind == "gpu_dropped"]
         assert [e for e in _events(VD, line) if e.kind == "gpu_dropped"]
 
-    def test_unknown_version_uses_common_rows_only(self) -> None:
-        """A version newer than the tables keeps the common rows and drops the generation-specific ones."""
+    def test_unknown_version_uses_common_rows_only_while_the_lines_tell_nothing(self) -> None:
+        """A version newer than the tables keeps the common rows until a line's shape shows its generation."""
         future = f'{T}msg="Listening on 127.0.0.1:11434 (version 0.99.0)"'
-        line = f'{T}msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" library=Vulkan'
-        assert not [e for e in _events(future, line) if e.kind == "gpu_dropped"]
+        assert not [e for e in _events(future, "cuInit err: 999") if e.kind == "cuda_init_failed"]
         assert [e for e in _events(future, "ggml_cuda_init: found 1 CUDA devices:") if e.kind == "runner_devices"]
         gen = [e for e in parse_text(future) if e.kind == "generation"]
         assert gen and gen[0].data["known"] is False
+
+    def test_unknown_version_uses_the_generation_its_lines_show(self) -> None:
+        """Issue 13 item 5: a message only generation D prints makes D's rows apply under a version newer than the
+        tables."""
+        future = f'{T}msg="Listening on 127.0.0.1:11434 (version 0.99.0)"'
+        line = f'{T}msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" library=Vulkan'
+        events = _events(future, line)
+        assert [e for e in events if e.kind == "gpu_dropped"]
+        gen = [e.data for e in events if e.kind == "generation" and e.data["from"] == "inferred"]
+        assert gen and gen[0]["generation"] == "D" and "dropping integrated GPU" in gen[0]["basis"]
 
     def test_generation_is_inferred_from_a_generation_only_line(self) -> None:
         """Without a version line, a line that exists in one generation only names the generation."""

@@ -13,23 +13,23 @@ import subprocess
 import sys
 
 RELEASE_TAGS = {
-    "0.1": ("v0.1.20", "v0.1.32", "v0.1.48"),
-    "0.2-0.3": ("v0.2.8", "v0.3.14"),
-    "0.4-0.5": ("v0.4.7", "v0.5.7", "v0.5.13"),
-    "0.6-0.11": ("v0.6.8", "v0.11.11"),
-    "0.12-0.24": ("v0.12.4", "v0.13.5", "v0.24.0"),
+    "0.1": ("v0.1.9", "v0.1.20", "v0.1.32", "v0.1.48"),
+    "0.2-0.3": ("v0.2.0", "v0.2.8", "v0.3.0", "v0.3.14"),
+    "0.4-0.5": ("v0.4.0", "v0.4.7", "v0.5.7", "v0.5.8", "v0.5.13"),
+    "0.6-0.11": ("v0.6.0", "v0.6.8", "v0.11.11"),
+    "0.12-0.24": ("v0.12.0", "v0.12.3", "v0.12.4", "v0.13.5", "v0.24.0"),
     "0.30+": ("v0.30.0", "v0.32.15", "v0.33.0-rc2"),
 }
 GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "llama", "envconfig")
 C_DIRS = ("llama", "ml/backend/ggml/ggml/src", "gpu", "discover")
-GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug)|log\.Printf|log\.Println)\(')
+GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug|Log)|logutil\.Trace|log\.Printf|log\.Println)\(')
 C_CALL = re.compile(r'\b(LOG\([\w>.-]+,|LLAMA_LOG_(?:INFO|WARN|ERROR)|GGML_LOG_(?:INFO|WARN|ERROR)|LOG_(?:INF|WRN|ERR)|'
                     r'GGML_CUDA_LOG_(?:INFO|WARN|ERROR)|fprintf\(stderr,)\s*\(?')
 RELEVANT = re.compile(r"gpu|cuda|rocm|hip\b|vulkan|vram|librar|offload|layers|runner|llama.server|device|discover|"
                       r"compute|driver|backend|avx|amdgpu|gfx|nvml|nvidia|cudart|oneapi|inference|server config|"
                       r"listening|weights|igpu|integrated|jetpack|variant|payload|buffer size|fit|overhead|"
-                      r"VMM|cublas|out of memory|ggml_cuda|terminated|exited|system_info|load_backend|failed to load|using device|"
-                      r"cuInit", re.I)
+                      r"VMM|cublas|out of memory|ggml_cuda|terminated|exited|system_info|load_backend|failed to load|"
+                      r"using device|cuInit", re.I)
 C_MACROS = {"GGML_CUDA_NAME": "CUDA", "PRId64": "lld", "PRIu64": "llu", "PRIi64": "lli"}
 C_FUNC = re.compile(r"^(?![\s#/}{])[\w:<>*&, ]*?\b(\w+)\s*\([^;]*$")
 STR = re.compile(r'"((?:[^"\\]|\\.)*)"|`([^`]*)`')
@@ -61,14 +61,16 @@ def call_text(src: str, start: int) -> str:
 
 def go_entry(call: str, fn: str) -> tuple[str, list[str], str] | None:
     m = STR.search(call)
-    if not m or call[: m.start()].count(",") > 0 and "slog" in fn:
+    skip = 2 if fn == "slog.Log" else 0  # slog.Log(ctx, level, msg, ...)
+    if not m or (call[: m.start()].count(",") != skip and fn != "log.Printf"):
         return None
     fmt = m.group(1) if m.group(1) is not None else m.group(2)
     rest = call[m.end():]
-    keys = re.findall(r',\s*"([\w. ]+)"\s*,', rest + ",") if fn.startswith("slog") else []
+    structured = fn.startswith(("slog", "logutil"))
+    keys = re.findall(r',\s*"([\w. ]+)"\s*,', rest + ",") if structured else []
     keys += re.findall(r'slog\.\w+\("([\w.]+)"', rest)
-    fields = keys if fn.startswith("slog") else re.findall(r"%[-+ #0-9.]*[a-zA-Z]", fmt)
-    return fmt, list(dict.fromkeys(fields)), "slog" if fn.startswith("slog") else "goprintf"
+    fields = keys if structured else re.findall(r"%[-+ #0-9.]*[a-zA-Z]", fmt)
+    return fmt, list(dict.fromkeys(fields)), "slog" if structured else "goprintf"
 
 
 def c_entry(call: str) -> tuple[str, list[str], str] | None:
@@ -127,7 +129,9 @@ def main() -> None:
                                                  "lines": []})
                     if func and "func" not in e:
                         e["func"] = func
-                    e["at"].setdefault(line, f"{path}:{lineno}@{tag}")
+                    e["at"][line] = f"{path}:{lineno}@{tag}"  # the newest representative tag of the line
+                    if tag not in e.setdefault("seen", []):
+                        e["seen"].append(tag)
                     if line not in e["lines"]:
                         e["lines"].append(line)
     for e in entries.values():
