@@ -123,7 +123,7 @@ class LogParser:
         if not text:
             return []
         try:
-            shaped = self._shape(number, text, pid, truncated) if self._open else None
+            shaped = self._shape(number, text, pid, truncated) if self._open and text[0] != "[" else None
             rows = self._candidates(text)
             if not rows:
                 return shaped or []
