@@ -572,7 +572,9 @@ ROWS: Final[tuple[Row, ...]] = (
                    "cause": classify(m["error"], CUDA_ERROR_CAUSES)}),
     Row("runner_crash", "not compiled with support for this arch", _r(r"not compiled with support for this arch"),
         _crash("unsupported_compute_capability")),
-    Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"), _crash()),
+    Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unsupported_compute_capability" if "not compiled with support "
+                   "for this arch" in m.string else "unknown"}),
     Row("runner_crash", "rocBLAS error", _r(r"rocBLAS error:.*?(?:GPU arch ?: ?(?P<arch>gfx\w+))?$"),
         lambda m: {"text": m.group(0)[:300], "cause": "unsupported_gpu_arch" if m["arch"] else "unknown"}),
     Row("runner_crash", "SIGABRT", _r(r"^SIGABRT: abort"), _crash()),

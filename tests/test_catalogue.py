@@ -33,7 +33,7 @@ KNOWN_GAPS = {
     ("go.model_weights", "0.30+"): "D's memory summary is the server's estimate; the weights row is kept to B/C",
     ("go.compute_graph", "0.30+"): "D's memory summary is the server's estimate; the graph row is kept to B/C",
 }
-SOURCE = re.compile(r"^[\w./+-]+\.(?:go|c|cpp|cu|cuh|h):\d+@v\d+\.\d+\.\d+(?:-rc\d+)?$")
+SOURCE = re.compile(r"^[\w./+-]+\.(?:go|c|cpp|cu|cuh|h|patch):\d+@v\d+\.\d+\.\d+(?:-rc\d+)?$")
 FIXTURE = re.compile(r"^fixture:[\w./+-]+:\d+@\S+$")
 
 
