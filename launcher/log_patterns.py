@@ -309,6 +309,15 @@ def _crash(cause: str = "unknown") -> Builder:
     return build
 
 
+def _combination_removed(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    data: Data = {k: f[k] for k in ("libDir", "description", "compute", "pci_id") if k in f}
+    if f.get("compute", "").startswith("gfx") and "vulkan" not in f.get("libDir", "").lower():
+        return {"kind": "gpu_dropped", "cause": "unsupported_gpu_arch", "library": "rocm",
+                "name": f.get("description"), **data}
+    return data
+
+
 def _amd_versions(m: re.Match[str]) -> Data:
     return {"targets": [t.split(":")[0] for t in _list(m["list"]) if t.startswith("gfx")]}
 
@@ -356,12 +365,11 @@ ROWS: Final[tuple[Row, ...]] = (
                    else "unsupported_compute_capability", "library": m["library"]}, BOOTSTRAP),
     Row("discovery_failed", "failure during", _r(r"failure during (?:llama-server )?GPU discovery"),
         _discovery_failed, BOOTSTRAP),
-    # TRACE: a (device, library dir) pair dropped at discovery; overlapping NVIDIA dirs print it on healthy hosts too,
-    # so it is recorded, not weighed (the device's own verdict comes from `inference compute` and the drop lines)
+    # TRACE: a (device, library dir) pair dropped at discovery. NVIDIA's overlapping cuda_v12/cuda_v13 pairs and a
+    # Vulkan pair that ROCm or CUDA covers print it on healthy hosts, so only an AMD gfx device dropped from a
+    # non-Vulkan dir is a dropped GPU; the rest are recorded, not weighed.
     Row("combination_removed", "removing unsupported or overlapping GPU combination",
-        _r(r"removing unsupported or overlapping GPU combination"),
-        lambda m: {k: v for k, v in kv(m.string).items() if k in ("libDir", "description", "compute", "pci_id")},
-        BOOTSTRAP),
+        _r(r"removing unsupported or overlapping GPU combination"), _combination_removed, BOOTSTRAP),
     Row("discovery_failed", "unable to start discovery subprocess", _r(r"(?P<what>unable to start discovery "
                                                                        r"subprocess)"), _discovery_failed,
         frozenset({"C"})),

@@ -30,8 +30,6 @@ KNOWN_MISSES: dict[str, str] = {
     "cpu_fallback-fabric_manager_not_running-unk-9031": "cuInit err: 802 (fabric manager) unmapped",
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "OLLAMA_LLM_LIBRARY=cuda in the server config (0.12.5+) not read; the GPU UUID filter is blamed instead",
-    "cpu_fallback-forced_cpu_library-0.12.5-12797":
-        "'skipping available library at users request' not recognised (pasted without time/level fields)",
     "cpu_fallback-insufficient_vram-unk-10765":
         "offload line with layers.offload=0 and required > available not read as insufficient VRAM",
     "cpu_fallback-missing_gpu_runners-0.7.0-10798":
@@ -46,8 +44,6 @@ KNOWN_MISSES: dict[str, str] = {
         "'amdgpu devices detected but permission problems block access' (no time field) not recognised",
     "cpu_fallback-permission_denied-unk-pr6736":
         "'amdgpu devices detected but permission problems block access ... /dev/kfd' not recognised; cpu_expected",
-    "cpu_fallback-unsupported_gpu_arch-0.12.6-12708":
-        "'removing unsupported or overlapping GPU combination' (gfx1031) not recognised; says cpu_expected/none",
     "cpu_fallback-wsl_libcuda_path-0.6.0-nixpkgs-389898":
         "native libcuda.so.535 shadowing /usr/lib/wsl/lib under WSL not recognised; 500 read as container issue",
     "crash-tmp_noexec-unk-2436": "0.1.2x wording 'failed to map segment from shared object' (noexec /tmp) unknown",

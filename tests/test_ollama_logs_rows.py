@@ -35,6 +35,15 @@ SAMPLES: list[tuple[str, str, str, dict[str, Any]]] = [
      "gpu_dropped", {"cause": "driver_too_old"}),
     (VC, f"{T}msg=\"filtering device which didn't fully initialize\" id=0 libdir=/x pci_id=0 library=CUDA",
      "gpu_dropped", {"cause": "unsupported_compute_capability"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama '
+         'description="AMD Radeon RX 6700 XT" compute=gfx1031 pci_id=0d:00.0', "gpu_dropped",
+     {"cause": "unsupported_gpu_arch", "name": "AMD Radeon RX 6700 XT"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama/cuda_v12 '
+         'description="NVIDIA GeForce RTX 4090" compute=8.9 pci_id=01:00.0', "combination_removed",
+     {"compute": "8.9"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama/vulkan '
+         'description="AMD Radeon RX 7900 XTX" compute=gfx1100 pci_id=0d:00.0', "combination_removed",
+     {"libDir": "/usr/lib/ollama/vulkan"}),
     (VC, f'{T}msg="failure during GPU discovery" OLLAMA_LIBRARY_PATH=[/a] extra_envs=map[] '
          'error="failed to finish discovery before timeout"', "discovery_failed", {"cause": "discovery_timeout"}),
     (VD, f'{T}msg="llama-server discovery: timed out waiting for server startup" error=x',
