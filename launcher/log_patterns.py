@@ -440,6 +440,9 @@ ROWS: Final[tuple[Row, ...]] = (
         lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD),
     Row("library_failed", "unable to locate gpu dependency libraries",
         _r(r"unable to locate gpu dependency libraries"), None, AB, {"cause": "missing_gpu_runners"}),
+    Row("gpu_dropped", "permission problems block access", _r(r"amdgpu devices detected but permission problems "
+                                                              r"block access"), None, OLD,
+        {"cause": "permission_denied", "library": "rocm"}),
     Row("gfx_override", "skipping rocm gfx compatibility check", _r(r"skipping rocm gfx compatibility check"), None,
         OLD),
     Row("library_override", "user override", _r(r"user override.*?OLLAMA_LLM_LIBRARY=(?P<value>\S+)"),
@@ -475,6 +478,8 @@ ROWS: Final[tuple[Row, ...]] = (
         lambda m: {"role": "discovery", "program": m["cmd"][-200:]}, GEN_D),
     Row("runner_start", "starting llama runner", _r(r"(?<!error )starting llama runner$"), None, PRE,
         {"role": "model"}),
+    Row("runner_failed", "Unable to load dynamic", _r(r"Unable to load dynamic (?:server )?library: (?P<error>.*)"),
+        lambda m: {"error": m["error"][:500], "cause": classify(m["error"], DLERROR_CAUSES)}, PRE),
     Row("runner_failed", "error starting", _r(r"error starting (?:the external )?llama runner: (?P<error>.*)"), _failed,
         PRE),
     Row("runner_failed", "llama runner stopped with error", _r(r"llama runner stopped with error: (?P<error>.*)"),

@@ -40,13 +40,8 @@ KNOWN_MISSES: dict[str, str] = {
         "plan of 33 CUDA layers but a cpu_avx2 runner started: the missing CUDA runner is not inferred",
     "cpu_fallback-unsupported_gpu_arch-unk-rocmlibs-30":
         "several records glued on one line with Markdown ** around the 'amdgpu is not supported' record",
-    "cpu_fallback-permission_denied-0.4.2-7723":
-        "'amdgpu devices detected but permission problems block access' (no time field) not recognised",
-    "cpu_fallback-permission_denied-unk-pr6736":
-        "'amdgpu devices detected but permission problems block access ... /dev/kfd' not recognised; cpu_expected",
     "cpu_fallback-wsl_libcuda_path-0.6.0-nixpkgs-389898":
         "native libcuda.so.535 shadowing /usr/lib/wsl/lib under WSL not recognised; 500 read as container issue",
-    "crash-tmp_noexec-unk-2436": "0.1.2x wording 'failed to map segment from shared object' (noexec /tmp) unknown",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",
     "gpu-none-unk-13153": "ggml_vulkan device line and Vulkan backend load not recognised",

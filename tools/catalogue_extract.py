@@ -73,6 +73,18 @@ def go_entry(call: str, fn: str) -> tuple[str, list[str], str] | None:
     return fmt, list(dict.fromkeys(fields)), "slog" if structured else "goprintf"
 
 
+ERRORF = re.compile(r'err\s*:?=\s*fmt\.Errorf\(\s*"((?:[^"\\]|\\.)*)"')
+
+
+def logged_error(src: str, start: int) -> tuple[str, list[str], str] | None:
+    """`err := fmt.Errorf("…"); slog.Info(err.Error())`: the error's format is the message (a few lines above)."""
+    before = src[max(0, start - 600):start]
+    found = ERRORF.findall(before)
+    if not found:
+        return None
+    return found[-1], [], "slog"
+
+
 def c_entry(call: str) -> tuple[str, list[str], str] | None:
     lits: list[str] = []
     pos = 0
@@ -111,6 +123,8 @@ def main() -> None:
                 for m in (GO_CALL if go else C_CALL).finditer(src):
                     call = call_text(src, m.end() - 1) if go else src[m.end():m.end() + 400].split(";")[0]
                     got = go_entry(call, m.group(1)) if go else c_entry(call)
+                    if go and got is None and re.match(r"\(\s*err\.Error\(\)", call):
+                        got = logged_error(src, m.start())
                     if not got:
                         continue
                     fmt, fields, shape = got
