@@ -521,6 +521,10 @@ ROWS: Final[tuple[Row, ...]] = (
         lambda m: {"count": int(m["count"]), "library": "vulkan"}),
     Row("cuda_init_failed", "failed to initialize", _r(r"ggml_cuda_init: failed to initialize CUDA: (?P<error>.*)"),
         _cuda_failure("runner")),
+    Row("device", "| uma: ", _r(r"ggml_vulkan: (?P<index>\d+) = (?P<name>.+?) \((?P<vendor>[^)]*)\) \| uma: "
+                                r"(?P<uma>\d)"),
+        lambda m: {"index": int(m["index"]), "name": m["name"][:200], "library": "vulkan",
+                   "integrated": m["uma"] == "1"}),
     Row("device", "Wave Size", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), (?P<compute>gfx\w+)(?::[\w+:-]*)? \(0x"),
         lambda m: {"index": int(m["index"]), "name": m["name"][:200], "compute": m["compute"], "library": "rocm"}),
     Row("device", "compute capability", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), compute capability "

@@ -23,8 +23,8 @@ RELEASE_TAGS = {
 GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "llama", "envconfig")
 C_DIRS = ("llama", "ml/backend/ggml/ggml/src", "gpu", "discover")
 GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug|Log)|logutil\.Trace|log\.Printf|log\.Println)\(')
-C_CALL = re.compile(r'\b(LOG\([\w>.-]+,|LLAMA_LOG_(?:INFO|WARN|ERROR)|GGML_LOG_(?:INFO|WARN|ERROR)|LOG_(?:INF|WRN|ERR)|'
-                    r'GGML_CUDA_LOG_(?:INFO|WARN|ERROR)|fprintf\(stderr,)\s*\(?')
+C_CALL = re.compile(r"\b(LOG\([\w>.-]+,|LLAMA_LOG_(?:INFO|WARN|ERROR|DEBUG)|GGML_LOG_(?:INFO|WARN|ERROR|DEBUG)|"
+                    r"LOG_(?:INF|WRN|ERR)|GGML_CUDA_LOG_(?:INFO|WARN|ERROR)|fprintf\(stderr,)\s*\(?")
 RELEVANT = re.compile(r"gpu|cuda|rocm|hip\b|vulkan|vram|librar|offload|layers|runner|llama.server|device|discover|"
                       r"compute|driver|backend|avx|amdgpu|gfx|nvml|nvidia|cudart|oneapi|inference|server config|"
                       r"listening|weights|igpu|integrated|jetpack|variant|payload|buffer size|fit|overhead|"
