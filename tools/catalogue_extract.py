@@ -1,6 +1,7 @@
 """Draft catalogue entries from Ollama's git history (a maintainer's tool, not shipped: the output is curated by hand).
 
 Usage: python tools/catalogue_extract.py GIT_DIR > draft.jsonl
+       python tools/catalogue_extract.py GIT_DIR --source-files   (the table in launcher/generations.py)
 Reads Go slog / log.Printf calls and the vendored GGML/llama.cpp log calls at the representative tags of each
 release line, keeps the ones whose text bears on placement (keyword filter), and merges identical format strings.
 """
@@ -22,6 +23,7 @@ RELEASE_TAGS = {
 }
 GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "llama", "envconfig")
 C_DIRS = ("llama", "ml/backend/ggml/ggml/src", "gpu", "discover")
+GO_GREP = r"slog\.(Info|Warn|Error|Debug|Log)\(|logutil\.Trace\(|log\.Printf\("  # git grep -E (no \b)
 GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug|Log)|logutil\.Trace|log\.Printf|log\.Println)\(')
 C_CALL = re.compile(r"\b(LOG\([\w>.-]+,|LLAMA_LOG_(?:INFO|WARN|ERROR|DEBUG)|GGML_LOG_(?:INFO|WARN|ERROR|DEBUG)|"
                     r"LOG_(?:INF|WRN|ERR)|GGML_CUDA_LOG_(?:INFO|WARN|ERROR)|fprintf\(stderr,)\s*\(?")
@@ -104,8 +106,36 @@ def c_entry(call: str) -> tuple[str, list[str], str] | None:
     return fmt, re.findall(r"%[-+ #0-9.*]*(?:l|ll|z|h)?[a-zA-Z]", fmt), "c"
 
 
+SAMPLED = [t for tags in RELEASE_TAGS.values() for t in tags]
+GEN_OF_TAG = [((0, 0), (0, 3), "0"), ((0, 3), (0, 5, 8), "A"), ((0, 5, 8), (0, 12, 4), "B"),
+              ((0, 12, 4), (0, 26), "C"), ((0, 30), (1, 0), "D")]
+
+
+def generation(tag: str) -> str:
+    v = tuple(int(x) for x in re.findall(r"\d+", tag)[:3])
+    return next(g for lo, hi, g in GEN_OF_TAG if lo <= v < hi)
+
+
+def source_files(gitdir: str) -> None:
+    """Print launcher.generations.SOURCE_FILE_GENS: each Go file name that logs, in any directory, → the generations
+    of the sampled tags from the first that has it to the last (names every generation has are left out)."""
+    where: dict[str, set[int]] = {}
+    for i, tag in enumerate(SAMPLED):
+        for hit in git(gitdir, "grep", "-l", "-E", GO_GREP, tag, "--", "*.go").split():
+            path = hit.split(":", 1)[1]
+            if not path.endswith("_test.go"):
+                where.setdefault(path.rsplit("/", 1)[-1], set()).add(i)
+    for name, idx in sorted(where.items()):
+        gens = sorted({generation(t) for t in SAMPLED[min(idx) : max(idx) + 1]})
+        if len(gens) < 5:
+            print(f'    "{name}": frozenset({{{", ".join(repr(g) for g in gens)}}}),')
+
+
 def main() -> None:
     gitdir = sys.argv[1]
+    if sys.argv[2:] == ["--source-files"]:
+        source_files(gitdir)
+        return
     entries: dict[tuple[str, str], dict] = {}
     for line, tags in RELEASE_TAGS.items():
         for tag in tags:
@@ -148,8 +178,29 @@ def main() -> None:
                         e["seen"].append(tag)
                     if line not in e["lines"]:
                         e["lines"].append(line)
+    # The same messages printed from files outside GO_DIRS (cmd/, x/, app/ …) widen where they are printed, so that
+    # a message is never taken as one generation's when another generation's code prints it too.
+    for line, tags in RELEASE_TAGS.items():
+        for tag in tags:
+            listed = git(gitdir, "grep", "-l", "-E", GO_GREP, tag, "--", "*.go").split()
+            for path in (x.split(":", 1)[1] for x in listed):
+                if path.endswith("_test.go") or path.split("/")[0] in GO_DIRS:
+                    continue
+                src = git(gitdir, "show", f"{tag}:{path}")
+                for m in GO_CALL.finditer(src):
+                    got = go_entry(call_text(src, m.end() - 1), m.group(1))
+                    e = entries.get(("slog", got[0])) if got else None
+                    if e is None:
+                        continue
+                    e["at"].setdefault(line, f"{path}:{src.count(chr(10), 0, m.start()) + 1}@{tag}")
+                    if tag not in e["seen"]:
+                        e["seen"].append(tag)
+                    if line not in e["lines"]:
+                        e["lines"].append(line)
     for e in entries.values():
-        e["at"] = list(e["at"].values())
+        e["seen"].sort(key=lambda t: [int(x) for x in re.findall(r"\d+", t)])
+        e["lines"].sort(key=list(RELEASE_TAGS).index)
+        e["at"] = [e["at"][x] for x in e["lines"]]
         print(json.dumps(e, ensure_ascii=False))
 
 
