@@ -111,6 +111,16 @@ class LogParser:
             rows.extend(_BY_NEEDLE.get(needle, ()))
         return rows
 
+    def rows_matching(self, text: str) -> list[Row]:
+        """The rows that would turn `text` into an event now (for the catalogue's row → entry links)."""
+        out = []
+        for row in self._candidates(text):
+            if self._applies(row):
+                m = row.regex.search(text)
+                if m is not None and row.event_data(m) is not None:
+                    out.append(row)
+        return out
+
     def feed(self, line: Line) -> list[Event]:
         """Events for one line; a line that matches nothing gives none. Never raises on any text."""
         return self.feed_text(line.number, line.text, line.pid, line.truncated)

@@ -33,6 +33,12 @@ KNOWN_GAPS = {
     ("go.model_weights", "0.30+"): "D's memory summary is the server's estimate; the weights row is kept to B/C",
     ("go.compute_graph", "0.30+"): "D's memory summary is the server's estimate; the graph row is kept to B/C",
 }
+# Rows whose text is in no source the catalogue reads, with the reason (the coverage command lists them too).
+ROWS_WITHOUT_ENTRY = {
+    ("runner_crash", "SIGSEGV"): "the Go runtime's crash header (Go's own source, not Ollama's)",
+    ("runner_crash", "SIGILL"): "the Go runtime's crash header",
+    ("runner_crash", "SIGBUS"): "the Go runtime's crash header",
+}
 SOURCE = re.compile(r"^[\w./+-]+\.(?:go|c|cpp|cu|cuh|h|patch):\d+@v\d+\.\d+\.\d+(?:-rc\d+)?$")
 FIXTURE = re.compile(r"^fixture:[\w./+-]+:\d+@\S+$")
 
@@ -119,11 +125,12 @@ class TestCoverage:
         assert main.__doc__  # the command's own entry point exists
 
     def test_rows_are_linked_to_the_entries_that_reach_them(self) -> None:
-        """The row → entry link is computed from the entries' lines; the `inference compute` row reaches several."""
+        """The row → entry link is computed from the entries' lines; only the rows listed here have no entry."""
         report = measure()
         index = next(i for i, r in enumerate(ROWS) if r.needle == "inference compute")
         assert len(report.row_entries[index]) >= 1
-        assert len(report.rows_without_entry()) < len(ROWS) // 5
+        lonely = {(r.kind, r.needle) for r in report.rows_without_entry()}
+        assert lonely == set(ROWS_WITHOUT_ENTRY), "a row lost its entry, or gained one: update ROWS_WITHOUT_ENTRY"
 
 
 class TestParse:

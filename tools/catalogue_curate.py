@@ -57,6 +57,7 @@ T = [
  (None, r"iGPU.*skipping|appears to be an iGPU|unsupported Radeon iGPU", "gpu_dropped", {"expect": {"cause": "unsupported_igpu"}, "args": ["0", "512"]}),
  (None, r"^Nvidia GPU detected via", "gpu_discovered", {}),
  (None, r"^CPU does not have", "cpu_lacks_avx", {}),
+ (None, r"^GPU runner incompatible with host system, CPU does not have AVX", "cpu_lacks_avx", {}),
  (None, r"^offload to ", "offload_plan", {"args": ["cuda"]}),
  (None, r"^offload$", "offload_plan", {"fields": ["library", "layers.requested", "layers.model", "layers.offload", "layers.split", "memory.available", "memory.required.full"]}),
  (None, r"^user override$", "library_override", {"values": {"OLLAMA_LLM_LIBRARY": "cpu_avx2", "path": "/tmp/ollama/runners/cpu_avx2"}}),

@@ -21,7 +21,7 @@ RELEASE_TAGS = {
     "0.12-0.24": ("v0.12.0", "v0.12.3", "v0.12.4", "v0.13.5", "v0.24.0"),
     "0.30+": ("v0.30.0", "v0.32.15", "v0.33.0-rc2"),
 }
-GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "llama", "envconfig")
+GO_DIRS = ("gpu", "discover", "llm", "server", "ml", "runner", "runners", "llama", "envconfig")
 C_DIRS = ("llama", "ml/backend/ggml/ggml/src", "gpu", "discover")
 GO_GREP = r"slog\.(Info|Warn|Error|Debug|Log)\(|logutil\.Trace\(|log\.Printf\("  # git grep -E (no \b)
 GO_CALL = re.compile(r'\b(slog\.(?:Info|Warn|Error|Debug|Log)|logutil\.Trace|log\.Printf|log\.Println)\(')

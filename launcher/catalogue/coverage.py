@@ -63,14 +63,7 @@ def rows_reached(entry: Entry, release: str) -> list[Row]:
     """The pattern rows whose regex turns the entry's line into an event (the row → entry link, computed)."""
     parser = LogParser()
     parser.feed(Line(1, version_line(entry, release)))
-    text = sample(entry, release)
-    out = []
-    for row in parser._candidates(text):
-        if parser._applies(row):
-            m = row.regex.search(text)
-            if m is not None and row.event_data(m) is not None:
-                out.append(row)
-    return out
+    return parser.rows_matching(sample(entry, release))
 
 
 @dataclass
