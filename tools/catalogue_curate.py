@@ -134,12 +134,13 @@ def curate(draft: dict[str, Any], ids: set[str]) -> tuple[str, dict[str, Any]]:
     """The family and the catalogue record of one draft statement."""
     fam = "ggml_c" if draft["shape"] == "c" else "ollama_go"
     fmt = draft["fmt"]
-    fact, extra = "irrelevant", {}
+    fact: str = "irrelevant"
+    extra: dict[str, Any] = {}
     for shape, rx, f, x in T:
         if (shape and shape != draft["shape"]) or (shape is None and draft["shape"] == "c"):
             continue
         if re.search(rx, fmt):
-            fact, extra = f, x
+            fact, extra = str(f), dict(x)  # type: ignore[call-overload]
             break
     slug = re.sub(r"[^a-z0-9]+", "_", VERB.sub("", fmt.replace("\\n", "")).lower()).strip("_")[:48] or "fmt"
     base = ("go." if fam == "ollama_go" else "c.") + slug

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 RELEASE_TAGS = {
     "0.1": ("v0.1.9", "v0.1.20", "v0.1.32", "v0.1.48"),
@@ -136,7 +137,7 @@ def main() -> None:
     if sys.argv[2:] == ["--source-files"]:
         source_files(gitdir)
         return
-    entries: dict[tuple[str, str], dict] = {}
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
     for line, tags in RELEASE_TAGS.items():
         for tag in tags:
             files = git(gitdir, "ls-tree", "-r", "--name-only", tag).split()
@@ -189,9 +190,10 @@ def main() -> None:
                 src = git(gitdir, "show", f"{tag}:{path}")
                 for m in GO_CALL.finditer(src):
                     got = go_entry(call_text(src, m.end() - 1), m.group(1))
-                    e = entries.get(("slog", got[0])) if got else None
-                    if e is None:
+                    other = entries.get(("slog", got[0])) if got else None
+                    if other is None:
                         continue
+                    e = other
                     e["at"].setdefault(line, f"{path}:{src.count(chr(10), 0, m.start()) + 1}@{tag}")
                     if tag not in e["seen"]:
                         e["seen"].append(tag)

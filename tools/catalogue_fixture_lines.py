@@ -34,13 +34,13 @@ def printf_regex(fmt: str) -> re.Pattern[str] | None:
 
 def logs(root: Path) -> list[tuple[Path, str, str]]:
     """(path, release line, version pin) of each real log."""
-    out = []
+    out: list[tuple[Path, str, str]] = []
     for case in sorted((root / "ollama-logs").iterdir()):
         meta = case / "case.json"
         version = json.loads(meta.read_text()).get("ollama_version") if meta.is_file() else None
-        line = release_line_of(version) if version else None
+        line = release_line_of(str(version)) if version else None
         if line:
-            out.append((case / "server.log", line, version))
+            out.append((case / "server.log", line, str(version)))
     out += [(p, "0.30+", "0.32.15") for p in sorted(root.glob("ollama-real-*/*.log"))]
     out += [(p, "0.30+", "0.30+") for p in sorted(root.glob("ggml-real/*.log"))]
     return out
