@@ -133,6 +133,21 @@ class TestCoverage:
         assert lonely == set(ROWS_WITHOUT_ENTRY), "a row lost its entry, or gained one: update ROWS_WITHOUT_ENTRY"
 
 
+class TestRowGenerations:
+    def test_a_row_applies_to_every_generation_that_prints_its_lines(self) -> None:
+        """A row reached by an entry lists every generation whose versions print the entry: otherwise a log of that
+        generation would not be read, and, with no version line, the row would name the wrong generation."""
+        from launcher.catalogue.coverage import rows_reached
+
+        bad = set()
+        for entry, line in RELEVANT:
+            for row in rows_reached(entry, line):
+                for gen in printed_by(entry) - row.gens:
+                    if not any(gap_id == entry.id for gap_id, _ in KNOWN_GAPS):
+                        bad.add((row.kind, row.needle or row.msg, entry.id, gen))
+        assert not bad
+
+
 class TestParse:
     @pytest.mark.parametrize(("text", "problem"), [
         ("{not json", "1:"),
