@@ -215,7 +215,8 @@ KEY_SHAPES: Final = (
     # llama.cpp renamed llm_load_tensors to llama_model::load_tensors; Ollama vendored the rename in v0.5.13
     ("llm_load_tensors:", re.compile(r"^llm_load_tensors: "), frozenset({"0", "A", "B"})),
     ("load_tensors:", re.compile(r"^load_tensors: "), frozenset({"B", "C", "D"})),
-    (".go:", re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \w+\.go:\d+: "), frozenset({"0"})),  # Go log.Printf
+    # (Go's `log.Printf` shape, `2024/01/14 19:50:06 gpu.go:94: …`, is no cue: every version sets Lshortfile and
+    # net/http still logs through it.)
 )
 
 
