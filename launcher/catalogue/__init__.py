@@ -112,16 +112,16 @@ def message_generations(entries: tuple[Entry, ...] | None = None) -> dict[str, f
     """Each Go slog message of the extracted sources → the generations whose versions print it (union over the
     entries that share the message). Only the `ollama_go` family: its statements were read at every sampled tag."""
     out: dict[str, frozenset[str]] = {}
-    for e in entries if entries is not None else load():
+    for e in entries if entries is not None else load(("ollama_go",)):
         if e.family == "ollama_go" and e.shape == "slog" and "%" not in e.fmt and not e.fmt.endswith((" ", "=")):
             out[e.fmt] = out.get(e.fmt, frozenset()) | printed_by(e)
     return out
 
 
-def load() -> tuple[Entry, ...]:
-    """Every entry of every family; ids are unique."""
+def load(families: tuple[str, ...] = FAMILIES) -> tuple[Entry, ...]:
+    """Every entry of the families (all by default); ids are unique."""
     entries: list[Entry] = []
-    for family in FAMILIES:
+    for family in families:
         name = f"{family}.jsonl"
         entries.extend(parse(family, resources.files(__package__).joinpath(name).read_text("utf-8"), name))
     seen: set[str] = set()
