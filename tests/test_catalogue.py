@@ -38,6 +38,9 @@ ROWS_WITHOUT_ENTRY = {
     ("runner_crash", "SIGSEGV"): "the Go runtime's crash header (Go's own source, not Ollama's)",
     ("runner_crash", "SIGILL"): "the Go runtime's crash header",
     ("runner_crash", "SIGBUS"): "the Go runtime's crash header",
+    ("runner_crash", "hipError"): "the HIP runtime's own error names, printed by ROCm, not by Ollama or GGML",
+    ("nvml_failed", "Failed to initialize NVML"): "nvidia-smi's text, pasted beside Ollama's",
+    ("gpu_dropped", "NVRM: Xid"): "the NVIDIA kernel module's message (dmesg/journal), not Ollama's",
 }
 SOURCE = re.compile(r"^[\w./+-]+\.(?:go|c|cpp|cu|cuh|h|patch):\d+@v\d+\.\d+\.\d+(?:-rc\d+)?$")
 FIXTURE = re.compile(r"^fixture:[\w./+-]+:\d+@\S+$")

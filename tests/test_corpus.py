@@ -24,10 +24,8 @@ KNOWN_MISSES: dict[str, str] = {
         "server config pasted from 'env=\"map[' on (line start cut): CUDA_VISIBLE_DEVICES:-1 not read",
     "cpu_fallback-container_gpu_access_lost-0.3.10-6928":
         "CUDA 800 (not permitted) unmapped, and the error is glued to the next record on one line",
-    "cpu_fallback-driver_library_mismatch-unk-ollamaflake-4": "NVML return code 18 (driver/library mismatch) unmapped",
     "cpu_fallback-fabric_manager_not_running-unk-5567":
         "CUDA 802 unmapped; the line is broken by a terminal-wrap gap inside 'failure'",
-    "cpu_fallback-fabric_manager_not_running-unk-9031": "cuInit err: 802 (fabric manager) unmapped",
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "OLLAMA_LLM_LIBRARY=cuda in the server config (0.12.5+) not read; the GPU UUID filter is blamed instead",
     "cpu_fallback-insufficient_vram-unk-10765":
@@ -40,8 +38,6 @@ KNOWN_MISSES: dict[str, str] = {
         "plan of 33 CUDA layers but a cpu_avx2 runner started: the missing CUDA runner is not inferred",
     "cpu_fallback-unsupported_gpu_arch-unk-rocmlibs-30":
         "several records glued on one line with Markdown ** around the 'amdgpu is not supported' record",
-    "cpu_fallback-wsl_libcuda_path-0.6.0-nixpkgs-389898":
-        "native libcuda.so.535 shadowing /usr/lib/wsl/lib under WSL not recognised; 500 read as container issue",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",
     "gpu-none-unk-13153": "ggml_vulkan device line and Vulkan backend load not recognised",

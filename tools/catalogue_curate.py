@@ -103,6 +103,7 @@ T = [
  ("c", r"^ggml_vulkan: Found %zu Vulkan devices", "runner_devices", {"args": ["1"], "expect": {"library": "vulkan"}}),
  ("c", r"^ggml_vulkan: %zu = %s \(%s\) \| uma", "device", {"args": ["0", "Intel(R) Arc(TM) 130V GPU (16GB)", "Intel Corporation", "1", "1", "0", "32", "32768", "1", "KHR_coopmat"], "expect": {"library": "vulkan"}}),
  ("c", r"^(cuInit|cudaSetDevice|cudaGetDeviceCount) err: %d", "cuda_init_failed", {"args": ["999"], "expect": {"cause": "uvm_not_loaded"}}),
+ ("c", r"^nvmlInit_v2 err: %d", "cuda_init_failed", {"args": ["18"]}),
  ("c", r"^CUDA error: %s", "runner_crash", {"args": ["no kernel image is available for execution on the device"]}),
  ("c", r"^%s: failed to initialize CUDA: %s", "cuda_init_failed", {"args": ["CUDA driver version is insufficient for CUDA runtime version"], "expect": {"cause": "driver_too_old"}}),
  ("c", r"^%s: found %d CUDA devices", "runner_devices", {"args": ["1"]}),

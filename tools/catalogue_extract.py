@@ -96,7 +96,7 @@ def c_entry(call: str) -> tuple[str, list[str], str] | None:
             break  # a comma or an expression: the format string has ended
         if m.group(1) is not None:
             lits.append(m.group(1))
-        elif lits and m.group(2) in C_MACROS:
+        elif m.group(2) in C_MACROS:  # GGML_CUDA_NAME " error: %s\n" starts with the macro
             lits.append(C_MACROS[m.group(2)])
         elif lits:
             break
