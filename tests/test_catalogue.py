@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from launcher.catalogue import (
     FAMILIES,
@@ -149,6 +151,20 @@ class TestRowGenerations:
                     if not any(gap_id == entry.id for gap_id, _ in KNOWN_GAPS):
                         bad.add((row.kind, row.needle or row.msg, entry.id, gen))
         assert not bad
+
+
+class TestRobust:
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(RELEVANT), st.integers(min_value=0, max_value=400), st.text(max_size=40))
+    def test_a_cut_or_glued_catalogue_line_never_breaks_a_row(self, pair: tuple[Entry, str], cut: int,
+                                                              junk: str) -> None:
+        """Every row's builder survives its own line cut anywhere or with junk after it: no exception, and no
+        line counted as unreadable (a builder that raised would count one)."""
+        entry, line = pair
+        text = sample(entry, line)
+        for variant in (text[:cut], text + junk, text[:cut] + junk):
+            summary = parse_text(variant + "\n")[-1]
+            assert summary.data["unreadable_rows"] == 0, variant
 
 
 class TestParse:
