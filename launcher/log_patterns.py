@@ -589,6 +589,8 @@ ROWS: Final[tuple[Row, ...]] = (
                    "cause": classify(m["error"], CUDA_ERROR_CAUSES)}),
     Row("runner_crash", "not compiled with support for this arch", _r(r"not compiled with support for this arch"),
         _crash("unsupported_compute_capability")),
+    Row("runner_crash", "ggml_vulkan: device ", _r(r"ggml_vulkan: device (?:lost|fault) on (?P<device>\S+)"),
+        _crash()),
     Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"),
         lambda m: {"text": m.group(0)[:300], "cause": "unsupported_compute_capability" if "not compiled with support "
                    "for this arch" in m.string else "unknown"}),

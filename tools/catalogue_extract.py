@@ -1,6 +1,6 @@
 """Draft catalogue entries from Ollama's git history (a maintainer's tool, not shipped: the output is curated by hand).
 
-Usage: python tools/catalogue_extract.py GIT_DIR > draft.jsonl
+Usage: python tools/catalogue_extract.py GIT_DIR [--ggml GGML_GIT_DIR] > draft.jsonl
        python tools/catalogue_extract.py GIT_DIR --source-files   (the table in launcher/generations.py)
 Reads Go slog / log.Printf calls and the vendored GGML/llama.cpp log calls at the representative tags of each
 release line, keeps the ones whose text bears on placement (keyword filter), and merges identical format strings.
@@ -132,6 +132,43 @@ def source_files(gitdir: str) -> None:
             print(f'    "{name}": frozenset({{{", ".join(repr(g) for g in gens)}}}),')
 
 
+GGML_TAG = "v0.21.0"  # ggml-org/ggml, 2026-08-21 (launcher.catalogue.UPSTREAM_GGML_TAG)
+
+
+def upstream(ggml_gitdir: str, entries: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Generation D runs upstream llama-server, whose GGML is not in Ollama's repository: its statements come from
+    ggml-org/ggml at GGML_TAG, cited `path:line@ggml-<tag>`, on the 0.30+ line."""
+    for path in git(ggml_gitdir, "ls-tree", "-r", "--name-only", GGML_TAG).split():
+        if not (path.startswith("src/") and path.endswith((".c", ".cpp", ".cu", ".cuh", ".h"))):
+            continue
+        if not re.search(r"ggml-cuda/(?:ggml-cuda\.cu|common\.cuh)|ggml-backend-reg|ggml-vulkan\.cpp|mem_", path):
+            continue
+        src = git(ggml_gitdir, "show", f"{GGML_TAG}:{path}")
+        for m in C_CALL.finditer(src):
+            got = c_entry(src[m.end():m.end() + 400].split(";")[0])
+            if not got or not got[0].strip() or not RELEVANT.search(got[0]):
+                continue
+            fmt, fields, shape = got
+            e = entries.setdefault((shape, fmt), {"fmt": fmt, "shape": shape, "fields": fields, "at": {},
+                                                  "lines": [], "seen": []})
+            e["at"].setdefault("0.30+", f"{path}:{src.count(chr(10), 0, m.start()) + 1}@ggml-{GGML_TAG}")
+            if "func" not in e:
+                func = enclosing_function(src, m.start())
+                if func:
+                    e["func"] = func
+            if "0.30+" not in e["lines"]:
+                e["lines"].append("0.30+")
+
+
+def enclosing_function(src: str, start: int) -> str | None:
+    """The C function a log call sits in (the last unindented definition line above it), for `__func__`."""
+    for prev in reversed(src[:start].split("\n")[-400:]):
+        fm = C_FUNC.match(prev)
+        if fm and fm.group(1) not in ("if", "for", "while", "switch", "return"):
+            return fm.group(1)
+    return None
+
+
 def main() -> None:
     gitdir = sys.argv[1]
     if sys.argv[2:] == ["--source-files"]:
@@ -162,13 +199,7 @@ def main() -> None:
                     if not fmt.strip() or not RELEVANT.search(fmt + " " + " ".join(fields)):
                         continue
                     lineno = src.count("\n", 0, m.start()) + 1
-                    func = None
-                    if c:
-                        for prev in reversed(src[: m.start()].split("\n")[-400:]):
-                            fm = C_FUNC.match(prev)
-                            if fm and fm.group(1) not in ("if", "for", "while", "switch", "return"):
-                                func = fm.group(1)
-                                break
+                    func = enclosing_function(src, m.start()) if c else None
                     key = (shape if shape != "goprintf" else "slog", fmt)
                     e = entries.setdefault(key, {"fmt": fmt, "shape": shape, "fields": fields, "at": {},
                                                  "lines": []})
@@ -199,6 +230,8 @@ def main() -> None:
                         e["seen"].append(tag)
                     if line not in e["lines"]:
                         e["lines"].append(line)
+    if len(sys.argv) > 3 and sys.argv[2] == "--ggml":
+        upstream(sys.argv[3], entries)
     for e in entries.values():
         e["seen"].sort(key=lambda t: [int(x) for x in re.findall(r"\d+", t)])
         e["lines"].sort(key=list(RELEASE_TAGS).index)

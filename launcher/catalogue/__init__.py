@@ -22,6 +22,9 @@ IRRELEVANT: Final = "irrelevant"
 # The tags whose sources tools/catalogue_extract.py read, oldest first. Both sides of every generation boundary are
 # here (v0.2.8/v0.3.0, v0.5.7/v0.5.8, v0.12.3/v0.12.4, v0.24.0/v0.30.0), so the versions between two neighbouring
 # tags of this list belong to the generations of those two tags.
+# Generation D runs upstream llama-server, whose GGML is not in Ollama's repository: its statements are cited from
+# ggml-org/ggml at this tag (2026-08-21, the date of v0.33.0-rc2; D builds its own llama.cpp pin).
+UPSTREAM_GGML_TAG: Final = "ggml-v0.21.0"
 SAMPLED_TAGS: Final = ("v0.1.9", "v0.1.20", "v0.1.32", "v0.1.48", "v0.2.0", "v0.2.8", "v0.3.0", "v0.3.14", "v0.4.0",
                        "v0.4.7", "v0.5.7", "v0.5.8", "v0.5.13", "v0.6.0", "v0.6.8", "v0.11.11", "v0.12.0", "v0.12.3",
                        "v0.12.4", "v0.13.5", "v0.24.0", "v0.30.0", "v0.32.15", "v0.33.0-rc2")
