@@ -375,9 +375,9 @@ ROWS: Final[tuple[Row, ...]] = (
         frozenset({"C"})),
     Row("discovery_failed", "failed to start runner to discovery", _r(r"(?P<what>failed to start runner to discovery "
                                                                       r"GPUs)"), _discovery_failed, frozenset({"C"})),
-    Row("discovery_failed", "llama-server", _r(r"(?P<what>llama-server not available for device discovery|"
-                                               r"llama-server discovery: (?:failed to start|server startup exited)|"
-                                               r"llama-server --list-devices failed)"), _discovery_failed, GEN_D),
+    *(Row("discovery_failed", what, _r(f"(?P<what>{re.escape(what)})"), _discovery_failed, GEN_D)
+      for what in ("llama-server not available for device discovery", "llama-server discovery: failed to start",
+                   "llama-server discovery: server startup exited", "llama-server --list-devices failed")),
     Row("gpu_dropped", "no rocblas support", _r(r"dropping ROCm device — no rocblas support"), _dropped(
         "unsupported_gpu_arch"), GEN_D),
     Row("gpu_dropped", "AMD driver is too old", _r(r"AMD driver is too old"), _dropped("driver_too_old"), GEN_D),
@@ -434,8 +434,9 @@ ROWS: Final[tuple[Row, ...]] = (
         {"cause": "unsupported_gpu_arch", "library": "rocm"}),
     Row("gpu_dropped", "iGPU", _r(r"iGPU(?: detected)?.{0,80}?skipping|appears to be an iGPU"), None, OLD,
         {"cause": "unsupported_igpu", "library": "rocm"}),
-    Row("library_failed", "rocm", _r(r"(?:unable to verify rocm library|no compatible rocm library found).*"),
-        lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD),
+    *(Row("library_failed", what, _r(f"{what}.*"),
+          lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD)
+      for what in ("unable to verify rocm library", "no compatible rocm library found")),
     Row("library_failed", "supported GFX types", _r(r"failed to lookup supported GFX types.*"),
         lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD),
     Row("library_failed", "unable to locate gpu dependency libraries",
