@@ -204,6 +204,10 @@ class TreeWatcher:
                 events.append(self._event("runner_exited", tracked.info, cls=tracked.cls))
         return events
 
+    def has_alive(self, cls: str) -> bool:
+        """A process of class `cls` was alive at the last scan."""
+        return any(t.cls == cls for t in self._known.values())
+
     def exited(self, pid: int, status: dict[str, int]) -> list[Event]:
         """A tracked process was reaped by us (an orphan): report it with its status."""
         for key in [k for k in self._known if k[0] == pid]:
