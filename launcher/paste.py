@@ -1,0 +1,408 @@
+"""Logs as people paste them: rejoin wrapped records, split glued ones, drop Markdown and journald's JSON wrapping.
+
+Works on physical lines (already split and cut by `log_input`) and yields records: `(number, text, pid, truncated)`,
+where `number` is the physical line a record starts on. Nothing is dropped: a line this module does not understand
+passes through as it came (less colours and control bytes); a line that is only Markdown (a code fence) becomes an
+empty record, so line numbers still match the file.
+
+Two facts decide that a line continues the record before it, and both must hold: the line does not start a record
+(`starts_record`), and the record before it is incomplete — a Go slog line (or a JSON object) with an unbalanced
+quote, or a line exactly as long as the terminal width the paste was wrapped at. The width is learned from the first
+lines (`WINDOW_LINES`): a terminal never prints a line longer than its width, so the longest line, seen at least
+twice, is it. A later, longer line proves there was no such width. The same width tells `less -S`'s `>` chop marker
+(journalctl's pager) from a real `>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import Final
+
+from launcher.log_input import prefix_kind, strip_prefixes
+
+WINDOW_LINES: Final = 2000  # physical lines read ahead to learn a terminal width
+WINDOW_BYTES: Final = 1 << 20
+MIN_WIDTH: Final = 60  # narrower "widths" are ordinary short lines, never a terminal's
+MAX_JOIN: Final = 64  # at most this many physical lines make one record (a runaway quote stops here)
+MAX_RECORD: Final = 16 * 1024  # nor longer than this many characters
+
+Record = tuple[int, str, "int | None", bool]  # number (first physical line), text, pid, truncated
+
+_ANSI: Final = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")
+
+# What begins a record in any Ollama/GGML log, prefixed or not. Deliberately specific: a wrapped line's tail starts
+# anywhere inside a record, so a loose rule (any word and a colon) would take tails for records.
+_START: Final = re.compile(
+    r"(?:time=\d{4}-"
+    r"|\[GIN"
+    r"|\{\""
+    r"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d"  # Go log date, ISO (journald short-iso), docker --timestamps
+    r"|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"  # journald short, English month
+    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s"  # journald short-full
+    r"|\[\s*\d+\.\d+[\]\s]"  # journald short-monotonic
+    r"|[A-Za-z][\w.-]{0,62}\s+\|\s"  # docker compose
+    r"|\[[a-z]+/[^\]\s]+\]\s"  # kubectl --prefix
+    r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:"  # llama.cpp/GGML: the printing function's name
+    r"|(?:srv|slot|que|res|cmn|spec)\s"  # llama-server's module tags
+    r"|(?:main|build|load|system_info|print_info|warning|error|Error|panic|fatal error|version"
+    r"|CUDA error|rocBLAS error|HIP error|ROCm error|signal arrived|SIG[A-Z]+):"
+    r"|(?:INFO|WARN|WARNING|ERROR|DEBUG)\s+\["  # old llama.cpp server: "INFO [main] build info"
+    r"|goroutine\s\d"
+    r"|\s+(?:Device\s\d+:|current device:|-\s)"  # ggml device list, CUDA error detail, list items
+    r"|\s+/\S+\.go:\d+"  # Go stack frame file lines
+    r"|$)"
+)
+
+
+# The starts a terminal's wrap cannot fake: after a line exactly as wide as the terminal, only these begin a record.
+_STRONG: Final = re.compile(
+    r"(?:time=\d{4}-|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"
+    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/|$)")
+
+
+def starts_record(text: str) -> bool:
+    """Whether a (display) line begins a record of its own, rather than continuing the one before it."""
+    return text.startswith("time=") or _START.match(text) is not None
+
+
+def _continues(text: str, at_width: bool, prefix: str) -> bool:
+    """Whether `text` goes on with an incomplete record: at the terminal width, or with a quote still open."""
+    if prefix:  # every record of this paste carries this prefix: a line without it is a record's tail
+        return prefix_kind(text) != prefix
+    if at_width:
+        return _STRONG.match(text) is None
+    return not starts_record(text)
+
+
+_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def quote_open(text: str) -> bool:
+    """A slog line (or JSON object) whose last quoted value has not been closed: the record goes on."""
+    if "msg=" not in text and not text.startswith("{"):
+        return False
+    if "\\" not in text:
+        return text.count('"') % 2 == 1
+    return '"' in _QUOTED.sub("", text)
+
+
+# Markdown a paste picks up on the way into an issue: fences, quote markers, list bullets, bold, inline code.
+_FENCE: Final = re.compile(r"\s{0,3}(?:```|~~~)")
+_QUOTE_MARK: Final = re.compile(r"\s{0,3}(?:>[ \t]?)+")
+_BULLET: Final = re.compile(r"\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+")
+_MARK_CHARS: Final = frozenset("`*>-+~ 0123456789")
+
+
+_FUNC: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s")
+
+
+def _clearly_starts(text: str) -> bool:
+    """A record start no fragment of a line could fake (what a bullet or quote marker may stand before)."""
+    return bool(text) and (_STRONG.match(text) is not None or _FUNC.match(text) is not None)
+
+
+def strip_markdown(text: str, quoted: bool = False) -> str:
+    """The line without Markdown remnants; a fence line becomes empty. Text that is not Markdown is unchanged.
+
+    `quoted`: the paste is a Markdown quote (most lines start with `>`), so every line loses its markers; otherwise
+    a marker goes only where a record clearly follows it (a wrapped line's tail may begin with `>` or `- `)."""
+    if text[:1] in _MARK_CHARS:
+        if _FENCE.match(text):
+            return ""
+        if text.lstrip(" ").startswith(">"):
+            rest = text[_QUOTE_MARK.match(text).end():]  # type: ignore[union-attr]  # always matches here
+            if quoted or _clearly_starts(rest.replace("**", "").strip("`")):
+                text = rest
+    if "**" in text:
+        text = text.replace("**", "")
+    if text.startswith("`") or text.endswith("`"):
+        text = text.strip("`")
+    if text[:1] in _MARK_CHARS:
+        m = _BULLET.match(text)
+        if m is not None:
+            rest = text[m.end():].strip("`")
+            if _clearly_starts(rest):
+                text = rest
+    return text
+
+
+def _json_message(text: str) -> tuple[list[str], int | None] | None:
+    """`journalctl -o json`: the MESSAGE (a string, or a byte array when it held control bytes) and `_PID`."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or "MESSAGE" not in obj:
+        return None
+    msg = obj["MESSAGE"]
+    if isinstance(msg, list) and all(isinstance(b, int) and 0 <= b < 256 for b in msg):
+        msg = bytes(msg).decode("utf-8", "replace")
+    if not isinstance(msg, str):
+        return None  # null: journalctl leaves out messages over its size limit unless --all
+    pid_text = obj.get("_PID") or obj.get("SYSLOG_PID")
+    pid = int(pid_text[:9]) if isinstance(pid_text, str) and pid_text.isdigit() else None
+    return [_scrub(part) for part in msg.split("\n")], pid
+
+
+def _scrub(text: str) -> str:
+    if text.endswith("\r"):
+        text = text[:-1]
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    if not text.isprintable():
+        text = _CONTROL.sub(" ", text.replace("\t", " "))
+    return text
+
+
+class Display:
+    """One physical line as a reader sees it: no colours, control bytes, CR or Markdown; JSON unwrapped."""
+
+    __slots__ = ("final", "parts", "pid", "text", "truncated")
+
+    def __init__(self, text: str, pid: int | None = None, truncated: bool = False,
+                 parts: list[str] | None = None) -> None:
+        self.text = text
+        self.pid = pid
+        self.truncated = truncated
+        self.parts = parts  # journald JSON: the message's lines, already final (no prefix, never joined)
+        self.final = parts is not None
+
+
+def display(raw: bytes, quoted: bool = False) -> Display:
+    """Decode and clean one physical line (without its newline); `quoted` as in `strip_markdown`."""
+    text = raw.decode("utf-8", "replace")
+    text = _scrub(text)
+    if text.startswith(("{", "\x1e{")) and '"MESSAGE"' in text:
+        got = _json_message(text.lstrip("\x1e"))
+        if got is not None:
+            return Display(text, got[1], parts=got[0])
+    if text:
+        text = strip_markdown(text, quoted)
+    if text.endswith("\u2026"):  # systemd's ellipsis (`systemctl status`, journalctl --no-full)
+        return Display(text[:-1], truncated=True)
+    return Display(text)
+
+
+def _learn_width(lengths: list[int]) -> int | None:
+    """The terminal width a paste was wrapped or chopped at: the longest line, if at least two lines are that long."""
+    if not lengths:
+        return None
+    top = max(lengths)
+    if top < MIN_WIDTH or lengths.count(top) < 2:
+        return None
+    return top
+
+
+class Joiner:
+    """Physical lines in, records out; keeps one record back until the next line shows whether it goes on.
+
+    Lines that start with one of `skip` (bytes) are counted and never decoded: the caller knows they carry nothing.
+    Their continuations are skipped with them."""
+
+    def __init__(self, skip: tuple[bytes, ...] = ()) -> None:
+        self.skip = skip
+        self.lines = 0  # physical lines read
+        self.truncated = 0  # physical lines cut for length, chopped (`>`) or ellipsized (`…`)
+        self.joined = 0  # physical lines that continued the record before them
+        self.skipped = 0  # lines that started with `skip`, and their continuations
+        self.width: int | None = None  # the terminal width learned from the first lines, while it holds
+        self.prefix = ""  # the prefix the records carry (`log_input.prefix_kind`), if they carry one
+        self.quoted = False  # the paste is a Markdown quote: most lines start with `>`
+
+    def records(self, lines: Iterable[tuple[bytes, bool]]) -> Iterator[Record]:
+        """Records of a stream of `(physical line, cut)`. Reads the first `WINDOW_LINES` lines at once, to learn
+        the terminal width; the counters are complete once the iterator is exhausted."""
+        it = iter(lines)
+        window: list[tuple[bytes, bool]] = []
+        size = quoted = 0
+        for item in it:
+            window.append(item)
+            size += len(item[0])
+            quoted += item[0].lstrip(b" ").startswith(b">")
+            if len(window) >= WINDOW_LINES or size >= WINDOW_BYTES:
+                break
+        self.quoted = quoted * 2 > sum(1 for raw, _ in window if raw.strip())
+        lengths: list[int] = []
+        kinds: dict[str, int] = {}
+        texts = 0
+        skip = self.skip
+        for raw, _ in window:
+            if skip and raw.startswith(skip):
+                if raw.isascii():
+                    lengths.append(len(raw) - raw.endswith(b"\r"))
+                texts += 1
+            else:
+                d = display(raw, self.quoted)
+                if not d.final:
+                    lengths.append(len(d.text))
+                    if d.text:
+                        texts += 1
+                        kind = prefix_kind(d.text)
+                        kinds[kind] = kinds.get(kind, 0) + 1
+        self.width = _learn_width(lengths)
+        # A wrapped paste has more tails than records: a fifth of the lines prefixed means the records are.
+        kinds.pop("", None)
+        top = max(kinds, key=kinds.__getitem__, default="")
+        self.prefix = top if top and kinds[top] >= 2 and kinds[top] * 5 >= texts else ""
+        return self._run(chain(window, it))
+
+    def _run(self, lines: Iterable[tuple[bytes, bool]]) -> Iterator[Record]:  # one hot loop
+        skip = self.skip or (b"\x00\x00no-skip",)
+        width = self.width
+        prefix = self.prefix
+        quoted = self.quoted
+        pend: list[str] | None = None  # the held record's physical texts
+        pend_n = 0
+        pend_pid: int | None = None
+        pend_cut = False
+        pend_len = 0  # length of the held record's last physical line (-1: not measured yet, see pend_raw)
+        pend_raw = b""
+        pend_skip = False  # the held "record" is a skipped line: its continuations are skipped too
+        number = truncated = skipped = joined = 0
+        for number, (raw, cut) in enumerate(lines, 1):  # number is read after the loop
+            if raw.startswith(skip):
+                if pend is not None:
+                    t = pend[0]
+                    if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
+                            and t.find("[GIN", 1) < 0:
+                        yield pend_n, t, pend_pid, pend_cut
+                    else:
+                        yield from _finish(pend_n, pend, pend_pid, pend_cut)
+                    pend = None
+                if width is not None and len(raw) > width and _display_len(raw, quoted) > width:
+                    width = None
+                pend_skip, pend_len, pend_raw, pend_cut = True, -1, raw, cut
+                skipped += 1
+                if cut:
+                    truncated += 1
+                continue
+            text = raw.decode("utf-8", "replace")
+            if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`":
+                d_pid, d_trunc, parts = None, False, None
+                if pend is None and not pend_skip:
+                    pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, None, cut, len(text)
+                    if cut:
+                        truncated += 1
+                    if width is not None and pend_len > width:
+                        width = None
+                    continue
+                if width is not None and len(text) > width:
+                    width = None
+                start = True
+            else:
+                d = display(raw, quoted)
+                text, d_pid, d_trunc, parts = d.text, d.pid, d.truncated, d.parts
+                if width is not None and len(text) > width:
+                    width = None
+                start = parts is not None or not text
+            if not start and not pend_cut and (pend is not None or pend_skip):
+                if pend_len < 0:
+                    pend_len = _display_len(pend_raw, quoted)
+                at_width = width is not None and pend_len == width
+                if (at_width or (pend is not None and len(pend) < MAX_JOIN and quote_open("".join(pend)))) \
+                        and _continues(text, at_width, prefix):
+                    joined += 1
+                    if cut:
+                        truncated += 1
+                    if pend_skip:
+                        skipped += 1
+                        pend_len, pend_cut = len(text), cut
+                        continue
+                    assert pend is not None
+                    pend.append(text)
+                    pend_len, pend_cut = len(text), cut or d_trunc
+                    if sum(map(len, pend)) > MAX_RECORD:
+                        pend_cut = True
+                    continue
+            if pend is not None:
+                t = pend[0]
+                if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
+                        and t.find("[GIN", 1) < 0:
+                    yield pend_n, t, pend_pid, pend_cut
+                else:
+                    yield from _finish(pend_n, pend, pend_pid, pend_cut)
+                pend = None
+            pend_skip = False
+            if cut or d_trunc:
+                truncated += 1
+            if parts is not None:
+                for part in parts:
+                    part_text, part_pid = strip_prefixes(part)
+                    yield number, part_text, part_pid if part_pid is not None else d_pid, cut
+                pend_len, pend_cut = 0, True
+                continue
+            n = len(text)
+            if width is not None and n == width and text.endswith(">"):
+                # `less -S` marks a chopped line with `>` in its last column; a wrapped line that ends in `>` by
+                # chance was rejoined above before it got here.
+                text = text[:-1]
+                if not (cut or d_trunc):
+                    truncated += 1
+                d_trunc = True
+            pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, d_pid, cut or d_trunc, n
+        if pend is not None:
+            yield from _finish(pend_n, pend, pend_pid, pend_cut)
+        self.lines += number
+        self.truncated += truncated
+        self.skipped += skipped
+        self.joined += joined
+        self.width = width
+
+
+def _display_len(raw: bytes, quoted: bool = False) -> int:
+    """A physical line's length as a terminal showed it; -1 for journald JSON (never wrapped by us)."""
+    if raw.startswith(b"time=") and raw.isascii() and b"**" not in raw and b"\x1b" not in raw \
+            and not raw.endswith((b"\r", b"`")):
+        return len(raw)
+    d = display(raw, quoted)
+    return -1 if d.final else len(d.text)
+
+
+# Where a second record begins inside a line: the records were glued together when the paste lost its newlines.
+_GLUE: Final = re.compile(
+    r"(?<![_.])time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)\s+level="
+    r"|(?<![\w.])time=\S+\s+(?:level|source)="  # a redacted or odd timestamp: only after a space or quote
+    r"|\[GIN(?:-debug)?\]\s"
+    r"|(?:[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?"
+    r"(?:Z|[+-]\d\d:?\d\d))\s\S+\s[^\s\[\]]+\[\d+\]:\s"
+    r"|\d{4}/\d\d/\d\d\s\d\d:\d\d:\d\d\s\w+\.go:\d+:"
+)
+
+
+def split_glued(text: str) -> list[str]:
+    """A line holding several records, cut where each record after the first begins; else the line alone."""
+    if text.find("time=", 1) < 0 and text.find("[GIN", 1) < 0 and "]: " not in text and not (
+            text[4:5] == "/" and text.find(text[:5], 5) > 0):
+        return [text]
+    cuts = [m.start() for m in _GLUE.finditer(text, 1)]
+    if not cuts:
+        return [text]
+    out = []
+    prev = 0
+    for c in cuts:
+        piece = text[prev:c].rstrip()
+        if piece:
+            out.append(piece)
+        prev = c
+    out.append(text[prev:])
+    return out
+
+
+def _finish(number: int, parts: list[str], pid: int | None,
+            truncated: bool) -> Iterator[Record]:
+    text = parts[0] if len(parts) == 1 else "".join(parts)
+    if not text:
+        yield number, text, pid, truncated
+        return
+    text, p = strip_prefixes(text)
+    pieces = split_glued(text)
+    if len(pieces) == 1:
+        yield number, text, p if p is not None else pid, truncated
+        return
+    for piece in pieces:
+        piece_text, piece_pid = strip_prefixes(piece)
+        yield number, piece_text, piece_pid if piece_pid is not None else (p if p is not None else pid), truncated
