@@ -48,10 +48,15 @@ _START: Final = re.compile(
     r"|\[[a-z]+/[^\]\s]+\]\s"  # kubectl --prefix
     r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:"  # llama.cpp/GGML: the printing function's name
     r"|(?:srv|slot|que|res|cmn|spec)\s"  # llama-server's module tags
-    r"|(?:main|build|load|system_info|print_info|warning|error|Error|panic|fatal error|version"
-    r"|CUDA error|rocBLAS error|HIP error|ROCm error|signal arrived|SIG[A-Z]+):"
+    r"|(?:main|build|load|system_info|print_info|warning|error|Error|ERROR|panic|fatal error|version"
+    r"|CUDA error|rocBLAS error|HIP error|ROCm error|signal arrived|SIG[A-Z]+|cuInit err|cudaSetDevice err):"
+    r"|(?:level|source)="  # a slog line whose timestamp the paste left out
+    r"|\[\d{9,11}\]\s"  # the old runner's "[1706635646] system info"
+    r"|\d+\.\d\d\.\d{3}\.\d{3}\s[IWEDT]\s"  # llama-server's "0.00.178.962 I "
+    r"|loading library\s"
     r"|(?:INFO|WARN|WARNING|ERROR|DEBUG)\s+\["  # old llama.cpp server: "INFO [main] build info"
     r"|goroutine\s\d"
+    r"|-- (?:Boot|Logs begin|Journal begins|No entries|Reboot)"  # journalctl's own markers
     r"|\s+(?:Device\s\d+:|current device:|-\s)"  # ggml device list, CUDA error detail, list items
     r"|\s+/\S+\.go:\d+"  # Go stack frame file lines
     r"|$)"
@@ -69,11 +74,24 @@ def starts_record(text: str) -> bool:
     return text.startswith("time=") or _START.match(text) is not None
 
 
-def _continues(text: str, at_width: bool, prefix: str) -> bool:
-    """Whether `text` goes on with an incomplete record: at the terminal width, or with a quote still open."""
-    if prefix:  # every record of this paste carries this prefix: a line without it is a record's tail
-        return prefix_kind(text) != prefix
-    if at_width:
+_NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
+_SLOG_HEAD: Final = ("time=", "level=", "source=")
+_SLOG_BITS: Final = re.compile(r'\w=|"')
+
+
+def _slog_tail(record: str, text: str) -> bool:
+    """A Go slog record goes on in a line that reads like more of its `key=value` pairs (a single wrapped line
+    leaves no terminal width to learn)."""
+    return (record.startswith(_SLOG_HEAD) or "msg=" in record[:200]) and _SLOG_BITS.search(text) is not None
+
+
+def _continues(text: str, strict: bool, prefix: str) -> bool:
+    """Whether `text`, which follows an incomplete record, goes on with it. `strict`: the record ended exactly at
+    the confirmed terminal width or inside a quoted value, so only a start no wrap can fake (`_STRONG`) begins a
+    new one."""
+    if prefix and prefix_kind(text) == prefix:
+        return False
+    if strict:
         return _STRONG.match(text) is None
     return not starts_record(text)
 
@@ -97,6 +115,15 @@ _BULLET: Final = re.compile(r"\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+")
 _MARK_CHARS: Final = frozenset("`*>-+~ 0123456789")
 
 
+# Bold as Markdown writes it: `**` opens after a space and closes before one. A glob's `libcuda.so**` is not bold.
+_BOLD: Final = re.compile(r"(?<!\S)\*\*(?=\S)(.+?)(?<=\S)\*\*(?![\w*/])")
+_BOLD_EDGE: Final = re.compile(r"^\*\*(?=\S)|(?<=[\"')\]}])\*\*$")
+
+
+def _unbold(text: str) -> str:
+    return _BOLD_EDGE.sub("", _BOLD.sub(r"\1", text))
+
+
 _FUNC: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s")
 
 
@@ -115,10 +142,10 @@ def strip_markdown(text: str, quoted: bool = False) -> str:
             return ""
         if text.lstrip(" ").startswith(">"):
             rest = text[_QUOTE_MARK.match(text).end():]  # type: ignore[union-attr]  # always matches here
-            if quoted or _clearly_starts(rest.replace("**", "").strip("`")):
+            if quoted or _clearly_starts(_unbold(rest).strip("`")):
                 text = rest
     if "**" in text:
-        text = text.replace("**", "")
+        text = _unbold(text)
     if text.startswith("`") or text.endswith("`"):
         text = text.strip("`")
     if text[:1] in _MARK_CHARS:
@@ -187,14 +214,15 @@ def display(raw: bytes, quoted: bool = False) -> Display:
     return Display(text)
 
 
-def _learn_width(lengths: list[int]) -> int | None:
-    """The terminal width a paste was wrapped or chopped at: the longest line, if at least two lines are that long."""
+def _learn_width(lengths: list[int]) -> tuple[int | None, bool]:
+    """The terminal width a paste was wrapped or chopped at, and whether it is confirmed: the longest line, if it is
+    at least `MIN_WIDTH` long; confirmed when two lines or more are that long (else only a clear tail joins it)."""
     if not lengths:
-        return None
+        return None, False
     top = max(lengths)
-    if top < MIN_WIDTH or lengths.count(top) < 2:
-        return None
-    return top
+    if top < MIN_WIDTH:
+        return None, False
+    return top, lengths.count(top) >= 2
 
 
 class Joiner:
@@ -210,6 +238,7 @@ class Joiner:
         self.joined = 0  # physical lines that continued the record before them
         self.skipped = 0  # lines that started with `skip`, and their continuations
         self.width: int | None = None  # the terminal width learned from the first lines, while it holds
+        self.confirmed = False  # two lines or more were exactly that wide
         self.prefix = ""  # the prefix the records carry (`log_input.prefix_kind`), if they carry one
         self.quoted = False  # the paste is a Markdown quote: most lines start with `>`
 
@@ -243,7 +272,7 @@ class Joiner:
                         texts += 1
                         kind = prefix_kind(d.text)
                         kinds[kind] = kinds.get(kind, 0) + 1
-        self.width = _learn_width(lengths)
+        self.width, self.confirmed = _learn_width(lengths)
         # A wrapped paste has more tails than records: a fifth of the lines prefixed means the records are.
         kinds.pop("", None)
         top = max(kinds, key=kinds.__getitem__, default="")
@@ -254,6 +283,7 @@ class Joiner:
         skip = self.skip or (b"\x00\x00no-skip",)
         width = self.width
         prefix = self.prefix
+        confirmed = self.confirmed
         quoted = self.quoted
         pend: list[str] | None = None  # the held record's physical texts
         pend_n = 0
@@ -302,9 +332,12 @@ class Joiner:
             if not start and not pend_cut and (pend is not None or pend_skip):
                 if pend_len < 0:
                     pend_len = _display_len(pend_raw, quoted)
-                at_width = width is not None and pend_len == width
-                if (at_width or (pend is not None and len(pend) < MAX_JOIN and quote_open("".join(pend)))) \
-                        and _continues(text, at_width, prefix):
+                strict = (width is not None and pend_len == width and confirmed) or (
+                    pend is not None and len(pend) < 2 * MAX_JOIN and quote_open("".join(pend)))
+                if (strict or (width is not None and pend_len == width) or (
+                        prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
+                        or (pend is not None and len(pend) < 2 * MAX_JOIN and _slog_tail(pend[0], text))) \
+                        and _continues(text, strict, prefix):
                     joined += 1
                     if cut:
                         truncated += 1
@@ -313,6 +346,8 @@ class Joiner:
                         pend_len, pend_cut = len(text), cut
                         continue
                     assert pend is not None
+                    if pend_len != width and not pend[-1][-1:].isspace() and not text[:1].isspace():
+                        pend.append(" ")  # broken by hand where a space was: the space went with the break
                     pend.append(text)
                     pend_len, pend_cut = len(text), cut or d_trunc
                     if sum(map(len, pend)) > MAX_RECORD:
