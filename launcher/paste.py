@@ -82,7 +82,8 @@ _SLOG_BITS: Final = re.compile(r'\w=|"')
 def _slog_tail(record: str, text: str) -> bool:
     """A Go slog record goes on in a line that reads like more of its `key=value` pairs (a single wrapped line
     leaves no terminal width to learn)."""
-    return (record.startswith(_SLOG_HEAD) or "msg=" in record[:200]) and _SLOG_BITS.search(text) is not None
+    return ("=" in text or '"' in text) and (record.startswith(_SLOG_HEAD) or "msg=" in record[:200]) \
+        and _SLOG_BITS.search(text) is not None
 
 
 def _continues(text: str, strict: bool, prefix: str) -> bool:
@@ -312,30 +313,36 @@ class Joiner:
                 continue
             text = raw.decode("utf-8", "replace")
             if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`":
-                d_pid, d_trunc, parts = None, False, None
-                if pend is None and not pend_skip:
-                    pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, None, cut, len(text)
-                    if cut:
-                        truncated += 1
-                    if width is not None and pend_len > width:
-                        width = None
-                    continue
-                if width is not None and len(text) > width:
+                # the common case: a plain slog line, a record start that needs no cleaning
+                if pend is not None:
+                    t = pend[0]
+                    if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
+                            and t.find("[GIN", 1) < 0:
+                        yield pend_n, t, pend_pid, pend_cut
+                    else:
+                        yield from _finish(pend_n, pend, pend_pid, pend_cut)
+                pend_skip = False
+                pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, None, cut, len(text)
+                if cut:
+                    truncated += 1
+                if width is not None and pend_len > width:
                     width = None
-                start = True
+                continue
+            if text[:1].isalpha() and text.isprintable() and "**" not in text and text[-1] not in "`\u2026":
+                d_pid, d_trunc, parts = None, False, None  # no Markdown, JSON or mark can start or end so
             else:
                 d = display(raw, quoted)
                 text, d_pid, d_trunc, parts = d.text, d.pid, d.truncated, d.parts
-                if width is not None and len(text) > width:
-                    width = None
-                start = parts is not None or not text
+            if width is not None and len(text) > width:
+                width = None
+            start = parts is not None or not text
             if not start and not pend_cut and (pend is not None or pend_skip):
-                if pend_len < 0:
-                    pend_len = _display_len(pend_raw, quoted)
-                strict = (width is not None and pend_len == width and confirmed) or (
-                    pend is not None and len(pend) < 2 * MAX_JOIN and quote_open("".join(pend)))
-                if (strict or (width is not None and pend_len == width) or (
-                        prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
+                if pend_len < 0:  # a skipped line, measured only now that it matters
+                    pend_len = _display_len(pend_raw, quoted) if width is not None and len(pend_raw) >= width else 0
+                at_width = width is not None and pend_len == width
+                open_quote = pend is not None and len(pend) < 2 * MAX_JOIN and quote_open("".join(pend))
+                strict = (at_width and confirmed) or open_quote
+                if (strict or at_width or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
                         or (pend is not None and len(pend) < 2 * MAX_JOIN and _slog_tail(pend[0], text))) \
                         and _continues(text, strict, prefix):
                     joined += 1
