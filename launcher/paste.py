@@ -261,7 +261,8 @@ class Joiner:
         texts = 0
         skip = self.skip
         for raw, _ in window:
-            if skip and raw.startswith(skip):
+            # (journald short-monotonic, "[ 1.2] h x[1]: ", starts like a quiet "[ 1/21]" line)
+            if skip and raw.startswith(skip) and b"]: " not in raw[:80]:
                 if raw.isascii():
                     lengths.append(len(raw) - raw.endswith(b"\r"))
                 texts += 1
@@ -281,7 +282,10 @@ class Joiner:
         return self._run(chain(window, it))
 
     def _run(self, lines: Iterable[tuple[bytes, bool]]) -> Iterator[Record]:  # one hot loop
-        skip = self.skip or (b"\x00\x00no-skip",)
+        # Under a paste prefix, raw bytes never start like a quiet line, except by accident (journald's
+        # short-monotonic "[ 12.3]" looks like llama.cpp's "[ 1/21]"): the parser skips those by their text instead.
+        pasted = self.prefix and self.prefix not in _NATIVE
+        skip = self.skip if self.skip and not pasted else (b"\x00\x00no-skip",)
         width = self.width
         prefix = self.prefix
         confirmed = self.confirmed

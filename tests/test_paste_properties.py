@@ -99,6 +99,8 @@ PREFIXES: dict[str, Callable[[int, str], str]] = {
     "journald-short-precise": lambda i, s: f"Jan 14 16:41:{i % 60:02d}.{i:06d} gpu-host ollama[16241]: {s}",
     "journald-short-full": lambda i, s: f"Tue 2025-01-14 16:41:{i % 60:02d} CET gpu-host ollama[16241]: {s}",
     "journald-short-unix": lambda i, s: f"1736869294.{i:06d} gpu-host ollama[16241]: {s}",
+    "journald-short-iso-precise": lambda i, s: f"2025-01-14T16:41:34.{i:06d}+01:00 gpu-host ollama[16241]: {s}",
+    "journald-short-monotonic": lambda i, s: f"[{i:>7d}.123456] gpu-host ollama[16241]: {s}",
     "docker-timestamps": lambda i, s: f"2025-01-14T16:41:34.{i:09d}Z {s}",
     "compose": lambda i, s: f"ollama-1  | {s}",
     "compose-v1-timestamps": lambda i, s: f"ollama_1  | 2025-01-14T16:41:34.{i:09d}Z {s}",
