@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher.commands.explain import explain_stream
+from launcher.log_input import strip_prefixes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 LOGS = sorted([*FIXTURES.glob("ollama-logs/*/server.log"), *FIXTURES.glob("ollama-real-cpu/*.log"),
@@ -135,6 +136,23 @@ class TestEveryFixture:
         assert _verdict(_encode(glue(_lines(path), picks, sep))) == _base(path)
 
     @PROPERTY
+    @given(kind=st.sampled_from(["journald-short", "journald-short-iso", "journald-short-precise"]),
+           picks=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=8),
+           sep=st.sampled_from(["", " "]))
+    def test_gluing_journald_lines_changes_nothing(self, path: Path, kind: str, picks: list[int], sep: str) -> None:
+        """journalctl lines glued together are cut at each journald prefix, and each keeps its pid."""
+        add = PREFIXES[kind]
+        lines = [add(i, s) for i, s in enumerate(_lines(path))]
+        places = sorted({1 + p % (len(lines) - 1) for p in picks}) if len(lines) > 1 else []
+        out: list[str] = []
+        for i, line in enumerate(lines):
+            if i in places and out and strip_prefixes(out[-1])[0].strip():
+                out[-1] = out[-1] + sep + line
+            else:
+                out.append(line)
+        assert _verdict(_encode(out)) == _base(path)
+
+    @PROPERTY
     @given(kind=st.sampled_from(sorted(PREFIXES)))
     def test_any_supported_prefix_changes_nothing(self, path: Path, kind: str) -> None:
         """journalctl, docker, compose and kubectl prefixes on every line are read through."""
@@ -146,6 +164,14 @@ class TestEveryFixture:
     def test_journald_json_changes_nothing(self, path: Path, as_bytes: bool) -> None:
         """`journalctl -o json`, MESSAGE as a string or as a byte array, reads as the plain log."""
         assert _verdict(_encode([_journal_json(i, s, as_bytes) for i, s in enumerate(_lines(path))])) == _base(path)
+
+    @PROPERTY
+    @given(quote=st.sampled_from(["> ", ">", "> > "]), fence=st.sampled_from(["```", "```log", "~~~"]))
+    def test_markdown_quote_and_fence_change_nothing(self, path: Path, quote: str, fence: str) -> None:
+        """A log pasted in a fenced block, or quoted line by line in an issue, reads as the log."""
+        lines = _lines(path)
+        assert _verdict(_encode([fence, *lines, "```"])) == _base(path)
+        assert _verdict(_encode([quote + x for x in lines])) == _base(path)
 
     def test_crlf_changes_nothing(self, path: Path) -> None:
         """Windows line ends read as the same log."""
