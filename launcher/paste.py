@@ -65,8 +65,10 @@ _START: Final = re.compile(
 
 # The starts a terminal's wrap cannot fake: after a line exactly as wide as the terminal, only these begin a record.
 _STRONG: Final = re.compile(
-    r"(?:time=\d{4}-|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"
-    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/|$)")
+    r"(?:time=\d{4}-|(?:level|source)=\w|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d"
+    r"|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"
+    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/"
+    r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s|$)")  # ... and GGML's function heads: slog tails use `=`, not `name: `
 
 
 def starts_record(text: str) -> bool:
@@ -74,25 +76,35 @@ def starts_record(text: str) -> bool:
     return text.startswith("time=") or _START.match(text) is not None
 
 
+_MID_WORD_END: Final = re.compile(r"[a-z0-9]$")
+_MID_WORD_START: Final = re.compile(r"[a-z0-9]")
+_TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
 _SLOG_HEAD: Final = ("time=", "level=", "source=")
-_SLOG_BITS: Final = re.compile(r'\w=|"')
+_SLOG_BITS: Final = re.compile(r'\w=|"|^=')
 
 
 def _slog_tail(record: str, text: str) -> bool:
-    """A Go slog record goes on in a line that reads like more of its `key=value` pairs (a single wrapped line
-    leaves no terminal width to learn)."""
-    return ("=" in text or '"' in text) and (record.startswith(_SLOG_HEAD) or "msg=" in record[:200]) \
-        and _SLOG_BITS.search(text) is not None
+    """A Go slog record goes on in a line that reads like more of its `key=value` pairs, or a lone token (a single
+    wrapped line leaves no terminal width to learn)."""
+    if "=" in text or '"' in text:
+        if _SLOG_BITS.search(text) is None:
+            return False
+    elif " " in text.strip() or len(text) > 24 or "(" in text:
+        return False  # words without `key=` are a record of their own; a short lone token ("[cpu]", "5.2") a tail
+    return record.startswith(_SLOG_HEAD) or "msg=" in record[:200]
 
 
 def _continues(text: str, strict: bool, prefix: str) -> bool:
     """Whether `text`, which follows an incomplete record, goes on with it. `strict`: the record ended exactly at
     the confirmed terminal width or inside a quoted value, so only a start no wrap can fake (`_STRONG`) begins a
     new one."""
-    if prefix and prefix_kind(text) == prefix:
-        return False
-    if strict:
+    if prefix:
+        if prefix_kind(text) == prefix:
+            return False
+        if strict:
+            return True  # the tails of a prefixed paste are the lines without the prefix
+    elif strict:
         return _STRONG.match(text) is None
     return not starts_record(text)
 
@@ -258,27 +270,28 @@ class Joiner:
         self.quoted = quoted * 2 > sum(1 for raw, _ in window if raw.strip())
         lengths: list[int] = []
         kinds: dict[str, int] = {}
-        texts = 0
+        plain = 0
         skip = self.skip
         for raw, _ in window:
             # (journald short-monotonic, "[ 1.2] h x[1]: ", starts like a quiet "[ 1/21]" line)
             if skip and raw.startswith(skip) and b"]: " not in raw[:80]:
                 if raw.isascii():
                     lengths.append(len(raw) - raw.endswith(b"\r"))
-                texts += 1
+                plain += 1
             else:
                 d = display(raw, self.quoted)
                 if not d.final:
                     lengths.append(len(d.text))
                     if d.text:
-                        texts += 1
                         kind = prefix_kind(d.text)
-                        kinds[kind] = kinds.get(kind, 0) + 1
+                        if kind:
+                            kinds[kind] = kinds.get(kind, 0) + 1
+                        elif starts_record(d.text):
+                            plain += 1
         self.width, self.confirmed = _learn_width(lengths)
-        # A wrapped paste has more tails than records: a fifth of the lines prefixed means the records are.
-        kinds.pop("", None)
+        # Records carry the prefix if most lines that start a record do (a wrapped paste has more tails than records).
         top = max(kinds, key=kinds.__getitem__, default="")
-        self.prefix = top if top and kinds[top] >= 2 and kinds[top] * 5 >= texts else ""
+        self.prefix = top if top and kinds[top] >= 2 and kinds[top] >= plain else ""
         return self._run(chain(window, it))
 
     def _run(self, lines: Iterable[tuple[bytes, bool]]) -> Iterator[Record]:  # one hot loop
@@ -343,10 +356,16 @@ class Joiner:
             if not start and not pend_cut and (pend is not None or pend_skip):
                 if pend_len < 0:  # a skipped line, measured only now that it matters
                     pend_len = _display_len(pend_raw, quoted) if width is not None and len(pend_raw) >= width else 0
-                at_width = width is not None and pend_len == width
+                # A line as wide as the widest is a wrap only if two were (confirmed): a single longest line is
+                # too often a record followed by another (a version line, then the error that matters).
+                at_width = confirmed and width is not None and pend_len == width
                 open_quote = pend is not None and len(pend) < 2 * MAX_JOIN and quote_open("".join(pend))
-                strict = (at_width and confirmed) or open_quote
-                if (strict or at_width or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
+                strict = at_width or open_quote
+                # The widest line, seen once, followed by a line that goes on mid-word: a single wrapped line.
+                mid_word = (not confirmed and width is not None and pend_len == width and pend is not None
+                            and (_TAIL_START.match(text) is not None or (_MID_WORD_END.search(pend[-1]) is not None
+                                                                        and _MID_WORD_START.match(text) is not None)))
+                if (strict or mid_word or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
                         or (pend is not None and len(pend) < 2 * MAX_JOIN and _slog_tail(pend[0], text))) \
                         and _continues(text, strict, prefix):
                     joined += 1

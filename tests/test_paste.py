@@ -286,8 +286,8 @@ class TestNothingLost:
         assert texts("\n".join(lines)) == lines
 
     def test_every_fixture_reads_as_its_lines(self) -> None:
-        """On the real fixture logs, the joiner changes nothing but what is truly broken: all but two
-        (hand-broken pastes, joined on purpose) give back exactly the cleaned physical lines."""
+        """On the real fixture logs, the joiner changes nothing but what is truly broken: all but two (records
+        broken by hand, joined on purpose) give back exactly the cleaned physical lines."""
         logs = sorted([*FIXTURES.glob("ollama-logs/*/server.log"), *FIXTURES.glob("ollama-real-*/*.log"),
                        *FIXTURES.glob("ggml-real/*.log")])
         assert len(logs) > 50
