@@ -56,6 +56,7 @@ _START: Final = re.compile(
     r"|loading library\s"
     r"|(?:INFO|WARN|WARNING|ERROR|DEBUG)\s+\["  # old llama.cpp server: "INFO [main] build info"
     r"|goroutine\s\d"
+    r"|[a-z_]+\(\):\s"  # glibc: "free(): invalid pointer"
     r"|-- (?:Boot|Logs begin|Journal begins|No entries|Reboot)"  # journalctl's own markers
     r"|\s+(?:Device\s\d+:|current device:|-\s)"  # ggml device list, CUDA error detail, list items
     r"|\s+/\S+\.go:\d+"  # Go stack frame file lines
@@ -68,7 +69,7 @@ _STRONG: Final = re.compile(
     r"(?:time=\d{4}-|(?:level|source)=\w|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d"
     r"|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"
     r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/"
-    r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s|$)")  # ... and GGML's function heads: slog tails use `=`, not `name: `
+    r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s|[a-z_]+\(\):\s|$)")  # and GGML's function heads, glibc's "free(): ..."
 
 
 def starts_record(text: str) -> bool:
@@ -76,7 +77,7 @@ def starts_record(text: str) -> bool:
     return text.startswith("time=") or _START.match(text) is not None
 
 
-_MID_WORD_END: Final = re.compile(r"[a-z0-9]$")
+_MID_WORD_END: Final = re.compile(r"[a-z0-9]$|[:=] ?$")  # inside a word, or a label still waiting for its value
 _MID_WORD_START: Final = re.compile(r"[a-z0-9]")
 _TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
