@@ -5,12 +5,15 @@ where `number` is the physical line a record starts on. Nothing is dropped: a li
 passes through as it came (less colours and control bytes); a line that is only Markdown (a code fence) becomes an
 empty record, so line numbers still match the file.
 
-Two facts decide that a line continues the record before it, and both must hold: the line does not start a record
-(`starts_record`), and the record before it is incomplete — a Go slog line (or a JSON object) with an unbalanced
-quote, or a line exactly as long as the terminal width the paste was wrapped at. The width is learned from the first
-lines (`WINDOW_LINES`): a terminal never prints a line longer than its width, so the longest line, seen at least
-twice, is it. A later, longer line proves there was no such width. The same width tells `less -S`'s `>` chop marker
-(journalctl's pager) from a real `>`.
+A line continues the record before it when that record is incomplete and the line starts no record of its own.
+Incomplete means one of: a slog line (or JSON object) with a quote still open; a line exactly as wide as the
+terminal width, confirmed by two lines that wide; the single widest line, followed by a line that goes on mid-word;
+a slog record followed by more `key=value` bits or one short token; under a paste prefix (journald, docker, compose,
+kubectl), a line without it. What starts a record is `starts_record`; after a confirmed width or an open quote only
+the starts no wrap can fake count (`_STRONG`). The width, the prefix and Markdown quoting are learned from the first
+lines (`WINDOW_LINES`): a terminal never prints a line longer than its width, so the longest line is the width's only
+candidate, and a later, longer line proves there was none. The width also tells `less -S`'s `>` chop mark from a
+real `>`. A record broken by hand (shorter than the width) gets back the space the break took.
 """
 
 from __future__ import annotations
