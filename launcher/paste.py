@@ -85,18 +85,27 @@ _MID_WORD_START: Final = re.compile(r"[a-z0-9]")
 _TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
 _SLOG_HEAD: Final = ("time=", "level=", "source=")
-_SLOG_BITS: Final = re.compile(r'\w=|"|^=')
 
 
 def _slog_tail(record: str, text: str) -> bool:
     """A Go slog record goes on in a line that reads like more of its `key=value` pairs, or a lone token (a single
     wrapped line leaves no terminal width to learn)."""
+    if not (record.startswith(_SLOG_HEAD) or record.find("msg=", 0, 200) >= 0):
+        return False
     if "=" in text or '"' in text:
-        if _SLOG_BITS.search(text) is None:
-            return False
-    elif " " in text.strip() or len(text) > 24 or "(" in text:
-        return False  # words without `key=` are a record of their own; a short lone token ("[cpu]", "5.2") a tail
-    return record.startswith(_SLOG_HEAD) or "msg=" in record[:200]
+        return '"' in text or _key_value(text)
+    # words without `key=` are a record of their own; a short lone token ("[cpu]", "5.2") is a tail
+    return " " not in text.strip() and len(text) <= 24 and "(" not in text
+
+
+def _key_value(text: str) -> bool:
+    """Whether `text` holds a `key=` (an `=` right after a word character) or begins with `=`."""
+    i = text.find("=")
+    while i >= 0:
+        if i == 0 or text[i - 1].isalnum() or text[i - 1] in "_.":
+            return True
+        i = text.find("=", i + 1)
+    return False
 
 
 def _continues(text: str, strict: bool, prefix: str) -> bool:
@@ -307,7 +316,9 @@ class Joiner:
         prefix = self.prefix
         confirmed = self.confirmed
         quoted = self.quoted
-        pend: list[str] | None = None  # the held record's physical texts
+        pend: str | None = None  # the held record's text (its physical lines joined)
+        pend_last = ""  # its last physical line
+        pend_count = 0  # how many physical lines it has
         pend_n = 0
         pend_pid: int | None = None
         pend_cut = False
@@ -318,10 +329,9 @@ class Joiner:
         for number, (raw, cut) in enumerate(lines, 1):  # number is read after the loop
             if raw.startswith(skip):
                 if pend is not None:
-                    t = pend[0]
-                    if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
-                            and t.find("[GIN", 1) < 0:
-                        yield pend_n, t, pend_pid, pend_cut
+                    if pend.startswith("time=") and pend.find("time=", 5) < 0 and "]: " not in pend \
+                            and pend.find("[GIN", 1) < 0:
+                        yield pend_n, pend, pend_pid, pend_cut
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
                     pend = None
@@ -336,14 +346,14 @@ class Joiner:
             if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`":
                 # the common case: a plain slog line, a record start that needs no cleaning
                 if pend is not None:
-                    t = pend[0]
-                    if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
-                            and t.find("[GIN", 1) < 0:
-                        yield pend_n, t, pend_pid, pend_cut
+                    if pend.startswith("time=") and pend.find("time=", 5) < 0 and "]: " not in pend \
+                            and pend.find("[GIN", 1) < 0:
+                        yield pend_n, pend, pend_pid, pend_cut
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
                 pend_skip = False
-                pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, None, cut, len(text)
+                pend, pend_last, pend_count, pend_n, pend_pid, pend_cut = text, text, 1, number, None, cut
+                pend_len = len(text)
                 if cut:
                     truncated += 1
                 if width is not None and pend_len > width:
@@ -363,14 +373,14 @@ class Joiner:
                 # A line as wide as the widest is a wrap only if two were (confirmed): a single longest line is
                 # too often a record followed by another (a version line, then the error that matters).
                 at_width = confirmed and width is not None and pend_len == width
-                open_quote = pend is not None and len(pend) < 2 * MAX_JOIN and quote_open("".join(pend))
+                open_quote = pend is not None and pend_count < 2 * MAX_JOIN and quote_open(pend)
                 strict = at_width or open_quote
                 # The widest line, seen once, followed by a line that goes on mid-word: a single wrapped line.
                 mid_word = (not confirmed and width is not None and pend_len == width and pend is not None
-                            and (_TAIL_START.match(text) is not None or (_MID_WORD_END.search(pend[-1]) is not None
+                            and (_TAIL_START.match(text) is not None or (_MID_WORD_END.search(pend_last) is not None
                                                                         and _MID_WORD_START.match(text) is not None)))
                 if (strict or mid_word or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
-                        or (pend is not None and len(pend) < 2 * MAX_JOIN and _slog_tail(pend[0], text))) \
+                        or (pend is not None and pend_count < 2 * MAX_JOIN and _slog_tail(pend, text))) \
                         and _continues(text, strict, prefix):
                     joined += 1
                     if cut:
@@ -380,18 +390,17 @@ class Joiner:
                         pend_len, pend_cut = len(text), cut
                         continue
                     assert pend is not None
-                    if pend_len != width and not pend[-1][-1:].isspace() and not text[:1].isspace():
-                        pend.append(" ")  # broken by hand where a space was: the space went with the break
-                    pend.append(text)
-                    pend_len, pend_cut = len(text), cut or d_trunc
-                    if sum(map(len, pend)) > MAX_RECORD:
+                    if pend_len != width and not pend_last[-1:].isspace() and not text[:1].isspace():
+                        pend += " "  # broken by hand where a space was: the space went with the break
+                    pend += text
+                    pend_last, pend_count, pend_len, pend_cut = text, pend_count + 1, len(text), cut or d_trunc
+                    if len(pend) > MAX_RECORD:
                         pend_cut = True
                     continue
             if pend is not None:
-                t = pend[0]
-                if len(pend) == 1 and t.startswith("time=") and t.find("time=", 5) < 0 and "]: " not in t \
-                        and t.find("[GIN", 1) < 0:
-                    yield pend_n, t, pend_pid, pend_cut
+                if pend.startswith("time=") and pend.find("time=", 5) < 0 and "]: " not in pend \
+                        and pend.find("[GIN", 1) < 0:
+                    yield pend_n, pend, pend_pid, pend_cut
                 else:
                     yield from _finish(pend_n, pend, pend_pid, pend_cut)
                 pend = None
@@ -412,7 +421,8 @@ class Joiner:
                 if not (cut or d_trunc):
                     truncated += 1
                 d_trunc = True
-            pend, pend_n, pend_pid, pend_cut, pend_len = [text], number, d_pid, cut or d_trunc, n
+            pend, pend_last, pend_count, pend_n, pend_pid, pend_cut, pend_len = (
+                text, text, 1, number, d_pid, cut or d_trunc, n)
         if pend is not None:
             yield from _finish(pend_n, pend, pend_pid, pend_cut)
         self.lines += number
@@ -461,17 +471,18 @@ def split_glued(text: str) -> list[str]:
     return out
 
 
-def _finish(number: int, parts: list[str], pid: int | None,
-            truncated: bool) -> Iterator[Record]:
-    text = parts[0] if len(parts) == 1 else "".join(parts)
+def _finish(number: int, text: str, pid: int | None, truncated: bool) -> list[Record]:
+    """The records of one held record: its prefix removed, cut where glued records begin."""
     if not text:
-        yield number, text, pid, truncated
-        return
+        return [(number, text, pid, truncated)]
     text, p = strip_prefixes(text)
+    if p is not None:
+        pid = p
     pieces = split_glued(text)
     if len(pieces) == 1:
-        yield number, text, p if p is not None else pid, truncated
-        return
+        return [(number, text, pid, truncated)]
+    out: list[Record] = []
     for piece in pieces:
         piece_text, piece_pid = strip_prefixes(piece)
-        yield number, piece_text, piece_pid if piece_pid is not None else (p if p is not None else pid), truncated
+        out.append((number, piece_text, piece_pid if piece_pid is not None else pid, truncated))
+    return out
