@@ -9,34 +9,68 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from launcher import __version__
 from launcher import log as logsetup
 from launcher.commands import COMMANDS
 from launcher.commands.context import Context
-from launcher.config import SPECS, ConfigError, iter_cli_overrides, load_settings
+from launcher.config import SPECS, ConfigError, iter_cli_overrides, load_settings, log_warnings
 from launcher.exitcodes import Exit, signal_exit
 
 PROG = "ollama-gpu"
 
 
 _VALUED = frozenset({"--env-file", *(spec.flag for spec in SPECS)})
+_SETTING_FLAGS = frozenset(spec.flag for spec in SPECS)
+HELP_FLAGS = ("-h", "--help")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: the message, a hint, exit 2; not the whole usage (`--help` has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see `{self.prog} --help`"
+        if "unrecognized arguments" in message and any(f in message.split() for f in _SETTING_FLAGS):
+            hint = "settings flags go before the command, e.g. `ollama-gpu --restart-max 1 serve`"
+        self.exit(Exit.USAGE, f"{self.prog}: usage error: {' '.join(message.split())} ({hint})\n")
+
+
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the command is in argv, read as argparse will: every option before the command takes one value unless
+    written --flag=value. None when there is no command or help is asked for first."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in HELP_FLAGS:
+            return None
+        if arg.startswith("-"):
+            i += 2 if arg in _VALUED else 1
+            continue
+        return i
+    return None
 
 
 def _wanted(argv: Sequence[str]) -> list[str]:
     """The command modules this run needs: only the one named (serve starts faster without the others' imports);
-    all of them when none is named or help is asked for. Reads argv as argparse will: every option before the
-    command takes one value unless written --flag=value."""
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            return list(COMMANDS)
-        if arg.startswith("-"):
-            i += 2 if arg in _VALUED else 1
-            continue
-        return [arg] if arg in COMMANDS else list(COMMANDS)
-    return list(COMMANDS)
+    all of them when none is named or help is asked for."""
+    i = _command_index(argv)
+    if i is None or argv[i] not in COMMANDS:
+        return list(COMMANDS)
+    return [argv[i]]
+
+
+def split_serve(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """`[settings…] serve ARGS…` → (what argparse reads, ARGS for `ollama serve`). Every argument after `serve`
+    goes to Ollama as it is, options included (argparse would take them for ours), except a lone -h/--help, which
+    asks for our help, and a leading `--`, which is dropped. None: not a serve command line."""
+    i = _command_index(argv)
+    if i is None or argv[i] != "serve":
+        return list(argv), None
+    rest = list(argv[i + 1:])
+    if rest and rest[0] in HELP_FLAGS:
+        return list(argv), None
+    return list(argv[: i + 1]), rest[1:] if rest[:1] == ["--"] else rest
 
 
 def _commands(argv: Sequence[str]) -> dict[str, ModuleType]:
@@ -45,7 +79,7 @@ def _commands(argv: Sequence[str]) -> dict[str, ModuleType]:
 
 def build_parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
     """The whole command line: our settings as flags before the command, then the command's own arguments."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Run `ollama serve` so that models land on the GPU, and say why when they do not.",
         epilog="Settings flags go before the command; each is also an OGPU_ key (see `ollama-gpu config`).",
@@ -70,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _commands(argv)
     parser = build_parser(commands)
-    args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits 2
+    ours, ollama_args = split_serve(argv)
+    args = parser.parse_args(ours)  # usage errors: one line (Parser.error) and exit 2
+    if ollama_args is not None:
+        args.args = ollama_args
     env = dict(os.environ)
     overrides = dict(iter_cli_overrides(vars(args)))
     try:
@@ -79,9 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
     log = logsetup.configure(settings.log_format, settings.log_level)
-    for warning in settings.warnings:
-        log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
-                    suggestion=warning.suggestion)
+    log_warnings(log, settings.warnings)
     ctx = Context(settings=settings, log=log, env=env,
                   reload=lambda: load_settings(dict(os.environ), args.env_file, overrides))
     try:

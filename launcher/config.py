@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from dotenv.parser import parse_stream
-
+from launcher.envfile import ConfigError as ConfigError  # re-exported: callers catch it from here
+from launcher.envfile import UnreadableFileError, clip, load_env_file
+from launcher.envfile import read_env_file as read_env_file  # re-exported: the reader lives in launcher.envfile
 from launcher.ollama_host import OllamaHost, parse_ollama_host
 from launcher.paths import Dirs, resolve_dirs
 
@@ -35,6 +36,8 @@ def system_file(env: Mapping[str, str]) -> Path:
     """The system-wide file: /etc/ollama-gpu/ollama-gpu.env unless OGPU_SYSTEM_CONFIG names another."""
     override = env.get("OGPU_SYSTEM_CONFIG", "")
     return Path(override) if override.startswith("/") else SYSTEM_FILE
+
+
 DEFAULT = "default"
 ENVIRONMENT = "environment"
 COMMAND_LINE = "command line"
@@ -47,15 +50,6 @@ class Mode(enum.Enum):
     ADVISE = "advise"
     OBSERVE = "observe"
     OFF = "off"
-
-
-class ConfigError(Exception):
-    """Bad configuration: `str()` is the one line the operator sees; nothing is started."""
-
-    def __init__(self, where: str, key: str | None, value: str | None, expected: str) -> None:
-        self.where, self.key, self.value, self.expected = where, key, value, expected
-        subject = f" {key}={value!r}:" if key is not None else ""
-        super().__init__(f"{where}:{subject} {expected}")
 
 
 # --- value parsers: each returns the typed value or raises ValueError("expected ...") -------------------------
@@ -190,7 +184,8 @@ SPECS: Final[tuple[Spec, ...]] = (
          "empty: never change the operator's choices"),
     Spec("OGPU_REQUIRE_GPU", "false", _bool, "exit 4 when no usable GPU is found instead of serving on the CPU"),
     Spec("OGPU_RESTART_MAX", "5", _int_range(0, 1000),
-         "crash loop: restarts of a crashing Ollama within OGPU_RESTART_WINDOW before giving up with exit 5"),
+         "crash loop: restarts of a crashing Ollama within OGPU_RESTART_WINDOW before giving up with exit 5; "
+         "0: never restart, exit with Ollama's own code"),
     Spec("OGPU_RESTART_WINDOW", "300", _seconds(1, 86400), "seconds over which crash restarts are counted"),
     Spec("OGPU_RESTART_BACKOFF", "1", _seconds(0, 3600), "first delay before restarting a crashed Ollama; doubles"),
     Spec("OGPU_RESTART_BACKOFF_MAX", "30", _seconds(0, 3600), "longest delay between crash restarts"),
@@ -215,12 +210,14 @@ SPEC_BY_KEY: Final = {spec.key: spec for spec in SPECS}
 
 @dataclass(frozen=True, slots=True)
 class ConfigWarning:
-    """Something worth one log line that does not stop us, e.g. an unknown OGPU_ key."""
+    """Something worth one log line that does not stop us, e.g. an unknown OGPU_ key (`level` "warning"), or an
+    optional file skipped because we may not read it (another user's ~/.config: `level` "debug")."""
 
     where: str
-    key: str
+    key: str | None
     message: str
     suggestion: str | None = None
+    level: str = "warning"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,40 +276,6 @@ def user_file(env: Mapping[str, str]) -> Path | None:
     return Path(base) / "ollama-gpu" / "ollama-gpu.env"
 
 
-def read_env_file(path: Path, *, required: bool) -> list[tuple[str, str, int]]:
-    """(key, value, line) for each assignment in an env file; ConfigError for an unreadable or malformed file.
-
-    Values are literal (no ${VAR} expansion), as in systemd's EnvironmentFile=.
-    """
-    try:
-        with open(path, encoding="utf-8") as stream:
-            bindings = list(parse_stream(stream))
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(str(path), None, None, "no such file") from None
-        return []
-    except IsADirectoryError:
-        raise ConfigError(str(path), None, None, "is a directory, not an env file") from None
-    except PermissionError:
-        raise ConfigError(str(path), None, None, "cannot be read (permission denied)") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), None, None, f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(str(path), None, None, f"cannot be read ({exc.strerror})") from None
-    out: list[tuple[str, str, int]] = []
-    for binding in bindings:
-        text = binding.original.string
-        # python-dotenv counts blank lines before a binding into it: the key sits after them.
-        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
-        if binding.error:
-            text = binding.original.string.strip()[:60]
-            raise ConfigError(f"{path}:{line}", None, None, f"cannot parse {text!r}: expected KEY=VALUE")
-        if binding.key is None:
-            continue  # blank line or comment
-        out.append((binding.key, binding.value or "", line))
-    return out
-
-
 def nearest_key(key: str) -> str | None:
     """The valid OGPU_ key closest to a misspelt one, if any is close."""
     found = difflib.get_close_matches(key.upper(), list(SPEC_BY_KEY), n=1, cutoff=0.6)
@@ -334,7 +297,8 @@ class _Layers:
             if key not in SPEC_BY_KEY:
                 hint = nearest_key(key)
                 message = "unknown setting" + (f"; did you mean {hint}?" if hint else "")
-                self.warnings.append(ConfigWarning(where, key, message, hint))
+                shown = key if len(key) <= 80 else clip(key)
+                self.warnings.append(ConfigWarning(where, shown, message, hint))
                 return
             self.raw[key] = value
             self.sources[key] = where
@@ -363,14 +327,23 @@ def load_settings(
         layers.put(key, value, DEFAULT)
     files.append(packaged)
 
-    optional: list[Path | None] = [system_file(env), user_file(env)]
-    for path in optional:
+    # Optional files: a missing one is skipped quietly; one we may not read is skipped too (the system file with a
+    # warning, since an administrator wrote it for us; the user's file at debug level: with HOME pointing at another
+    # user's home, as `sudo -u ollama` leaves it, that is normal). Anything else wrong with them is an error.
+    optional: list[tuple[Path | None, str]] = [(system_file(env), "warning"), (user_file(env), "debug")]
+    for path, level in optional:
         if path is None:
             continue
-        for key, value, line in read_env_file(path, required=False):
+        try:
+            found = load_env_file(path)
+        except UnreadableFileError as exc:
+            layers.warnings.append(ConfigWarning(str(path), None, f"{exc.expected}: skipped", level=level))
+            continue
+        if found is None:
+            continue
+        for key, value, line in found:
             layers.put(key, value, f"{path}:{line}")
-        if path.exists():
-            files.append(path)
+        files.append(path)
     for path in env_files:
         for key, value, line in read_env_file(path, required=True):
             layers.put(key, value, f"{path}:{line}")
@@ -406,11 +379,40 @@ def load_settings(
     )
 
 
+def log_warnings(log: Any, warnings: Iterable[ConfigWarning]) -> None:
+    """One log line per configuration warning, at its level (a skipped unreadable user file is a debug line)."""
+    for warning in warnings:
+        if warning.level == "warning":
+            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message,
+                        suggestion=warning.suggestion)
+        else:
+            log.debug("config_file_skipped", path=warning.where, problem=warning.message)
+
+
+def json_value(key: str, value: Any) -> Any:
+    """A parsed setting as JSON: numbers and booleans as themselves, sets and tuples as lists, paths as strings, a
+    mode by its name, the metrics address as {"host", "port"}; None stays null."""
+    if key == "OGPU_METRICS_ADDR" and value is not None:
+        return {"host": value[0], "port": value[1]}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return [json_value(key, v) for v in value]
+    return value
+
+
 def describe(settings: Settings) -> dict[str, Any]:
-    """Every effective setting with value and source, the Ollama env from our files, and the directories."""
+    """Every effective setting with its typed value, the text it was parsed from and its source; the Ollama env from
+    our files; the directories."""
     return {
         "settings": {
-            spec.key: {"value": settings.raw[spec.key], "source": settings.sources[spec.key]} for spec in SPECS
+            spec.key: {"value": json_value(spec.key, getattr(settings, spec.attr)), "text": settings.raw[spec.key],
+                       "source": settings.sources[spec.key]}
+            for spec in SPECS
         },
         "ollama_env": {
             key: {"value": value, "source": settings.ollama_env_sources[key]}
@@ -426,8 +428,9 @@ def describe(settings: Settings) -> dict[str, Any]:
         "files": [str(p) for p in settings.files],
         "warnings": [
             {"where": w.where, "key": w.key, "message": w.message, "suggestion": w.suggestion}
-            for w in settings.warnings
+            for w in settings.warnings if w.level == "warning"
         ],
+        "files_skipped": [{"path": w.where, "reason": w.message} for w in settings.warnings if w.level != "warning"],
     }
 
 

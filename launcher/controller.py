@@ -206,7 +206,7 @@ class Controller:
                        "generation": facts.generation, "host": self.settings.host.netloc},
             "discovery": discovery, "runners": runners,
             "remedies": {"applied": self.applied, "advised": list(self.advised.values()),
-                         "budget": {"used": len(self.budget.attempts), "max": self.budget.max_attempts}},
+                         "budget": self.budget.summary()},
             "crash_restarts": {"recent": sup.crash_budget.recent, "max": sup.crash_budget.max_restarts},
             "restarts": sup.restarts, "what_to_do": what,
         }

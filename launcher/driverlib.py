@@ -136,5 +136,4 @@ def search_dirs(root: Path, extra_dirs: Sequence[Path] = ()) -> list[Path]:
         base = _under(root, parent)
         if base.is_dir():
             out.extend(Path(parent) / p.name for p in sorted(base.glob(leaf)) if p.is_dir())
-    seen: set[Path] = set()
-    return [d for d in out if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(out))

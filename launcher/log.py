@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, cast
 
 if TYPE_CHECKING:
     import structlog
@@ -26,7 +26,17 @@ def _add_logger_name(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
-def wants_console(fmt: str, stream: IO[str], env: MutableMapping[str, str] | None = None) -> bool:
+class LogStream(Protocol):
+    """Where our lines go: a text file, or the output writer shared with Ollama's bytes (`output.SharedStream`)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
+
+
+def wants_console(fmt: str, stream: LogStream, env: MutableMapping[str, str] | None = None) -> bool:
     """The renderer choice: 'console' and 'json' are forced; 'auto' is console exactly when `stream` is a TTY."""
     if fmt == "console":
         return True
@@ -38,7 +48,7 @@ def wants_console(fmt: str, stream: IO[str], env: MutableMapping[str, str] | Non
         return False
 
 
-def _colors(env: MutableMapping[str, str], stream: IO[str]) -> bool:
+def _colors(env: MutableMapping[str, str], stream: LogStream) -> bool:
     """Colour only a terminal that can show it; NO_COLOR and FORCE_COLOR as everyone reads them."""
     if env.get("NO_COLOR"):
         return False
@@ -50,7 +60,7 @@ def _colors(env: MutableMapping[str, str], stream: IO[str]) -> bool:
         return False
 
 
-def configure(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None) -> Any:
+def configure(fmt: str = "auto", level: str = "info", stream: LogStream | None = None) -> Any:
     """Set up our log for this process (applied at the first line logged) and return our logger."""
     global _pending, _level
     with _lock:
@@ -85,7 +95,7 @@ def _apply() -> None:
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-            logger_factory=structlog.WriteLoggerFactory(file=out),
+            logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),  # it only writes and flushes
             cache_logger_on_first_use=False,
         )
 
@@ -114,7 +124,7 @@ def _dropped(*_args: Any, **_kw: Any) -> None:
 
 
 _lock = threading.Lock()
-_pending: tuple[str, str, IO[str]] | None = None
+_pending: tuple[str, str, LogStream] | None = None
 _level = logging.NOTSET  # the configured level (NOTSET until `configure`: structlog's defaults then decide)
 
 

@@ -535,6 +535,19 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("runner_crash", "SIGBUS", _r(r"^SIGBUS: bus error"), _crash()),
     Row("runner_crash", "__libc_start_main", _r(r"__libc_start_main"), _crash()),
     Row("runner_crash", "rip ", _r(r"^rip\s+0x[0-9a-f]+$"), _crash()),
+    # lines that carry an error code (error_codes.py names the cause from the code or its printed text)
+    Row("cuda_init_failed", "failed to initialize", _r(r"ggml_cuda_init: failed to initialize (?:ROCm|MUSA): "
+                                                       r"(?P<error>.*)"), _cuda_failure("runner")),
+    Row("runner_crash", "ROCm error", _r(r"ROCm error:? ?(?P<error>.*)"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unknown"}),
+    Row("runner_crash", "hipError", _r(r"(?P<error>hipError\w+.*)"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unknown"}),
+    Row("cuda_init_failed", "nvmlInit", _r(r"(?P<fn>nvmlInit\w*)(?:\(\))? (?:err|error|failed)\w*:? ?"
+                                           r"(?P<error>(?P<code>\d+).*)"), _cuda_failure("discovery")),
+    Row("nvml_failed", "Failed to initialize NVML", _r(r"Failed to initialize NVML: (?P<error>.*)"),
+        lambda m: {"error": m["error"][:300]}),
+    Row("gpu_dropped", "NVRM: Xid", _r(r"NVRM: Xid \((?P<pci>[^)]*)\): (?P<xid>\d+)\b"),
+        lambda m: {"cause": "gpu_lost", "pci": m["pci"][:40], "xid": 79} if m["xid"] == "79" else None),
     # process-level findings
     Row("ld_preload_failed", "LD_PRELOAD cannot be preloaded",
         _r(r"object '(?P<object>[^']*)' from LD_PRELOAD cannot be preloaded"),

@@ -32,6 +32,7 @@ STATES: Final = ("starting", "running", "backoff", "stopping", "stopped")
 LAUNCH_KINDS: Final = ("kernel", "kernel_ex", "cooperative", "graph")
 COPY_DIRECTIONS: Final = ("htod", "dtoh", "dtod")
 MEM_FIELDS: Final = ("allocs", "frees", "alloc_bytes", "free_bytes")
+MAX_MODELS: Final = 256  # per-model memory series kept (oldest model dropped first)
 MAX_PROCS: Final = 4096  # per-process bookkeeping is pruned past this (oldest first)
 DISCOVERY: Final = "discovery"
 MODEL: Final = "model"
@@ -82,6 +83,8 @@ class Metrics:
         self._gpu_label: dict[int, str] = {}
         self._gpu_total: dict[str, int] = {}
         self._gpu_used: dict[str, int] = {}
+        self._layers: dict[str, tuple[int, int]] = {}  # model -> (layers on GPU, layers on CPU)
+        self._shortfall: dict[str, int] = {}
         self._nvml_up: int | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -218,6 +221,20 @@ class Metrics:
             if isinstance(index, int) and isinstance(used, int):
                 self._gpu_used[self._gpu_label.get(index, str(index))] = used
 
+    def _on_memory_account(self, event: Event) -> None:
+        """`log/memory_account` (issue 17): a load's layers on GPU and CPU and its VRAM shortfall, per model."""
+        model = self._names.name(["--model", str(event.data.get("model") or "")])
+        total, gpu = event.data.get("layers_total"), event.data.get("layers_gpu")
+        if isinstance(total, int) and isinstance(gpu, int) and 0 <= gpu <= total:
+            self._layers[model] = (gpu, total - gpu)
+        short = event.data.get("shortfall")
+        if isinstance(short, int):
+            self._shortfall[model] = max(0, short)
+        while len(self._layers) > MAX_MODELS:
+            del self._layers[next(iter(self._layers))]
+        while len(self._shortfall) > MAX_MODELS:
+            del self._shortfall[next(iter(self._shortfall))]
+
     def _on_state(self, event: Event) -> None:
         to = event.data.get("to")
         if to in STATES:
@@ -308,6 +325,7 @@ class Metrics:
 
         yield from self._shim_families()
         yield from self._gpu_families()
+        yield from self._memory_families()
 
         dropped = CounterMetricFamily(f"{p}_dropped_events", "Events lost before the board: by the shim (send "
                                       "buffer full), the event server (per reason) or these metrics",
@@ -363,6 +381,21 @@ class Metrics:
         yield total
 
 
+    def _memory_families(self) -> Iterator[Metric]:
+        p = PREFIX
+        layers = GaugeMetricFamily(f"{p}_model_layers", "Layers of a model's newest load on the GPU and on the CPU "
+                                   "(from Ollama's log)", labels=("model", "where"))
+        for model, (gpu, cpu) in sorted(self._layers.items()):
+            layers.add_metric((model, "gpu"), gpu)
+            layers.add_metric((model, "cpu"), cpu)
+        yield layers
+        short = GaugeMetricFamily(f"{p}_model_vram_shortfall_bytes", "VRAM a model's newest load lacked for full "
+                                  "offload (0: it fit), as its release line counts it", labels=("model",))
+        for model, value in sorted(self._shortfall.items()):
+            short.add_metric((model,), value)
+        yield short
+
+
 _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("shim", "hello"): Metrics._on_hello,
     ("shim", "device"): Metrics._on_device,
@@ -375,6 +408,7 @@ _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("nvml", "unavailable"): Metrics._on_nvml_down,
     ("nvml", "sample_failed"): Metrics._on_nvml_down,
     ("nvml", "memory"): Metrics._on_memory,
+    ("log", "memory_account"): Metrics._on_memory_account,
     ("supervisor", "state"): Metrics._on_state,
     ("supervisor", "ready"): Metrics._on_ready,
     ("supervisor", "verdict"): Metrics._on_verdict,

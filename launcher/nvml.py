@@ -36,7 +36,7 @@ UNAVAILABLE: Final[Mapping[int, tuple[str, str | None]]] = {
     ERROR_NO_PERMISSION: ("no permission to open the NVIDIA device nodes", "permission_denied"),
     ERROR_LIB_RM_VERSION_MISMATCH: ("Driver/library version mismatch: the driver was updated and the old kernel "
                                     "module is still loaded", "driver_library_mismatch"),
-    ERROR_GPU_IS_LOST: ("a GPU fell off the bus", None),
+    ERROR_GPU_IS_LOST: ("a GPU fell off the bus", "gpu_lost"),
 }
 MIG_ENABLED: Final = 1  # NVML_DEVICE_MIG_ENABLE
 INIT_PID_NS_INODE: Final = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the initial (host) PID namespace

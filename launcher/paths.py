@@ -64,8 +64,21 @@ def tmp_fallback(uid: int, tmp: Path = Path("/tmp")) -> Path:
     return tmp / f"{APP}-{uid}"
 
 
+def private_name(uid: int) -> str:
+    """The name of the directory we create for ourselves inside a shared one: ollama-gpu-$UID."""
+    return f"{APP}-{uid}"
+
+
+def _others_may_write(mode: int) -> bool:
+    return bool(stat.S_IMODE(mode) & 0o022)
+
+
 def ensure_tmp_fallback(path: Path, uid: int) -> Path:
-    """Create `path` 0700; refuse it unless it is a real directory owned by `uid` and closed to others."""
+    """Create `path` 0700; refuse it unless it is a real directory owned by `uid` and closed to others.
+
+    `path` carries our own name (ollama-gpu-$UID) inside a directory others share (/tmp, or a shared directory
+    named by a variable): only we (or root) can have made a directory of ours there, so a loose mode is tightened.
+    """
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     st = path.lstat()
@@ -75,6 +88,18 @@ def ensure_tmp_fallback(path: Path, uid: int) -> Path:
         raise UnsafeDirectoryError(f"{path} belongs to uid {st.st_uid}, not {uid}; remove it or set RUNTIME_DIRECTORY")
     if stat.S_IMODE(st.st_mode) & 0o077:
         path.chmod(0o700)
+    return path
+
+
+def settle(path: Path, uid: int) -> Path:
+    """The directory to use for `path`: `path` itself, or our private ollama-gpu-$UID inside it when others may
+    write in it (a 1777 /tmp, a group-writable directory). Reads, creates nothing (see `ensure_dirs`)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return path  # missing: we create it; unreadable: ensure_dirs says why
+    if stat.S_ISDIR(st.st_mode) and _others_may_write(st.st_mode):
+        return path / private_name(uid)
     return path
 
 
@@ -90,12 +115,12 @@ def _pick(env: Mapping[str, str], name: str, uid: int, tmp: Path) -> Path:
     systemd_key, xdg_key, home_rel, system = _LAYOUT[name]
     found = _systemd(env, systemd_key) or _xdg(env, xdg_key)
     if found is not None:
-        return found
+        return settle(found, uid)
     if uid == 0:
-        return Path(system)
+        return settle(Path(system), uid)
     home = _home(env)
     if home_rel is not None and home is not None:
-        return home / home_rel
+        return settle(home / home_rel, uid)
     base = tmp_fallback(uid, tmp)
     return base if name == "runtime" else base / name
 
@@ -110,7 +135,8 @@ def resolve_dirs(
 
     Root (uid 0) is a system service: /run, /var/cache and /var/lib. Another user without systemd or XDG
     variables gets ~/.cache and ~/.local/state, and /tmp/ollama-gpu-$UID for the runtime directory (and for
-    the rest too when there is no home). Pure: nothing is created here (see `ensure_dirs`).
+    the rest too when there is no home). A directory that others may write in (say RUNTIME_DIRECTORY=/tmp) is
+    not used itself: our private ollama-gpu-$UID inside it is. Nothing is created here (see `ensure_dirs`).
     """
     return Dirs(
         runtime=_pick(env, "runtime", uid, tmp),
@@ -121,21 +147,61 @@ def resolve_dirs(
 
 
 def ensure_dirs(dirs: Dirs, uid: int, tmp: Path = Path("/tmp")) -> Dirs:
-    """Create the three directories (0700); the /tmp fallback gets its owner and link checks first."""
+    """Create the three directories (0700) and check them; UnsafeDirectoryError (one line) when one is not safe.
+
+    Never changes the mode of a directory we did not create: our own ollama-gpu-$UID (in /tmp or in a shared
+    directory) is created 0700 and checked for owner and link; any other existing directory is used as it is
+    when it is ours and closed to writers other than us, and refused otherwise.
+    """
     fallback = tmp_fallback(uid, tmp)
     for path in (dirs.runtime, dirs.cache, dirs.state):
         if path == fallback or fallback in path.parents:
             ensure_tmp_fallback(fallback, uid)
-        ensure_private_dir(path)
+        elif path.name == private_name(uid):
+            _ensure_shared_parent(path.parent)
+            ensure_tmp_fallback(path, uid)
+            continue
+        ensure_private_dir(path, uid)
     return dirs
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700 for the last component; fix a looser mode we own."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
-        path.chmod(0o700)
+def _ensure_shared_parent(path: Path) -> None:
+    """The directory that holds our ollama-gpu-$UID: when others may write in it, only the sticky bit (as on /tmp)
+    keeps them from renaming our directory away and putting theirs in its place."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as exc:
+        raise UnsafeDirectoryError(f"cannot create {path}: {exc.strerror or exc}") from None
+    if _others_may_write(st.st_mode) and not st.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(f"{path} is writable by others without the sticky bit (mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o}); name a private directory")
+
+
+def ensure_private_dir(path: Path, uid: int | None = None) -> Path:
+    """Create `path` (and its parents) with mode 0700; an existing directory is used as it is, never chmod'ed: it
+    must be a directory (a link to one is fine: systemd's DynamicUser= links STATE_DIRECTORY) owned by `uid` (our
+    effective uid by default) that no one else may write in."""
+    owner = os.geteuid() if uid is None else uid
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return path
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeDirectoryError(f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise UnsafeDirectoryError(f"cannot use {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError(f"{path} is not a directory; remove it or name another directory")
+    if st.st_uid != owner:
+        raise UnsafeDirectoryError(f"{path} belongs to uid {st.st_uid}, not {owner}; name a directory of ours "
+                                   "(RUNTIME_DIRECTORY, CACHE_DIRECTORY, STATE_DIRECTORY)")
+    if _others_may_write(st.st_mode):
+        raise UnsafeDirectoryError(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                                   "name a private directory")
     return path
 
 

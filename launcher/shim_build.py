@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -109,8 +109,8 @@ class Completed:
     stderr: str
 
 
-class Runner(Protocol):
-    """Runs one program to completion with stdin closed, capturing both streams as text."""
+class Runner(Hashable, Protocol):
+    """Runs one program to completion with stdin closed, capturing both streams as text (hashable: a cache key)."""
 
     def __call__(
         self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float, cwd: Path | None = None

@@ -75,18 +75,28 @@ def env_template() -> str:
     return "\n".join(lines)
 
 
-def read_manifest(root: Path) -> dict[str, object]:
+@dataclass(frozen=True)
+class Manifest:
+    """What earlier installs wrote: file (as shown) -> sha256 of the text written, and the directories created."""
+
+    files: dict[str, str]
+    dirs: list[str]
+
+
+def read_manifest(root: Path) -> Manifest:
     """The manifest of earlier installs under `root`, or an empty one."""
     path = root / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {"files": {}, "dirs": []}
+        return Manifest({}, [])
     except (OSError, ValueError) as exc:
         raise InstallError(f"{shown(MANIFEST)} cannot be read ({exc}); remove it by hand") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("dirs"), list):
+    files = data.get("files") if isinstance(data, dict) else None
+    dirs = data.get("dirs") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not isinstance(dirs, list):
         raise InstallError(f"{shown(MANIFEST)} is not an ollama-gpu install manifest; remove it by hand")
-    return data
+    return Manifest({str(k): str(v) for k, v in files.items()}, [str(d) for d in dirs])
 
 
 def _missing_dirs(root: Path, rels: Iterable[Path]) -> list[Path]:
@@ -102,7 +112,7 @@ def _missing_dirs(root: Path, rels: Iterable[Path]) -> list[Path]:
 def plan_install(root: Path, exec_path: Path, *, standalone: bool, stop_grace: float, ready_timeout: float) -> Plan:
     """What `install` writes under `root`: the unit, the env file if absent, and the manifest."""
     manifest = read_manifest(root)
-    files: dict[str, str] = dict(manifest["files"])  # type: ignore[arg-type]
+    files = dict(manifest.files)
     unit = FileWrite(SERVICE, render_service(exec_path, stop_grace, ready_timeout)) if standalone else \
         FileWrite(DROPIN, render_dropin(exec_path, stop_grace, ready_timeout))
     target = root / unit.rel
@@ -115,7 +125,7 @@ def plan_install(root: Path, exec_path: Path, *, standalone: bool, stop_grace: f
     for write in writes:
         files[shown(write.rel)] = sha256(write.text)
     mkdirs = _missing_dirs(root, [w.rel for w in writes] + [MANIFEST])
-    dirs = list(manifest["dirs"]) + [shown(d) for d in mkdirs]  # type: ignore[arg-type]
+    dirs = manifest.dirs + [shown(d) for d in mkdirs]
     doc = {"written_by": "ollama-gpu systemd install", "files": dict(sorted(files.items())), "dirs": dirs}
     writes.append(FileWrite(MANIFEST, json.dumps(doc, indent=2) + "\n"))
     commands = ["systemctl daemon-reload",
@@ -128,7 +138,7 @@ def plan_uninstall(root: Path) -> Plan:
     if not (root / MANIFEST).exists():
         return Plan()
     manifest = read_manifest(root)
-    files: dict[str, str] = manifest["files"]  # type: ignore[assignment]
+    files = manifest.files
     if shown(SERVICE) in files and (root / ENABLED_LINK).is_symlink():
         raise InstallError("ollama-gpu.service is still enabled: run `systemctl disable --now ollama-gpu.service` "
                            "first")
@@ -143,8 +153,8 @@ def plan_uninstall(root: Path) -> Plan:
         else:
             plan.kept.append((rel, "changed since install"))
     plan.removes.append(MANIFEST)
-    for name in reversed(manifest["dirs"]):  # type: ignore[call-overload]
-        plan.rmdirs.append(Path(str(name).lstrip("/")))
+    for name in reversed(manifest.dirs):
+        plan.rmdirs.append(Path(name.lstrip("/")))
     plan.commands = ["systemctl daemon-reload"]
     if shown(DROPIN) in files:
         plan.commands.append("systemctl restart ollama.service")

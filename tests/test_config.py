@@ -52,7 +52,7 @@ class TestLayers:
         env = clean_env(tmp_path, {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "OGPU_LOG_LEVEL": "debug",
                                    "OGPU_RESTART_WINDOW": "5"})
         info = config_json(["--env-file", str(first), "--env-file", str(second), "--restart-window", "6"], env)
-        got = {k: (v["value"], v["source"]) for k, v in info["settings"].items()}
+        got = {k: (v["text"], v["source"]) for k, v in info["settings"].items()}
         assert got["OGPU_MODE"] == ("auto", "default")
         assert got["OGPU_RESTART_MAX"] == ("11", f"{system}:1")
         assert got["OGPU_REMEDY_MAX"] == ("2", f"{user}:1")
@@ -66,7 +66,7 @@ class TestLayers:
         """Without XDG_CONFIG_HOME the user file is ~/.config/ollama-gpu/ollama-gpu.env."""
         user = write(tmp_path / "home" / ".config" / "ollama-gpu" / "ollama-gpu.env", "OGPU_MODE=observe\n")
         info = config_json([], clean_env(tmp_path))
-        assert info["settings"]["OGPU_MODE"] == {"value": "observe", "source": f"{user}:1"}
+        assert info["settings"]["OGPU_MODE"] == {"value": "observe", "text": "observe", "source": f"{user}:1"}
 
     def test_dot_env_in_cwd_is_never_read(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A ./.env in the working directory is not a configuration layer."""
@@ -108,6 +108,38 @@ class TestLayers:
         assert settings.driver_lib_dirs == (Path("/opt/a"), Path("/opt/b"))
         assert settings.shim == Path("/opt/shim.so")
         assert settings.stop_grace == 2.5
+
+
+class TestConfigJson:
+    def test_values_are_typed(self, tmp_path: Path) -> None:
+        """`config --json` gives numbers, booleans, lists and null, with the text each was parsed from (issue 15,
+        item 10: every value used to be a string)."""
+        env = clean_env(tmp_path, {"OGPU_REQUIRE_GPU": "yes",
+                                   "OGPU_MAY_OVERRIDE": "OLLAMA_LLM_LIBRARY,CUDA_VISIBLE_DEVICES",
+                                   "OGPU_DRIVER_LIB_DIRS": "/opt/a:/opt/b", "OGPU_METRICS_ADDR": "[::1]:9835",
+                                   "OGPU_STOP_GRACE": "2.5s"})
+        settings = config_json(["--restart-max", "7"], env)["settings"]
+        value = {key: item["value"] for key, item in settings.items()}
+        assert value["OGPU_RESTART_MAX"] == 7 and type(value["OGPU_RESTART_MAX"]) is int
+        assert value["OGPU_REMEDY_MAX"] == 3 and type(value["OGPU_REMEDY_MAX"]) is int
+        assert value["OGPU_REQUIRE_GPU"] is True
+        assert value["OGPU_STOP_GRACE"] == 2.5
+        assert value["OGPU_READY_TIMEOUT"] == 120 and type(value["OGPU_READY_TIMEOUT"]) is float
+        assert value["OGPU_MAY_OVERRIDE"] == ["CUDA_VISIBLE_DEVICES", "OLLAMA_LLM_LIBRARY"]
+        assert value["OGPU_DRIVER_LIB_DIRS"] == ["/opt/a", "/opt/b"]
+        assert value["OGPU_METRICS_ADDR"] == {"host": "::1", "port": 9835}
+        assert value["OGPU_SHIM"] is None and value["OGPU_RECORD"] is None
+        assert value["OGPU_MODE"] == "auto"
+        assert settings["OGPU_STOP_GRACE"]["text"] == "2.5s"
+        assert settings["OGPU_REQUIRE_GPU"]["text"] == "yes"
+
+    def test_text_table_shows_the_text_as_given(self, tmp_path: Path) -> None:
+        """The table keeps showing what the operator wrote."""
+        proc = run_cli(["--require-gpu", "yes", "config"], clean_env(tmp_path))
+        assert proc.returncode == 0
+        row = next(line for line in proc.stdout.splitlines() if line.startswith("OGPU_REQUIRE_GPU "))
+        assert row.split("=", 1)[1].split("#")[0].strip() == "yes"
+        assert row.endswith("# command line")
 
 
 class TestBadInput:
@@ -182,7 +214,7 @@ class TestBadInput:
         def refuse(*_args: object, **_kwargs: object) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("builtins.open", refuse)
+        monkeypatch.setattr("launcher.envfile.os.open", refuse)
         with pytest.raises(ConfigError, match="cannot be read"):
             read_env_file(target, required=True)
 

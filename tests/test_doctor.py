@@ -313,6 +313,14 @@ class TestFilters:
         row = one(make_ctx(root, env=env), doctor.check_filters)
         assert (row.status, row.cause) == ("warn", "operator_forced_cpu") and "OGPU_MAY_OVERRIDE" in row.fix
 
+    def test_override_already_listed_is_not_asked_for(self, root: Root) -> None:
+        """CUDA_VISIBLE_DEVICES=-1 already in OGPU_MAY_OVERRIDE: the fix does not ask to list it again (issue 15)."""
+        ctx = make_ctx(root, env={"CUDA_VISIBLE_DEVICES": "-1"},
+                       settings=DoctorSettings(may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
+        row = one(ctx, doctor.check_filters)
+        assert row.cause == "operator_forced_cpu" and "list them in OGPU_MAY_OVERRIDE" not in row.fix
+        assert "already lists CUDA_VISIBLE_DEVICES" in row.fix
+
     def test_keys_from_our_env_files_count(self, root: Root) -> None:
         """A filter set in an ollama-gpu env file reaches Ollama, so it is reported."""
         ctx = make_ctx(root, settings=DoctorSettings(ollama_env={"CUDA_VISIBLE_DEVICES": "-1"}))
@@ -574,6 +582,16 @@ class TestProbes:
         assert "ggml_cuda_init: failed to initialize CUDA: unknown error" in be.data["log"]
         # a driver that loads and fails with 999 is a broken GPU, not a machine without one
         assert (rows["verdict"].found, rows["verdict"].cause) == ("cpu_fallback", "uvm_not_loaded")
+
+    @pytest.mark.parametrize(("code", "cause"), [("802", "fabric_manager_not_running"),
+                                                 ("800", "container_gpu_access_lost")])
+    def test_cuinit_code_names_its_cause(self, root: Root, native: NativeBuild, install: Install, code: str,
+                                         cause: str) -> None:
+        """cuInit 802 / 800 from the mock driver: the probe names the error-code table's cause and its fix."""
+        rows = probes(root, native, install, probe_env(native.mock_dir, MOCKCUDA_INIT_ERROR=code))
+        cu = rows["probe_cuinit"]
+        assert (cu.status, cu.cause) == ("fail", cause)
+        assert cu.found.startswith(f"cuInit returned {code}")
 
     def test_missing_libcuda_on_a_gpu_host_gives_the_loaders_text(self, root: Root, native: NativeBuild,
                                                                   install: Install) -> None:

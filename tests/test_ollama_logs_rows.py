@@ -173,6 +173,16 @@ SAMPLES: list[tuple[str, str, str, dict[str, Any]]] = [
     (VB, "rip    0x7fed9409894c", "runner_crash", {}),
     (VD, "ERROR: ld.so: object '/x/shim.so' from LD_PRELOAD cannot be preloaded (cannot open shared object file)",
      "ld_preload_failed", {"object": "/x/shim.so"}),
+    # lines that carry error codes (issue 13 item 3)
+    (VD, "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected", "cuda_init_failed",
+     {"where": "runner", "error": "no ROCm-capable device is detected"}),
+    (VD, "ROCm error: invalid device function", "runner_crash", {}),
+    (VB, "hipErrorNoBinaryForGpu: Unable to find code object for all current devices!", "runner_crash", {}),
+    (VB, "nvmlInit_v2 err: 18", "cuda_init_failed", {"code": 18, "where": "discovery"}),
+    (VD, "Failed to initialize NVML: Driver/library version mismatch", "nvml_failed",
+     {"error": "Driver/library version mismatch"}),
+    (VD, "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=ollama, GPU has fallen off the bus.", "gpu_dropped",
+     {"cause": "gpu_lost", "xid": 79}),
 ]
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from launcher.config import load_settings
-from launcher.paths import UnsafeDirectoryError, ensure_dirs, ensure_tmp_fallback, resolve_dirs
+from launcher.paths import UnsafeDirectoryError, ensure_dirs, ensure_private_dir, ensure_tmp_fallback, resolve_dirs
+from tests.cli_helpers import clean_env, config_json, run_cli
+from tests.serve_helpers import as_nobody, command_for_nobody
 
 
 class TestResolve:
@@ -95,3 +101,158 @@ class TestTmpFallback:
         path.symlink_to(tmp_path / "elsewhere")
         with pytest.raises(UnsafeDirectoryError, match="not a directory"):
             ensure_tmp_fallback(path, os.geteuid())
+
+
+def _shared_base(prefix: str) -> Path:
+    """A fresh directory under /tmp that uid 65534 can enter (pytest's tmp_path is closed to other users)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode) | (path.stat().st_mode & stat.S_ISVTX)
+
+
+class TestDirectoriesWeDidNotCreate:
+    """Issue 15, item 1: directory variables must never have their mode changed; a shared directory gets our
+    private ollama-gpu-$UID inside it, a directory we may not use is refused in one line."""
+
+    @pytest.fixture
+    def base(self) -> Iterator[Path]:
+        base = _shared_base("ogpu-paths-")
+        try:
+            yield base
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _dirs(self, base: Path, mode: int, owner: int = 0) -> dict[str, str]:
+        env = {}
+        for key in ("RUNTIME_DIRECTORY", "CACHE_DIRECTORY", "STATE_DIRECTORY"):
+            path = base / key.lower()
+            path.mkdir()
+            os.chown(path, owner, owner)
+            path.chmod(mode)
+            env[key] = str(path)
+        return env
+
+    def test_sticky_world_writable_dirs_keep_their_mode(self, base: Path) -> None:
+        """`shim path` with the three systemd variables on 1777 directories: each stays 1777 and ours is a 0700
+        ollama-gpu-$UID inside it (it used to chmod the given directory to 0700, breaking /tmp for everyone)."""
+        uid = os.geteuid()
+        given = self._dirs(base, 0o1777, owner=uid)
+        env = clean_env(base, given)
+        shim = run_cli(["shim", "path"], env, timeout=120)
+        assert shim.returncode == 0, shim.stderr
+        dirs = config_json([], env)["directories"]
+        for key, name in (("RUNTIME_DIRECTORY", "runtime"), ("CACHE_DIRECTORY", "cache"),
+                          ("STATE_DIRECTORY", "state")):
+            assert _mode(Path(given[key])) == 0o1777, key
+            ours = Path(given[key]) / f"ollama-gpu-{uid}"
+            assert dirs[name] == str(ours)
+            st = ours.lstat()
+            assert stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700
+        assert shim.stdout.strip().startswith(str(Path(given["CACHE_DIRECTORY"]) / f"ollama-gpu-{uid}") + "/")
+
+    def test_own_0755_dirs_are_used_as_they_are(self, base: Path) -> None:
+        """Directories of ours that only we may write in (systemd's default 0755) are used directly, mode kept."""
+        given = self._dirs(base, 0o755, owner=os.geteuid())
+        env = clean_env(base, given)
+        shim = run_cli(["shim", "path"], env, timeout=120)
+        assert shim.returncode == 0, shim.stderr
+        dirs = config_json([], env)["directories"]
+        assert (dirs["runtime"], dirs["cache"], dirs["state"]) == (
+            given["RUNTIME_DIRECTORY"], given["CACHE_DIRECTORY"], given["STATE_DIRECTORY"])
+        assert [_mode(Path(p)) for p in given.values()] == [0o755] * 3
+        assert shim.stdout.strip().startswith(given["CACHE_DIRECTORY"] + "/")
+
+    def test_xdg_variables_on_a_shared_dir(self, base: Path) -> None:
+        """XDG_*_HOME on a 1777 directory: its mode is kept; ollama-gpu is created inside, 0700."""
+        shared = base / "xdg"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        env = clean_env(base, {"XDG_CACHE_HOME": str(shared), "XDG_STATE_HOME": str(shared),
+                               "XDG_RUNTIME_DIR": str(shared)})
+        assert run_cli(["shim", "path"], env, timeout=120).returncode == 0
+        assert _mode(shared) == 0o1777
+        assert config_json([], env)["directories"]["cache"] == str(shared / "ollama-gpu")
+        assert stat.S_IMODE((shared / "ollama-gpu").stat().st_mode) == 0o700
+
+    def test_unprivileged_user_on_shared_and_foreign_dirs(self, base: Path) -> None:
+        """As uid 65534: a root-owned 1777 directory gets nobody's own ollama-gpu-65534; a root-owned 0755 one is
+        refused with one line and exit 2, and neither mode changes."""
+        if os.geteuid() != 0:
+            pytest.fail("this test switches to uid 65534 and must run as root (as CI does)")
+        shared = base / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        foreign = base / "foreign"
+        foreign.mkdir()
+        foreign.chmod(0o755)
+        env = clean_env(base, {"RUNTIME_DIRECTORY": str(shared), "CACHE_DIRECTORY": str(shared),
+                               "STATE_DIRECTORY": str(shared), "HOME": str(base)})
+        ok = subprocess.run([*command_for_nobody(), "shim", "path"], env=env, capture_output=True, text=True,
+                            timeout=120, preexec_fn=as_nobody, check=False)
+        assert ok.returncode == 0, ok.stderr
+        ours = shared / "ollama-gpu-65534"
+        assert (ours.stat().st_uid, stat.S_IMODE(ours.stat().st_mode)) == (65534, 0o700)
+        refused = subprocess.run([*command_for_nobody(), "shim", "path"], env={**env, "STATE_DIRECTORY": str(foreign)},
+                                 capture_output=True, text=True, timeout=120, preexec_fn=as_nobody, check=False)
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == (f"ollama-gpu: configuration error: {foreign} belongs to uid 0, not 65534; "
+                                          "name a directory of ours (RUNTIME_DIRECTORY, CACHE_DIRECTORY, "
+                                          "STATE_DIRECTORY)")
+        assert (_mode(shared), _mode(foreign)) == (0o1777, 0o755)
+
+    def test_serve_refuses_a_foreign_state_dir(self, base: Path) -> None:
+        """`serve` with STATE_DIRECTORY owned by another user: one line, exit 2, nothing started, mode kept."""
+        given = self._dirs(base, 0o755, owner=os.geteuid())
+        foreign = Path(given["STATE_DIRECTORY"])
+        os.chown(foreign, 65534, 65534)
+        proc = run_cli(["serve"], clean_env(base, {**given, "OGPU_OLLAMA": "/nonexistent/ollama"}))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"ollama-gpu: configuration error: {foreign} belongs to uid 65534, not {os.geteuid()}; name a directory "
+            "of ours (RUNTIME_DIRECTORY, CACHE_DIRECTORY, STATE_DIRECTORY)"]
+        assert _mode(foreign) == 0o755
+
+    def test_group_writable_dir_gets_a_private_subdir(self, tmp_path: Path) -> None:
+        """A group-writable directory of ours (0775) is shared too: settle() picks ollama-gpu-$UID inside it."""
+        shared = tmp_path / "g"
+        shared.mkdir()
+        shared.chmod(0o775)
+        dirs = resolve_dirs({"STATE_DIRECTORY": str(shared), "HOME": "/h"}, uid=1234, instance="i", tmp=tmp_path)
+        assert dirs.state == shared / "ollama-gpu-1234"
+
+    def test_world_writable_without_sticky_bit_is_refused(self, tmp_path: Path) -> None:
+        """Without the sticky bit others could rename our directory away: refused, mode kept."""
+        shared = tmp_path / "w"
+        shared.mkdir()
+        shared.chmod(0o777)
+        uid = os.geteuid()
+        dirs = resolve_dirs({"RUNTIME_DIRECTORY": str(shared), "CACHE_DIRECTORY": str(shared),
+                             "STATE_DIRECTORY": str(shared)}, uid=uid, instance="i", tmp=tmp_path)
+        with pytest.raises(UnsafeDirectoryError, match="without the sticky bit"):
+            ensure_dirs(dirs, uid, tmp=tmp_path)
+        assert _mode(shared) == 0o777
+
+    def test_link_in_place_of_our_subdir_is_refused(self, tmp_path: Path) -> None:
+        """A symlink planted as ollama-gpu-$UID in a shared directory is refused, not followed."""
+        shared = tmp_path / "s"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        uid = os.geteuid()
+        (tmp_path / "elsewhere").mkdir()
+        (shared / f"ollama-gpu-{uid}").symlink_to(tmp_path / "elsewhere")
+        dirs = resolve_dirs({"CACHE_DIRECTORY": str(shared), "HOME": "/h"}, uid=uid, instance="i", tmp=tmp_path)
+        with pytest.raises(UnsafeDirectoryError, match="not a directory"):
+            ensure_dirs(dirs, uid, tmp=tmp_path)
+
+    def test_existing_loose_dir_is_refused_not_chmodded(self, tmp_path: Path) -> None:
+        """ensure_private_dir never changes an existing directory's mode."""
+        loose = tmp_path / "loose"
+        loose.mkdir()
+        loose.chmod(0o733)
+        with pytest.raises(UnsafeDirectoryError, match="writable by others"):
+            ensure_private_dir(loose)
+        assert _mode(loose) == 0o733

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher import devices
 from launcher.driverlib import DriverFinding
 from launcher.remedies import REMEDIES, RemedyContext, proactive, remedy_for
 from launcher.remedy_text import ADVICE
@@ -28,7 +29,8 @@ class TestTable:
     def test_every_row_has_advice_and_an_instruction(self) -> None:
         """`explain`'s one line and the operator instruction exist for every cause."""
         for cause, row in REMEDIES.items():
-            assert cause in ADVICE and row.instruction
+            assert cause in ADVICE and row.advice and row.steps
+            assert remedy_for(cause, ctx()).instruction
             assert row.when in ("proactive", "discovery", "idle")
 
     @pytest.mark.parametrize(("cause", "command"), [
@@ -165,3 +167,76 @@ class TestTmpNoexec:
     def test_later_generations_get_the_instruction(self) -> None:
         """OLLAMA_TMPDIR means nothing from generation B on."""
         assert remedy_for("tmp_noexec", ctx(generation="C", tmp_dir=Path("/x"))).patch is None
+
+
+UUID_A = "GPU-aaaa0000-0000-0000-0000-000000000000"
+UUID_B = "GPU-bbbb1111-1111-1111-1111-111111111111"
+STALE = "GPU-deadbeef-0000-0000-0000-000000000000"
+
+
+def gpus() -> tuple[devices.Gpu, ...]:
+    return tuple(devices.Gpu(index=i, uuid=u, name="NVIDIA H100 80GB HBM3", pci_bus_id=f"00000000:0{i + 1}:00.0")
+                 for i, u in enumerate((UUID_A, UUID_B)))
+
+
+class TestAdviceFromSettingsInForce:
+    """Issue 15 item 5: advice is computed from the settings in force; it never asks for what is already set."""
+
+    def test_issue_15_stale_uuid_with_override_allowed(self) -> None:
+        """OGPU_MAY_OVERRIDE=CUDA_VISIBLE_DEVICES and a filter naming only a stale UUID: no "list it in
+        OGPU_MAY_OVERRIDE"; it says why no override applies and the exact value to set instead."""
+        plan = remedy_for("device_filter_hides_gpu", ctx({"CUDA_VISIBLE_DEVICES": STALE}, gpus=gpus(),
+                                                         may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
+        assert plan.patch is None
+        assert "list CUDA_VISIBLE_DEVICES in OGPU_MAY_OVERRIDE" not in plan.instruction
+        assert "or list it in OGPU_MAY_OVERRIDE" not in plan.instruction
+        assert "already lists CUDA_VISIBLE_DEVICES, but no override applies" in plan.instruction
+        assert "never widened" in plan.instruction
+        assert f"CUDA_VISIBLE_DEVICES={UUID_A},{UUID_B}" in plan.instruction
+
+    def test_filter_not_listed_still_offers_the_override(self) -> None:
+        """The same filter without OGPU_MAY_OVERRIDE: listing it is still a way out, and it is said."""
+        plan = remedy_for("device_filter_hides_gpu", ctx({"CUDA_VISIBLE_DEVICES": STALE}, gpus=gpus()))
+        assert "list CUDA_VISIBLE_DEVICES in OGPU_MAY_OVERRIDE" in plan.instruction
+
+    def test_scheduler_filter_never_offers_the_override(self) -> None:
+        """Under Slurm, listing the filter would not let anything change it: the override is not offered."""
+        plan = remedy_for("device_filter_hides_gpu", ctx({"CUDA_VISIBLE_DEVICES": STALE, "SLURM_JOB_GPUS": "3"},
+                                                         gpus=gpus()))
+        assert "OGPU_MAY_OVERRIDE" not in plan.instruction and "SLURM_JOB_GPUS" in plan.instruction
+
+    def test_forced_cpu_already_allowed(self) -> None:
+        """CUDA_VISIBLE_DEVICES=-1 already listed in OGPU_MAY_OVERRIDE: the override is not asked for again."""
+        plan = remedy_for("operator_forced_cpu", ctx({"CUDA_VISIBLE_DEVICES": "-1"},
+                                                     may_override=frozenset({"CUDA_VISIBLE_DEVICES"})))
+        assert "in OGPU_MAY_OVERRIDE to let" not in plan.instruction
+        assert "Already in force: OGPU_MAY_OVERRIDE lists CUDA_VISIBLE_DEVICES" in plan.instruction
+
+    @pytest.mark.parametrize(("cause", "env", "asked"), [
+        ("unsupported_igpu", {"OLLAMA_IGPU_ENABLE": "1"}, "set OLLAMA_IGPU_ENABLE=1"),
+        ("vulkan_selected_over_cuda", {"OLLAMA_VULKAN": "0"}, "Set OLLAMA_VULKAN=0"),
+        ("tmp_noexec", {"OLLAMA_TMPDIR": "/var/lib/ollama/tmp"}, "Set OLLAMA_TMPDIR"),
+    ])
+    def test_setting_already_in_force_is_not_asked_for(self, cause: str, env: dict[str, str], asked: str) -> None:
+        """A setting the instruction or the advice would ask for, already set: neither asks for it again."""
+        plan = remedy_for(cause, ctx(env, generation="D", cuda_discovered=True))
+        assert asked not in plan.instruction and asked not in plan.advice
+        assert "Already in force" in plan.instruction
+
+    def test_no_row_asks_for_what_is_set(self) -> None:
+        """Every row: with every setting its steps ask for already in force, none of those steps is said."""
+        for row in REMEDIES.values():
+            asked = [s for step in row.steps for s in step.sets]
+            if not asked:
+                continue
+            env = {var: val.format(filter="CUDA_VISIBLE_DEVICES", intent="CUDA_VISIBLE_DEVICES")
+                   for var, val in asked if var != "OGPU_MAY_OVERRIDE"}
+            env.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+            listed = frozenset(val.format(filter="CUDA_VISIBLE_DEVICES", intent="CUDA_VISIBLE_DEVICES")
+                               for var, val in asked if var == "OGPU_MAY_OVERRIDE")
+            plan = remedy_for(row.label, ctx(env, may_override=listed, generation="D"))
+            for step in row.steps:
+                if step.sets:
+                    said = step.text.format(user="ollama", filter="CUDA_VISIBLE_DEVICES",
+                                            intent="CUDA_VISIBLE_DEVICES")
+                    assert said not in plan.instruction, (row.label, said)

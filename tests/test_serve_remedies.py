@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.cli_helpers import clean_env
 from tests.ollama_sim import native
@@ -185,6 +186,22 @@ class TestLeftAlone:
         assert run.generate()["done"] is True  # still serving, on the CPU
         assert run.stop() == 0
 
+    @pytest.mark.parametrize(("code", "cause", "words"), [
+        ("802", "fabric_manager_not_running", "nvidia-fabricmanager"),
+        ("800", "container_gpu_access_lost", "Restart the container"),
+    ])
+    def test_cuinit_code_names_its_cause_without_restart(self, tmp_path: Path, libs: native.NativeLibs,
+                                                         cache_dir: Path, code: str, cause: str, words: str) -> None:
+        """cuInit 802 (NVSwitch fabric manager down) and 800 (a container's device access revoked), from the mock
+        driver: the error-code table names the cause, `status` carries the instruction, nothing is restarted."""
+        run = Run(tmp_path, libs, cache_dir, MOCKCUDA_INIT_ERROR=code)
+        run.ready()
+        status = run.wait_status(lambda s: s["discovery"]["cause"] == cause, cause)
+        assert status["restarts"] == 0 and status["remedies"]["applied"] == []
+        assert words in status["what_to_do"]
+        assert any(a["cause"] == cause for a in run.events("advice"))
+        assert run.stop() == 0
+
     def test_old_driver_without_older_runtime_is_not_restarted(self, tmp_path: Path, libs: native.NativeLibs,
                                                                cache_dir: Path) -> None:
         """A driver (12.4) older than the only runtime shipped (cuda_v13): no restart, Ollama keeps serving, never
@@ -228,3 +245,26 @@ def test_no_process_left(tmp_path: Path, libs: native.NativeLibs, cache_dir: Pat
     pids = [p.pid for p in descendants(run.serve.pid)]
     assert run.stop() == 0
     assert not [p for p in pids if psutil.pid_exists(p)]
+
+
+def test_failed_state_write_is_shown_in_status_15(tmp_path: Path, libs: native.NativeLibs, cache_dir: Path) -> None:
+    """Issue 15, item 3: when the remedy history cannot be written (here a directory sits where the state file goes,
+    so the rename fails even for root), the remedy still runs once, one warning names the path and errno, and
+    `status` shows the failure in JSON and in text."""
+    state, port = tmp_path / "state", free_port()
+    state_file = state / f"state-127.0.0.1-{port}.json"
+    state_file.mkdir(parents=True)
+    run = Run(tmp_path, libs, cache_dir, flags=("--may-override", "CUDA_VISIBLE_DEVICES"), state=state, port=port,
+              CUDA_VISIBLE_DEVICES="-1")
+    run.ready()
+    status = run.wait_status(lambda s: s["restarts"] == 1 and discovery(s) == ("gpu", "none"), "one remedy restart")
+    failed = status["remedies"]["budget"]["write_error"]
+    assert (failed["path"], failed["errno"]) == (str(state_file), "EISDIR")
+    assert status["remedies"]["budget"]["used"] == 1
+    warnings = run.events("state_write_failed")
+    assert [(e["level"], e["path"], e["errno"]) for e in warnings] == [("warning", str(state_file), "EISDIR")]
+    text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
+                          text=True, timeout=30, check=False).stdout
+    assert f"remedy history not saved: writing {state_file} failed (EISDIR: Is a directory)" in text
+    assert sorted(p.name for p in state.iterdir()) == [state_file.name]  # no temp file left beside it
+    assert run.stop() == 0

@@ -15,7 +15,9 @@ HELP = "print every effective setting with its source, and the resolved director
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `config`."""
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table: each setting's typed value (numbers, "
+                             "booleans, lists), the text it was parsed from and its source")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     width = max(len(k) for k in info["settings"])
     print("# settings")
     for key, item in info["settings"].items():
-        print(f"{key:<{width}} = {item['value']!s:<24} # {item['source']}")
+        print(f"{key:<{width}} = {item['text']!s:<24} # {item['source']}")
     print("# passed to Ollama's environment from our files")
     if not info["ollama_env"]:
         print("(none)")

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     settings = doctor.DoctorSettings(
         ollama=ctx.settings.ollama, shim=ctx.settings.shim, cache_dir=_cache_dir(ctx),
         driver_lib_dirs=ctx.settings.driver_lib_dirs, ollama_env=ctx.settings.ollama_env,
+        may_override=ctx.settings.may_override,
     )
     dctx = doctor.Ctx(env=ctx.env, settings=settings, runner=registry_runner(ChildRegistry()), user=args.user,
                       probe=bool(args.probe), backend=args.backend)

@@ -6,11 +6,15 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from launcher.evidence import Board, Verdict
 from launcher.exitcodes import VerdictExit, verdict_exit
-from launcher.ollama_logs import parse_stream
+from launcher.log_input import read_chunks
+from launcher.memory_account import MemoryAccount
+from launcher.memory_report import MemoryTee, relevant, render, report
+from launcher.ollama_logs import parse_chunks, parse_stream
 from launcher.remedy_text import advice
 
 HELP = "explain an Ollama server log: GPU or CPU, why, the evidence lines and what to do"
@@ -30,15 +34,31 @@ def _open(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def explain_stream(stream: IO[bytes]) -> Verdict:
-    """The verdict of one log stream (parse, feed the board, judge)."""
+def explain_board(stream: IO[bytes]) -> Board:
+    """The board fed with one log stream."""
     board = Board()
     for event in parse_stream(stream):
         board.add(event)
-    return board.verdict()
+    return board
 
 
-def render_text(verdict: Verdict, name: str) -> str:
+def explain_stream(stream: IO[bytes]) -> Verdict:
+    """The verdict of one log stream (parse, feed the board, judge)."""
+    return explain_board(stream).verdict()
+
+
+def explain_with_memory(stream: IO[bytes]) -> tuple[Board, list[MemoryAccount]]:
+    """The fed board and, read in the same pass, the memory account of each model load (issue 17)."""
+    board = Board()
+    tee = MemoryTee()
+    for event in parse_chunks(tee.chunks(read_chunks(stream))):
+        board.add(event)
+    verdict = board.verdict()
+    return board, relevant(tee.accounts(), verdict.outcome, verdict.cause)
+
+
+def render_text(verdict: Verdict, name: str, memory: Sequence[MemoryAccount] = (),
+                settings: Mapping[str, str] | None = None) -> str:
     """The verdict as an operator reads it."""
     out = [f"{name}: {verdict.outcome} (cause: {verdict.cause})"]
     gen = verdict.generation or "unknown"
@@ -54,14 +74,17 @@ def render_text(verdict: Verdict, name: str) -> str:
         out.append("evidence: none")
     out.extend(f"note: {n}" for n in verdict.notes)
     out.extend(f"also: {x}" for x in verdict.findings[:10])
-    out.append(f"what to do: {advice(verdict.outcome, verdict.cause)}")
+    out.extend(render(list(memory)))
+    out.append(f"what to do: {advice(verdict.outcome, verdict.cause, settings)}")
     return "\n".join(out) + "\n"
 
 
-def render_json(verdict: Verdict, name: str) -> str:
+def render_json(verdict: Verdict, name: str, memory: Sequence[MemoryAccount] = (),
+                settings: Mapping[str, str] | None = None) -> str:
     """The verdict as one JSON object."""
-    data: dict[str, Any] = {"input": name, **verdict.to_dict(), "advice": advice(verdict.outcome, verdict.cause),
-                            "exit_code": verdict_exit(verdict.outcome)}
+    data: dict[str, Any] = {"input": name, **verdict.to_dict(),
+                            "advice": advice(verdict.outcome, verdict.cause, settings),
+                            "exit_code": verdict_exit(verdict.outcome), "memory": [report(a) for a in memory]}
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -82,9 +105,12 @@ def run(args: argparse.Namespace, ctx: object) -> int:
         return _fail(args, name, exc.strerror or str(exc))
     try:
         with stream if args.file != "-" else contextlib.nullcontext(stream):
-            verdict = explain_stream(stream)
+            board, memory = explain_with_memory(stream)
     except OSError as exc:  # a directory, an I/O error mid-read
         return _fail(args, name, exc.strerror or str(exc))
-    sys.stdout.write(render_json(verdict, name) if args.json else render_text(verdict, name))
+    verdict = board.verdict()
+    settings = board.facts.env  # the `server config` line's settings: advice never asks for what is set
+    sys.stdout.write(render_json(verdict, name, memory, settings) if args.json
+                     else render_text(verdict, name, memory, settings))
     return verdict_exit(verdict.outcome)
 

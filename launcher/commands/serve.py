@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -16,11 +17,12 @@ from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
-from launcher.config import Mode, Settings
+from launcher.config import Mode, Settings, log_warnings
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
+from launcher.memory_live import MemoryWatch, add_memory
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.proctree import TreeWatcher
@@ -34,7 +36,11 @@ HELP = "run `ollama serve` (same arguments and environment) under supervision, w
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Everything after `serve` goes to `ollama serve` unchanged."""
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to `ollama serve` unchanged")
+    parser.description = (f"{HELP}. Every argument after `serve` goes to `ollama serve` unchanged (only a lone "
+                          "-h/--help is ours; write `serve -- --help` for Ollama's). ollama-gpu's own settings go "
+                          "before `serve`: ollama-gpu --mode advise serve.")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="OLLAMA_SERVE_ARGS",
+                        help="every other argument: passed to `ollama serve` unchanged")
 
 
 class Recorder:
@@ -54,8 +60,9 @@ class Recorder:
             self._out.close()
 
 
-def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
-    """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started."""
+def _line_consumer(sink: Callable[[Event], None], memory: Any = None) -> Callable[[Line], None]:
+    """The parser, built on first use in the parser thread: its pattern tables compile after Ollama started.
+    `memory` (a MemoryWatch) reads the same cleaned lines for the memory account of each load (issue 17)."""
     state: dict[str, Any] = {}
 
     def on_line(line: Line) -> None:
@@ -68,6 +75,9 @@ def _line_consumer(sink: Callable[[Event], None]) -> Callable[[Line], None]:
         text, pid = state["clean"](line.raw)
         for event in state["parser"].feed(state["LogLine"](line.number, text, pid, line.truncated)):
             sink(dataclasses.replace(event, t=now()))  # live: the shared monotonic clock, not the line number
+        if memory is not None:
+            for event in memory.feed(line.number, text):
+                sink(event)
 
     return on_line
 
@@ -119,8 +129,21 @@ class PendingSink:
             self._target = target
 
 
+def ollama_pids(sup: Supervisor) -> set[int]:
+    """Ollama and its descendants (runners): VRAM they hold is the load's own, not another process's."""
+    if sup.ollama is None:
+        return set()
+    import psutil
+
+    pids = {sup.ollama.pid}
+    with contextlib.suppress(psutil.Error):
+        pids.update(p.pid for p in psutil.Process(sup.ollama.pid).children(recursive=True))
+    return pids
+
+
 def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, recorder: Recorder,
-                       pending: PendingSink, log: Any, closers: list[Callable[[], None]]) -> None:
+                       pending: PendingSink, log: Any, closers: list[Callable[[], None]],
+                       memory: MemoryWatch | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
@@ -144,20 +167,29 @@ def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, 
                              driver_version=nvml.state.driver_version if nvml.state is not None else None,
                              tmp_dir=settings.dirs.runtime, cuda_discovered=cuda, service_user=user)
 
-    record: Callable[[Event], None] = recorder
+    sinks: list[Callable[[Event], None]] = [recorder]
+    if memory is not None:
+        memory.own_pids = lambda: ollama_pids(sup)
+        sinks.append(memory.observe)
     if settings.metrics_addr is not None:
         from launcher import metrics  # prometheus_client is imported only when metrics are on
 
         exported = metrics.start(settings.metrics_addr, log)  # None (one warning) if it cannot bind
         if exported is not None:
-            record = metrics.tee(recorder, exported[0].observe)
+            sinks.append(exported[0].observe)
             closers.append(exported[1].close)
+
+    def record(event: Event) -> None:
+        for each in sinks:
+            each(event)
+
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
                             remedy_context=remedy_context, nvml=nvml)
     pending.attach(controller.sink)
     sup.tick, sup.ready_gate = controller.tick, controller.ready_gate
     try:
-        status = StatusServer(settings.dirs.status_socket, lambda: controller.status(sup)).start()
+        status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
+            controller.status(sup), memory.reports() if memory is not None else [])).start()
         sup.add_status_server(status)
         closers.append(status.close)
     except OSError as exc:
@@ -208,7 +240,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     recorder = Recorder(settings.record)
     pending = PendingSink()  # holds events until the controller exists (it is built after the spawn)
     pending(machine_event(prepared.driver))
-    on_line = _line_consumer(pending)
+    memory = MemoryWatch(log)
+    on_line = _line_consumer(pending, memory)
     shim_path = prepared.plan.shim
     closers: list[Callable[[], None]] = []
 
@@ -217,8 +250,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if ctx.reload is None:
             return None
         new = ctx.reload()
-        for warning in new.warnings:
-            log.warning("config_warning", where=warning.where, key=warning.key, problem=warning.message)
+        log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
     supervisor = Supervisor(
@@ -229,7 +261,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         line_sink=on_line, event_server=server,
         make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
         reload=reload,
-        after_start=lambda sup: _attach_controller(sup, settings, prepared, recorder, pending, log, closers),
+        after_start=lambda sup: _attach_controller(sup, settings, prepared, recorder, pending, log, closers, memory),
     )
     try:
         return supervisor.run()

@@ -12,7 +12,7 @@ from typing import Final
 from launcher import shim_build
 from launcher.commands.context import Context
 from launcher.exitcodes import Exit
-from launcher.paths import ensure_dirs
+from launcher.paths import UnsafeDirectoryError, ensure_dirs
 
 HELP = "build the CUDA shim (cached), or print the path of the one serve would use"
 FAILED: Final = Exit.FAILED  # the shim could not be built or failed its preflight
@@ -54,6 +54,11 @@ def _cache(ctx: Context) -> Path:
     return ensure_dirs(ctx.settings.dirs, os.geteuid()).cache
 
 
+def _unsafe_dir(exc: UnsafeDirectoryError) -> int:
+    print(f"ollama-gpu: configuration error: {exc}", file=sys.stderr)
+    return Exit.USAGE
+
+
 def _build(output: Path | None, ctx: Context) -> int:
     try:
         if not shim_build.libc_is_glibc():
@@ -61,6 +66,8 @@ def _build(output: Path | None, ctx: Context) -> int:
         built = shim_build.build(_cache(ctx), ctx.env)
     except shim_build.CompileFailed as exc:
         return _fail(str(exc), "$ " + " ".join(exc.command) + "\n" + exc.stderr)
+    except UnsafeDirectoryError as exc:
+        return _unsafe_dir(exc)
     except (shim_build.ShimError, OSError) as exc:
         return _fail(str(exc))
     result = shim_build.preflight(built.path, ctx.env)
@@ -80,6 +87,8 @@ def _build(output: Path | None, ctx: Context) -> int:
 def _path(as_json: bool, ctx: Context) -> int:
     try:
         resolved = shim_build.resolve(ctx.settings.shim, _cache(ctx), ctx.env)
+    except UnsafeDirectoryError as exc:
+        return _unsafe_dir(exc)
     except shim_build.CompileFailed as exc:
         if as_json:
             return _json({"path": None, "error": str(exc), "stderr": exc.stderr}, FAILED)

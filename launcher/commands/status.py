@@ -11,12 +11,16 @@ from launcher.commands.context import Context
 from launcher.exitcodes import Exit, VerdictExit, verdict_exit
 from launcher.status import read_status
 
-HELP = "show the running supervisor's verdicts, causes, remedies and budgets (exit code per DESIGN.md)"
+HELP = "show the running supervisor's verdicts, causes, remedies and budgets"
+EPILOG = ("exit codes: 0 every verdict is gpu (degraded included) or cpu_expected; 1 a cpu_fallback, partial_offload "
+          "or crash; 3 no supervisor answers for this OLLAMA_HOST, or the outcome is still unknown. With --ready: 0 "
+          "ready, 1 not ready, 3 not running.")
 BAD_FIRST = ("crash", "cpu_fallback", "partial_offload", "unknown", "cpu_expected", "gpu")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `status`."""
+    parser.epilog = EPILOG
     parser.add_argument("--json", action="store_true", help="print the whole status as one JSON object")
     parser.add_argument("--ready", action="store_true",
                         help="health check: exit 0 when Ollama answers and the discovery verdict is acceptable")
@@ -67,6 +71,7 @@ def _print(status: dict[str, Any]) -> None:
         print(f"{title}: {verdict.get('outcome', 'unknown')} (cause: {verdict.get('cause', 'unknown')})")
         for evidence in (verdict.get("evidence") or [])[:5]:
             print(f"  - {evidence.get('says', '')}: {str(evidence.get('text', ''))[:150]}")
+        _print_memory(verdict.get("memory"))
     remedies = status.get("remedies") or {}
     for item in remedies.get("applied") or []:
         print(f"remedy applied: {item}")
@@ -75,5 +80,22 @@ def _print(status: dict[str, Any]) -> None:
     budget = remedies.get("budget") or {}
     if budget:
         print(f"remedy budget: {budget.get('used', 0)}/{budget.get('max', 0)} used")
+    failed = budget.get("write_error") or {}
+    if failed:
+        print(f"remedy history not saved: writing {failed.get('path')} failed ({failed.get('errno')}: "
+              f"{failed.get('error')}); it is kept in memory until ollama-gpu restarts")
     if status.get("what_to_do"):
         print(f"what to do: {status['what_to_do']}")
+
+
+def _print_memory(memory: object) -> None:
+    """Issue 17: a runner's memory account, in three lines at most, and the changes that would fit it."""
+    if not isinstance(memory, dict):
+        return
+    print(f"  memory: {memory.get('summary', '')}")
+    for c in (memory.get("advice") or [])[:4]:
+        if not isinstance(c, dict):
+            continue
+        layers = f"{c.get('layers')}/{c.get('layers_total')}" if c.get("layers") is not None else "?"
+        fits = "fits" if c.get("fits") else ("still partial" if c.get("fits") is False else "not sized")
+        print(f"    advised (not applied): {c.get('setting')} -> {layers} layers, {fits}")

@@ -64,6 +64,7 @@ class DoctorSettings:
     cache_dir: Path | None = None
     driver_lib_dirs: tuple[Path, ...] = ()
     ollama_env: Mapping[str, str] = field(default_factory=dict)
+    may_override: frozenset[str] = frozenset()  # OGPU_MAY_OVERRIDE: advice never asks to list what is listed
 
 
 @dataclass(frozen=True, slots=True)

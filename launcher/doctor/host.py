@@ -390,9 +390,14 @@ def check_filters(ctx: Ctx) -> Row:
     forced = set_.get("OLLAMA_LLM_LIBRARY", "").startswith("cpu")
     if hiding or forced:
         keys = [*hiding, *(["OLLAMA_LLM_LIBRARY"] if forced else [])]
-        return Row("device_filters", "warn", f"{text}: CPU chosen by configuration",
-                   f"if you want the GPU: unset {' '.join(keys)} (in the unit: systemctl edit ollama), or list them "
-                   f"in OGPU_MAY_OVERRIDE={','.join(keys)}", cause="operator_forced_cpu", data=data)
+        fix = f"if you want the GPU: unset {' '.join(keys)} (in the unit: systemctl edit ollama)"
+        unlisted = [k for k in keys if k not in ctx.settings.may_override]
+        if unlisted:
+            fix += f", or list them in OGPU_MAY_OVERRIDE={','.join(sorted({*ctx.settings.may_override, *keys}))}"
+        else:  # never ask for what is set already (issue 15)
+            fix += f"; OGPU_MAY_OVERRIDE already lists {', '.join(keys)}: `ollama-gpu serve` in mode auto unsets them"
+        return Row("device_filters", "warn", f"{text}: CPU chosen by configuration", fix, cause="operator_forced_cpu",
+                   data=data)
     return Row("device_filters", "info", f"{text} (the operator's choice: ollama-gpu never changes them unless "
                "listed in OGPU_MAY_OVERRIDE)", data=data)
 

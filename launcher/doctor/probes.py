@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from launcher import error_codes
 from launcher.doctor.context import Ctx, Row, _one_line
 from launcher.doctor.host import resolve_shim
 from launcher.doctor.install import cuda_variants, driver_runs
@@ -301,7 +302,7 @@ def _cuinit_row(run: ProbeRun, *, gpu_expected: bool = True) -> Row:
                    cause=classify(err, DLERROR_CAUSES, "libcuda_not_found"), data=data)
     if res.get("error"):
         err = str(res["error"])
-        cause = classify(err, CUDA_ERROR_CAUSES)
+        cause = error_codes.cause_of(err, "cu") or classify(err, CUDA_ERROR_CAUSES)
         return Row(name, "fail", f"{err} (libcuda: {', '.join(res.get('libcuda') or []) or '?'})",
                    advice("cpu_fallback", cause), cause=cause, data=data)
     devs = res.get("devices") or []
@@ -367,7 +368,7 @@ def _backend_row(run: ProbeRun, backend: Path, *, gpu_expected: bool = True) -> 
     failed = _CUDA_FAILED.search(run.stderr)
     if not count:
         why = failed[1] if failed else "no device registered"
-        cause = classify(why, CUDA_ERROR_CAUSES)
+        cause = error_codes.cause_of(why, "cudart") or classify(why, CUDA_ERROR_CAUSES)
         return Row(name, "fail", f"{backend} loaded and registered (api {res.get('api_version')}) with 0 devices: "
                    f"ggml_cuda_init: {why}", advice("cpu_fallback", cause), cause=cause, data=data)
     return Row(name, "ok", f"{backend}: registered, {count} CUDA device(s) ({how}); "

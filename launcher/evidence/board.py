@@ -23,8 +23,10 @@ from launcher.evidence.log_facts import (
     _on_generation,
     _on_gpu_libraries,
     _on_layer,
+    _on_library_failed,
     _on_no_gpu,
     _on_note,
+    _on_nvml_failed,
     _on_override,
     _on_plan,
     _on_problem,
@@ -50,8 +52,9 @@ HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
     ("log", "gpu_dropped"): _on_problem("discovery"),
     ("log", "discovery_failed"): _on_problem("discovery"),
     ("log", "library_skipped"): _on_problem("config"),
-    ("log", "library_failed"): _on_problem("discovery"),
+    ("log", "library_failed"): _on_library_failed,
     ("log", "cuda_init_failed"): _on_cuda_init_failed,
+    ("log", "nvml_failed"): _on_nvml_failed,
     ("log", "cpu_lacks_avx"): lambda f, e: f.add_problem("cpu_lacks_avx", e, "install"),
     ("log", "stub_warning"): _on_problem("discovery"),
     ("log", "runners_available"): _on_runners,
@@ -128,7 +131,7 @@ class Board:
         """The verdict of the first tier whose sources are present."""
         for _name, applies, decide in TIERS:
             if applies(self.facts):
-                return decide(self.facts.snapshot())
+                return decide(self.facts)
         return Verdict("unknown", "unknown", visible=False)
 
     def live(self) -> LiveVerdicts:

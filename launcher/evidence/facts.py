@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
+from launcher import error_codes
+from launcher.causes import BY_PRIORITY, EXPECTED_CPU, rank
 from launcher.device_evidence import DeviceUse
 from launcher.events import Event
 from launcher.vocabulary import CAUSES, OUTCOMES
 
-# When several causes are in evidence, the first in this list is the one reported: the most specific and the most
-# actionable first, the ones that are often a consequence of another (a filter, a generic load failure) last.
-CAUSE_PRIORITY: Final = (
-    "wsl_libcuda_path", "stub_library", "physx_cudart_misdetect", "cpu_lacks_avx", "missing_gpu_runners",
-    "operator_forced_cpu", "forced_cpu_library", "driver_library_mismatch", "driver_too_old",
-    "driver_container_incompat", "uvm_not_loaded", "libcuda_not_found", "tmp_noexec", "permission_denied",
-    "unsupported_compute_capability", "unsupported_gpu_arch", "discovery_timeout", "container_no_gpu_runtime",
-    "backend_load_failed", "device_filter_hides_gpu", "unsupported_igpu", "insufficient_vram",
-    "vulkan_selected_over_cuda", "unknown",
-)
+# When several causes are in evidence, the first in this list is the one reported (the cause table's priorities).
+CAUSE_PRIORITY: Final = tuple(label for label in BY_PRIORITY if label != "none")
 # A CPU result with one of these causes is what the machine or the operator asked for, not a fallback.
-EXPECTED_CPU_CAUSES: Final = frozenset({"none", "operator_forced_cpu", "unsupported_igpu"})
+EXPECTED_CPU_CAUSES: Final = EXPECTED_CPU
 GPU_LIBRARIES: Final = frozenset({"cuda", "rocm", "vulkan", "metal", "oneapi", "sycl", "musa"})
 # A device-filter value that hides every device is the operator choosing CPU (DESIGN.md principle 3).
 HIDE_ALL_VALUES: Final = frozenset({"-1", "none", "void", "NoDevFiles"})
@@ -83,6 +78,17 @@ class Verdict:
                 "generation": self.generation, "version": self.version, "tier": self.tier,
                 "subject": self.subject, "signals": list(self.signals), "disagreement": list(self.disagreement),
                 "devices": [d.to_dict() for d in self.devices]}
+
+
+# A rule's answer: the verdict and the notes the rule itself adds. Rules never write into the facts (DESIGN.md).
+Ruling: TypeAlias = tuple[Verdict, tuple[str, ...]]
+
+
+def settle(f: Facts, ruling: Ruling) -> Verdict:
+    """A rule's verdict with the handlers' notes first and the rule's own after, each said once."""
+    v, notes = ruling
+    return replace(v, notes=tuple(dict.fromkeys((*f.notes, *v.notes, *notes))),
+                   findings=tuple(dict.fromkeys(v.findings)))
 
 
 def _ev(event: Event, says: str) -> Evidence:
@@ -189,6 +195,7 @@ class Facts:
     env: dict[str, str] = field(default_factory=dict)
     env_event: Event | None = None
     gpu_libraries: list[Event] = field(default_factory=list)
+    native_libcuda: Event | None = None  # a Linux driver's versioned libcuda tried first (WSL shadowing, if WSL)
     amd_targets: list[Event] = field(default_factory=list)
     gfx_override: bool = False
     selected: list[Event] = field(default_factory=list)
@@ -198,10 +205,6 @@ class Facts:
     sources: set[str] = field(default_factory=set)
     lines: int = 0
     live: Live = field(default_factory=Live)
-
-    def snapshot(self) -> Facts:
-        """A copy whose lists a tier may extend without changing the board (verdicts are repeatable)."""
-        return replace(self, problems=list(self.problems), notes=list(self.notes), findings=list(self.findings))
 
     @property
     def runner(self) -> Runner:
@@ -259,4 +262,20 @@ def _lev(e: Event, says: str) -> Evidence:
 
 
 def _rank(cause: str) -> int:
-    return CAUSE_PRIORITY.index(cause) if cause in CAUSE_PRIORITY else len(CAUSE_PRIORITY)
+    return rank(cause)
+
+
+# A loader's text (dlerror) is not an error code even where it shares words with one ("Operation not permitted").
+_LOADER_TEXT: Final = re.compile(r"shared object|failed to map segment|undefined symbol|symbol lookup|dlerr|load err",
+                                 re.I)
+
+
+def event_cause(e: Event, default: str = "unknown") -> str:
+    """The cause an event names: a known error code in its line (error_codes: by name, printed text or number)
+    names it; else the parser's reading of the line."""
+    parsed = str(_d(e, "cause") or default)
+    text = " ".join(str(x) for x in (_d(e, "text"), _d(e, "error")) if x)
+    if not text or _LOADER_TEXT.search(text):
+        return parsed
+    coded = error_codes.cause_of(text)
+    return coded if coded in CAUSES else parsed

@@ -7,14 +7,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from launcher import device_evidence as gpus_ev
-from launcher import devices
+from launcher import devices, error_codes
 from launcher.events import Event
 from launcher.evidence.decide import _decide, _gpu_seen
 from launcher.evidence.facts import HIDE_ALL_VALUES, Facts, Problem, Proc, Runner, Signal, Verdict, _d, _ev, _lev, _rank
-from launcher.evidence.live_facts import DISCOVERY_CLASSES, MODEL_CLASSES
+from launcher.evidence.live_facts import DISCOVERY_CLASSES, MODEL_CLASSES, NVML_RISE_BYTES
 from launcher.evidence.log_tier import _named_devices, _vulkan_over_cuda, log_tier
 from launcher.evidence.signals import (
     _log_signal,
+    _mib,
     _nvml_signal,
     _operator_value,
     _proc_signal,
@@ -65,13 +66,30 @@ def _runner_signals(f: Facts, p: Proc) -> Verdict:
     signals = [s for s in (log_sig, _shim_signal(f, p, settled), _proc_signal(p, settled),
                            _nvml_signal(f, p, settled)) if s is not None]
     subject = f"runner {p.pid}"
-    if latest and f.runners[-1].failures and log_tier(f.snapshot()).outcome == "crash":
-        crash = log_tier(f.snapshot())
+    if latest and f.runners[-1].failures and log_tier(f).outcome == "crash":
+        crash = log_tier(f)
         return replace(crash, tier="live", subject=subject, signals=tuple(f"{s.source}:{s.says}" for s in signals))
     degraded = "vulkan_selected_over_cuda" if latest and _vulkan_over_cuda(f) else None
-    if not latest:
-        f.note("log lines carry no pid: they are attributed to the newest model runner only")
-    return _decide(f, subject, signals, _base(f), RUNNER_STAGES, degraded)
+    notes = [] if latest else ["log lines carry no pid: they are attributed to the newest model runner only"]
+    notes += _cuda_error_notes(p)
+    nvml_gpus = f.live.nvml is not None and f.live.nvml.kind == "gpus"
+    if nvml_gpus and p.nvml_listed is None and p.rise >= NVML_RISE_BYTES and p.rise_event is not None \
+            and p.rise_shared:
+        notes.append(f"GPU memory rose by {_mib(p.rise)} while several runners were alive: not attributed")
+    return _decide(f, subject, signals, _base(f), RUNNER_STAGES, degraded, notes)
+
+
+def _cuda_error_notes(p: Proc) -> list[str]:
+    """The driver errors the shim saw in this runner whose code names a cause (a GPU lost, a container's device
+    access revoked mid-run), each function once: said beside the verdict, which rests on the signals."""
+    out: dict[str, str] = {}
+    for e in p.cuda_errors:
+        code = _d(e, "code")
+        row = error_codes.lookup("cu", code) if isinstance(code, int) else None
+        if row is not None and row.cause is not None:
+            out[str(_d(e, "fn"))] = (f"the shim saw {_d(e, 'fn')} fail with {row.code} ({row.name}: {row.text}), "
+                                     f"{_d(e, 'count', 1)} time(s): {row.cause}")
+    return list(out.values())
 
 
 def _log_discovery_signal(f: Facts) -> tuple[Signal | None, bool]:
@@ -123,13 +141,14 @@ def discovery_verdict(f: Facts) -> Verdict:
     libs = [s for s in (_proc_signal(p, settled=False) for p in procs) if s is not None and s.says == "gpu"]
     signals = [s for s in (log_sig, shim_sig, libs[0] if libs else None, _nvml_discovery_signal(f)) if s is not None]
     degraded = "vulkan_selected_over_cuda" if _vulkan_over_cuda(f) else None
+    notes: list[str] = []
     if vulkan_only and _gpu_seen(f):
         cuda_failures = [s.cause for s in shim if s.says == "cpu" and s.cause]
         cuda_failures += [p.cause for p in f.problems if p.stage in DISCOVERY_STAGES]
         degraded = min(cuda_failures, key=_rank) if cuda_failures else "unknown"
-        f.note("the NVIDIA GPU is used through Vulkan because CUDA did not discover it")
+        notes.append("the NVIDIA GPU is used through Vulkan because CUDA did not discover it")
         signals = [s for s in signals if not (s.source == "shim" and s.says == "cpu")]
-    v = _decide(f, "discovery", signals, _base(f), DISCOVERY_STAGES, degraded)
+    v = _decide(f, "discovery", signals, _base(f), DISCOVERY_STAGES, degraded, notes)
     view = _operator_view(f)
     uses = gpus_ev.build(shim=view, log=f.discovered, gpus=gpus_ev.nvml_gpus(f.live.nvml),
                          process_cvd=_operator_value(f, CVD), operator=_operator(f), discovery=True)
@@ -204,11 +223,11 @@ def _after_discovery(runner: Verdict, discovery: Verdict) -> Verdict:
 
 
 def live_verdicts(f: Facts) -> LiveVerdicts:
-    """Verdicts for discovery and every model runner (each on its own copy of the facts' notes)."""
-    discovery = discovery_verdict(f.snapshot())
+    """Verdicts for discovery and every model runner (the rules read the facts and never change them)."""
+    discovery = discovery_verdict(f)
     runners = {}
     for p in sorted((p for p in f.live.procs.values() if p.cls in MODEL_CLASSES), key=lambda p: p.seq):
-        runners[p.key] = _after_discovery(runner_verdict(f.snapshot(), p), discovery)
+        runners[p.key] = _after_discovery(runner_verdict(f, p), discovery)
     return LiveVerdicts(discovery, runners, cuda_discovered(f), gpus_ev.nvml_gpus(f.live.nvml), cuda_saw(f))
 
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from launcher import devices
+from launcher import devices, error_codes
 from launcher.events import Event
 from launcher.evidence.facts import Facts, Handler, Proc, _d, _push
 from launcher.evidence.log_facts import _on_config
@@ -22,6 +22,7 @@ PROC_CAP: Final = 64  # processes remembered; the oldest ended ones go first
 # dlopen names whose failure matters: CPU variants and ggml's libnvidia-ml probes fail on healthy systems.
 GPU_DLOPEN: Final = re.compile(r"(?:^|/)lib(?:ggml-cuda|cuda\.so|cudart|cublas)")
 NVML_RISE_BYTES: Final = 128 << 20  # less than one CUDA context: below this a per-GPU rise proves nothing
+UNKNOWN_ERROR: Final = 999  # NVML_ERROR_UNKNOWN ("Unknown Error")
 
 
 def _live_key(f: Facts, e: Event) -> Proc | None:
@@ -123,16 +124,33 @@ def _on_ready(f: Facts, e: Event) -> None:
         f.generation_from = f.generation_from or "supervisor"
 
 
+def _nvml_code_cause(e: Event) -> str | None:
+    """The cause of an NVML event: its own, else its return code's (error_codes)."""
+    cause = _d(e, "cause")
+    code = _d(e, "code")
+    if not cause and isinstance(code, int):
+        cause = error_codes.code_cause("nvml", code)
+    return str(cause) if cause else None
+
+
 def _on_nvml_state(f: Facts, e: Event) -> None:
     f.live.nvml = e
-    cause = _d(e, "cause")
+    cause = _nvml_code_cause(e)
     if cause:
-        f.add_problem(str(cause), e, "install")
+        f.add_problem(cause, e, "install")
 
 
 def _on_nvml_failed(f: Facts, e: Event) -> None:
+    """NVML stopped answering: a code that names a cause (15: the GPU is lost) is a problem; NVML's "Unknown Error"
+    (999) after it had listed GPUs is a running container whose device access was revoked."""
     f.live.nvml_failed = e
     f.note(f"NVML stopped answering: {_d(e, 'reason')}")
+    cause = _nvml_code_cause(e)
+    had_gpus = f.live.nvml is not None and f.live.nvml.kind == "gpus" and bool(_d(f.live.nvml, "gpus"))
+    if cause is None and _d(e, "code") == UNKNOWN_ERROR and had_gpus:
+        cause = "container_gpu_access_lost"
+    if cause:
+        f.add_problem(cause, e, "runner")
 
 
 def _on_nvml_memory(f: Facts, e: Event) -> None:

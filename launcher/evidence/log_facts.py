@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from launcher.events import Event
-from launcher.evidence.facts import GPU_LIBRARIES, HIDE_ALL_VALUES, RUNNER_CAP, Facts, Handler, Runner, _d, _push
+from launcher.evidence.facts import (
+    GPU_LIBRARIES,
+    HIDE_ALL_VALUES,
+    RUNNER_CAP,
+    Facts,
+    Handler,
+    Runner,
+    _d,
+    _push,
+    event_cause,
+)
 from launcher.log_patterns import MIN_COMPUTE
 from launcher.vocabulary import FILTER_VARS
 
@@ -36,16 +49,42 @@ def _on_no_gpu(f: Facts, e: Event) -> None:
 
 def _on_problem(stage: str) -> Handler:
     def handle(f: Facts, e: Event) -> None:
-        f.add_problem(str(_d(e, "cause", "unknown")), e, stage)
+        f.add_problem(event_cause(e), e, stage)
     return handle
 
 
 def _on_cuda_init_failed(f: Facts, e: Event) -> None:
     if _d(e, "where") == "runner" and not f.discovery_mode:
         _push(f.runner.reports, e)
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "runner")
+        f.add_problem(event_cause(e), e, "runner")
     else:
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "discovery")
+        f.add_problem(event_cause(e), e, "discovery")
+
+
+LIBCUDA_PATH: Final = re.compile(r"(/[^\s\"]*/libcuda\.so[\d.]*)")
+NATIVE_LIBCUDA: Final = re.compile(r"^/usr/lib(?:64|/x86_64-linux-gnu|/aarch64-linux-gnu)?/libcuda\.so\.\d{3}")
+
+
+def _on_library_failed(f: Facts, e: Event) -> None:
+    """A driver library that did not work, its cause from the error (or its code); a Linux driver package's
+    versioned libcuda tried before WSL's own, which then fail, is WSL's libcuda shadowed (reference A.4's search
+    order: the native one first)."""
+    f.add_problem(event_cause(e), e, "discovery")
+    named = LIBCUDA_PATH.search(str(_d(e, "text", "")))
+    path = str(_d(e, "path", "") or (named[1] if named else ""))
+    if NATIVE_LIBCUDA.match(path) and f.native_libcuda is None:
+        f.native_libcuda = e
+    elif "/usr/lib/wsl/" in path and f.native_libcuda is not None:
+        f.add_problem("wsl_libcuda_path", f.native_libcuda, "discovery")
+
+
+def _on_nvml_failed(f: Facts, e: Event) -> None:
+    """`Failed to initialize NVML: <text>` (nvidia-smi's words, pasted beside Ollama's): the text's code names the
+    cause; NVML's "Unknown Error" after a GPU was found in this log is a container that lost its devices."""
+    cause = event_cause(e)
+    if cause == "unknown" and f.discovered and "unknown error" in str(_d(e, "error", "")).lower():
+        cause = "container_gpu_access_lost"
+    f.add_problem(cause, e, "runner" if f.discovered else "discovery")
 
 
 def _on_backend_failed(f: Facts, e: Event) -> None:
@@ -106,7 +145,7 @@ def _on_start(f: Facts, e: Event) -> None:
 
 def _on_failure(f: Facts, e: Event) -> None:
     if f.discovery_mode and e.kind == "runner_crash":
-        f.add_problem(str(_d(e, "cause", "unknown")), e, "discovery")
+        f.add_problem(event_cause(e), e, "discovery")
         return
     _push(f.runner.failures, e)
 

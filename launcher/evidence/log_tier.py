@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from launcher import device_evidence as gpus_ev
 from launcher.device_evidence import DeviceUse
 from launcher.events import Event
+from launcher.evidence.deciders import deciding_lines
 from launcher.evidence.facts import (
     CAUSE_PRIORITY,
     EXPECTED_CPU_CAUSES,
@@ -15,10 +16,13 @@ from launcher.evidence.facts import (
     Evidence,
     Facts,
     Problem,
+    Ruling,
     Runner,
     Verdict,
     _d,
     _ev,
+    event_cause,
+    settle,
 )
 from launcher.evidence.log_facts import _below_minimum
 from launcher.log_patterns import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
@@ -37,7 +41,7 @@ class Placement:
 def _trusted(f: Facts, e: Event) -> bool:
     if f.generation in OFFLOAD_LINE_TRUSTED:
         return OFFLOAD_LINE_TRUSTED[f.generation]
-    return _d(e, "form") != "llm_load_tensors"
+    return bool(_d(e, "form") != "llm_load_tensors")
 
 
 def _report_placement(f: Facts, r: Runner) -> Placement | None:
@@ -158,31 +162,33 @@ def _best(problems: Iterable[Problem]) -> Problem | None:
     return ranked[0] if ranked else None
 
 
-def _amd_problems(f: Facts) -> None:
+def _amd_problems(f: Facts) -> list[Problem]:
+    """AMD GPUs whose gfx targets the generation's ROCm does not ship (unless the operator overrode the check)."""
     if f.gfx_override or any(_d(e, "library") == "rocm" for e in f.discovered):
-        return
+        return []
     known = ROCM_TARGETS.get(f.generation or "")
     if known is None and f.generation is None:
         known = frozenset().union(*ROCM_TARGETS.values())
     if known is None:
-        return
+        return []
+    out = []
     for e in f.amd_targets:
         targets = [str(t) for t in _d(e, "targets", ()) or ()]
         if targets and not any(t in known for t in targets):
-            f.add_problem("unsupported_gpu_arch", e, "discovery")
+            out.append(Problem("unsupported_gpu_arch", e, "discovery"))
+    return out
 
 
-def _crashed(f: Facts) -> Runner | None:
-    """The last runner, if it failed and nothing started after it (a restart that worked is a finding, not a crash)."""
+def _crashed(f: Facts) -> tuple[Runner | None, tuple[str, ...]]:
+    """The last runner, if it failed and nothing started after it (a restart that worked is a finding, not a crash),
+    and the findings about earlier runners that failed."""
     last = f.runners[-1]
     fatal = [e for e in last.failures if e.kind != "runner_exited"]
     if fatal or (last.failures and last.ready is None):
-        return last
-    for r in f.runners[:-1]:
-        if r.failures:
-            f.finding("a runner failed earlier and a later one started (see lines "
-                      + ", ".join(str(_d(e, "line")) for e in r.failures[:3]) + ")")
-    return None
+        return last, ()
+    found = tuple("a runner failed earlier and a later one started (see lines "
+                  + ", ".join(str(_d(e, "line")) for e in r.failures[:3]) + ")" for r in f.runners[:-1] if r.failures)
+    return None, found
 
 
 def _vulkan_over_cuda(f: Facts) -> list[Evidence]:
@@ -200,8 +206,10 @@ def _cause_outcome(cause: str) -> str:
 
 def log_tier(f: Facts) -> Verdict:
     """The log-only rules (`explain`): runner reports beat scheduler plans; failures beat claims; silence is unknown.
-    The GPUs of the last load that reported any are named per device (`devices`)."""
-    v = _log_rules(f)
+    The GPUs of the last load that reported any are named per device (`devices`); an undecided cause says what would
+    decide it. Pure: the facts are read, never changed."""
+    v = settle(f, _log_rules(f))
+    v = replace(v, notes=tuple(dict.fromkeys((*v.notes, *deciding_lines(f, v)))))
     r = next((r for r in reversed(f.runners) if r.reports), None)
     if r is None or v.outcome not in ("gpu", "partial_offload", "cpu_fallback", "crash"):
         return v
@@ -223,74 +231,75 @@ def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
     return replace(v, devices=uses, notes=tuple(dict.fromkeys(notes)))
 
 
-def _log_rules(f: Facts) -> Verdict:
-    _amd_problems(f)
-    base = {"generation": f.generation, "version": f.version, "tier": "log"}
+def _log_rules(f: Facts) -> Ruling:
+    """The verdict and the rules' own notes (the facts' notes are added by `settle`)."""
+    notes: list[str] = []
+    problems = [*f.problems, *_amd_problems(f)]
+    crashed, earlier = _crashed(f)
+    findings = (*f.findings, *earlier)
+
+    def ruling(outcome: str, cause: str, evidence: Iterable[Evidence], visible: bool = True) -> Ruling:
+        v = Verdict(outcome, cause, tuple(evidence), (), findings, visible=visible, generation=f.generation,
+                    version=f.version, tier="log")
+        return v, tuple(notes)
+
     if f.version_unknown:
-        f.note(f"Ollama {f.version} is newer than the generation tables: only the patterns common to every "
-               "generation were used")
+        notes.append(f"Ollama {f.version} is newer than the generation tables: only the patterns common to "
+                     "every generation were used")
     elif f.generation is None:
-        f.note("no Ollama version in the log and no generation-specific line: only common patterns were used")
+        notes.append("no Ollama version in the log and no generation-specific line: only common patterns were used")
     elif f.generation_from == "inferred":
-        f.note(f"no version line; generation {f.generation} inferred from its own log lines")
-    active = [p for p in f.problems if not p.superseded]
+        notes.append(f"no version line; generation {f.generation} inferred from its own log lines")
+    active = [p for p in problems if not p.superseded]
     place = placement(f)
 
-    crashed = _crashed(f)
     if crashed is not None:
-        causes = [p for p in f.problems if p.cause != "device_filter_hides_gpu"]
-        causes += [Problem(str(_d(e, "cause")), e, "runner") for e in crashed.failures
-                   if _d(e, "cause") not in (None, "unknown", "device_filter_hides_gpu")]
+        causes = [p for p in problems if p.cause != "device_filter_hides_gpu"]
+        causes += [Problem(event_cause(e), e, "runner") for e in crashed.failures
+                   if event_cause(e) not in ("unknown", "device_filter_hides_gpu")]
         best = _best(causes)
-        ev = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
+        failed = [_ev(e, "the runner failed") for e in crashed.failures[:4]]
         if best:
-            ev.append(_ev(best.event, f"cause: {best.cause}"))
-        return Verdict("crash", best.cause if best else "unknown", tuple(ev), tuple(f.notes), tuple(f.findings),
-                       **base)
+            failed.append(_ev(best.event, f"cause: {best.cause}"))
+        return ruling("crash", best.cause if best else "unknown", failed)
 
     if place.where == "partial":
-        return Verdict("partial_offload", "insufficient_vram", place.evidence, tuple(f.notes), tuple(f.findings),
-                       **base)
+        return ruling("partial_offload", "insufficient_vram", place.evidence)
     if place.where == "gpu":
         vulkan = _vulkan_over_cuda(f)
         if vulkan:
-            return Verdict("gpu", "vulkan_selected_over_cuda", place.evidence + tuple(vulkan), tuple(f.notes),
-                           tuple(f.findings), **base)
+            return ruling("gpu", "vulkan_selected_over_cuda", place.evidence + tuple(vulkan))
         if place.level == "plan" and not f.discovered:
-            f.note("only the scheduler's plan is in the log: it is an estimate, not proof of GPU use")
-        ev = place.evidence + tuple(_ev(e, "GPU discovered") for e in f.discovered[:2])
-        return Verdict("gpu", "none", ev, tuple(f.notes), tuple(f.findings), **base)
+            notes.append("only the scheduler's plan is in the log: it is an estimate, not proof of GPU use")
+        return ruling("gpu", "none", place.evidence + tuple(_ev(e, "GPU discovered") for e in f.discovered[:2]))
 
-    runner_problems = [p for p in f.problems if p.stage == "runner"]
+    runner_problems = [p for p in problems if p.stage == "runner"]
     best = _best(active + [p for p in runner_problems if p not in active])
     if place.where == "cpu" or (place.where is None and best is not None):
         if best is not None:
-            ev = (_ev(best.event, f"cause: {best.cause}"), *place.evidence)
-            return Verdict(_cause_outcome(best.cause), best.cause, ev, tuple(f.notes), tuple(f.findings), **base)
+            return ruling(_cause_outcome(best.cause), best.cause,
+                          (_ev(best.event, f"cause: {best.cause}"), *place.evidence))
         if f.discovered:
             plan = [e for r in f.runners for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") == 0]
             cause = "insufficient_vram" if plan and (_d(plan[-1], "requested") or -1) < 0 else "unknown"
-            ev = place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2])
-            return Verdict("cpu_fallback", cause, ev, tuple(f.notes), tuple(f.findings), **base)
+            return ruling("cpu_fallback", cause,
+                          place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2]))
         if f.no_gpu:
-            ev = place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2])
-            return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **base)
-        f.note("the model ran on the CPU but the log does not show GPU discovery: if this machine has no usable GPU, "
-               "this is expected")
-        return Verdict("cpu_fallback", "unknown", place.evidence, tuple(f.notes), tuple(f.findings), **base)
+            return ruling("cpu_expected", "none", place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2]))
+        notes.append("the model ran on the CPU but the log does not show GPU discovery: if this machine has no usable "
+                     "GPU, this is expected")
+        return ruling("cpu_fallback", "unknown", place.evidence)
 
     if f.discovered:
-        f.note("a GPU was discovered but no model load is in the log: load a model and look again")
+        notes.append("a GPU was discovered but no model load is in the log: load a model and look again")
         vulkan = _vulkan_over_cuda(f)
-        ev = tuple(_ev(e, "GPU discovered") for e in f.discovered[:3]) + tuple(vulkan)
-        return Verdict("gpu", "vulkan_selected_over_cuda" if vulkan else "none", ev, tuple(f.notes),
-                       tuple(f.findings), **base)
+        return ruling("gpu", "vulkan_selected_over_cuda" if vulkan else "none",
+                      tuple(_ev(e, "GPU discovered") for e in f.discovered[:3]) + tuple(vulkan))
     if f.no_gpu:
-        ev = tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:3])
-        return Verdict("cpu_expected", "none", ev, tuple(f.notes), tuple(f.findings), **base)
+        return ruling("cpu_expected", "none", (_ev(e, "no usable GPU") for e in f.no_gpu[:3]))
     if f.verbosity is not None and f.verbosity < 4:
-        f.note("llama-server at its default verbosity prints no device, offload or buffer line: rerun with -lv 4 "
-               "(Ollama: OLLAMA_DEBUG=1) to see where the model runs")
+        notes.append("llama-server at its default verbosity prints no device, offload or buffer line: rerun with "
+                     "-lv 4 (Ollama: OLLAMA_DEBUG=1) to see where the model runs")
     else:
-        f.note("nothing in this log shows where the model runs (no discovery, load or runner lines)")
-    return Verdict("unknown", "unknown", (), tuple(f.notes), tuple(f.findings), visible=False, **base)
+        notes.append("nothing in this log shows where the model runs (no discovery, load or runner lines)")
+    return ruling("unknown", "unknown", (), visible=False)

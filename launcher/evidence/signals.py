@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
+from launcher import error_codes
 from launcher.events import Event
 from launcher.evidence.facts import HIDE_ALL_VALUES, Evidence, Facts, Proc, Runner, Signal, _d, _lev, _rank
 from launcher.evidence.live_facts import NVML_RISE_BYTES
@@ -15,19 +15,20 @@ from launcher.log_patterns import DLERROR_CAUSES, classify
 
 # --- the live tier: two independent signals for `gpu`, a GPU seen by NVML or the shim for `cpu_fallback` -----------
 
-# cuInit results (CUresult, cuda.h) → cause. 100 (no device) depends on who set the device filter: _no_device_cause.
-CU_INIT_CAUSES: Final[Mapping[int, str]] = {
-    34: "stub_library",  # CUDA_ERROR_STUB_LIBRARY: the toolkit's stubs/libcuda.so was loaded as libcuda.so.1
-    35: "driver_too_old",  # CUDA_ERROR_INSUFFICIENT_DRIVER
-    46: "permission_denied",  # CUDA_ERROR_DEVICE_UNAVAILABLE: exclusive-process compute mode, device taken
-    500: "driver_container_incompat",  # CUDA_ERROR_NOT_FOUND at init: the container runtime's driver mismatch
-    803: "driver_library_mismatch",  # CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: kernel module and libcuda differ
-    804: "driver_library_mismatch",  # CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: forward-compat libcuda mismatch
-    999: "uvm_not_loaded",  # CUDA_ERROR_UNKNOWN: nvidia_uvm missing or broken (reference: after suspend/resume)
-}
-# Context creation results beyond cuInit's.
-CTX_CAUSES: Final[Mapping[int, str]] = {**CU_INIT_CAUSES, 2: "insufficient_vram"}  # CUDA_ERROR_OUT_OF_MEMORY
+# cuInit and context-creation results are CUresults: their causes come from the error-code table (error_codes.py).
+# 100 (no device) depends on who set the device filter: _no_device_cause.
 NO_DEVICE: Final = 100
+
+
+def _code_cause(code: int) -> str:
+    """The cause a CUresult implies ("unknown" when the table names none)."""
+    return error_codes.code_cause("cu", code) or "unknown"
+
+
+def _code_name(code: int) -> str:
+    """`802 (CUDA_ERROR_SYSTEM_NOT_READY: system not yet initialized)`, or the number alone."""
+    found = error_codes.lookup("cu", code) or error_codes.lookup("cudart", code)
+    return f"{code} ({found.name}: {found.text})" if found is not None else str(code)
 
 
 def _mib(n: int) -> str:
@@ -67,7 +68,7 @@ def _shim_causes(f: Facts, p: Proc) -> list[tuple[str, Event, str]]:
         if code == NO_DEVICE:
             out.append((_no_device_cause(f, p), e, "cuInit: no CUDA-capable device (100)"))
         elif code:
-            out.append((CU_INIT_CAUSES.get(code, "unknown"), e, f"cuInit failed with {code}"))
+            out.append((_code_cause(code), e, f"cuInit failed with {_code_name(code)}"))
     for e in p.dlopen_failed:
         if not _dlopen_superseded(p, e):
             cause = classify(str(_d(e, "error", "")), DLERROR_CAUSES, "backend_load_failed")
@@ -75,7 +76,7 @@ def _shim_causes(f: Facts, p: Proc) -> list[tuple[str, Event, str]]:
     failed = [e for e in p.ctx if int(_d(e, "result", 0))]
     if failed and not any(int(_d(e, "result", 1)) == 0 for e in p.ctx):
         code = int(_d(failed[-1], "result", 0))
-        out.append((CTX_CAUSES.get(code, "unknown"), failed[-1], f"context creation failed with {code}"))
+        out.append((_code_cause(code), failed[-1], f"context creation failed with {_code_name(code)}"))
     return out
 
 
@@ -131,12 +132,10 @@ def _nvml_signal(f: Facts, p: Proc, settled: bool) -> Signal | None:
     if p.nvml_listed is not None:
         return Signal("nvml", "gpu", "strong", (_lev(p.nvml_listed, f"NVML: pid {p.pid} holds "
                                                                      f"{_mib(p.nvml_bytes)} of GPU memory"),))
-    if p.rise >= NVML_RISE_BYTES and p.rise_event is not None:
-        if p.rise_shared:
-            f.note(f"GPU memory rose by {_mib(p.rise)} while several runners were alive: not attributed")
-        else:
-            return Signal("nvml", "gpu", "strong", (_lev(p.rise_event, f"GPU memory rose by {_mib(p.rise)} while "
-                                                                        "it was the only runner"),))
+    if p.rise >= NVML_RISE_BYTES and p.rise_event is not None and not p.rise_shared:
+        # a rise while several runners were alive is not attributed (the runner's verdict says so)
+        return Signal("nvml", "gpu", "strong", (_lev(p.rise_event, f"GPU memory rose by {_mib(p.rise)} while "
+                                                                    "it was the only runner"),))
     late = p.nvml_last_seq > f.live.log_seq  # the latest sample came after the latest log line
     if settled and late and p.nvml_last_listed is False:
         return Signal("nvml", "cpu", "medium", (_lev(nvml, f"NVML lists no GPU memory for pid {p.pid}"),))

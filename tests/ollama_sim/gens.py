@@ -78,7 +78,8 @@ D = Generation(
         "gpu_discover": ("{exe}", "gpu-discover", "{lib_dir_args*}"),
         "model": ("{llama_server}", "--model", "{model}", "--port", "{port}", "--host", "127.0.0.1", "--no-webui",
                   "--offline", "-c", "{ctx}", "-np", "{parallel}", "--log-verbosity", "4", "--no-log-prefix",
-                  "--no-log-timestamps", "{load_mode*}", "--flash-attn", "auto", "-b", "{batch}", "-ub", "{batch}",
+                  "--no-log-timestamps", "{load_mode*}", "{kv_cache*}", "--flash-attn", "auto", "-b", "{batch}",
+                  "-ub", "{batch}",
                   "--context-shift", "--keep", "4"),
     },
     env={

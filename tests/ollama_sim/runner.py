@@ -139,6 +139,21 @@ def check_model(path: str, emit_error: Any) -> gguf.ModelInfo:
     return model
 
 
+def breakdown_lines(loaded: ggml.Loaded, model: gguf.ModelInfo, ctx: int) -> list[str]:
+    """common_memory_breakdown_print for the initial parameters (every layer on the GPU), in llama.cpp's columns:
+    total = free + (self = model + context + compute) + unaccounted, MiB."""
+    head = "common_memory_breakdown_print: "
+    out = [head + "| memory breakdown [MiB]     | total    free    self   model   context   compute    unaccounted |"]
+    weights, kv, compute = cuda.mib(model.size), cuda.mib(ctx * 512), 2
+    for d in loaded.cuda_devices:
+        used = weights + kv + compute
+        name = f"CUDA{d.ordinal} ({d.name.removeprefix('NVIDIA ')})"
+        other = cuda.mib(d.total) - cuda.mib(d.free) - used
+        out.append(f"{head}|   - {name:<22} | {cuda.mib(d.total):5d} = {cuda.mib(d.free):5d} + ({used:4d} = "
+                   f"{weights:5d} + {kv:7d} + {compute:7d}) + {other:14d} |")
+    return out
+
+
 def buffer_lines(p: Placement, cpu_name: str, ctx: int) -> list[str]:
     """load_tensors / kv cache / compute buffer lines for a placement (one line per device that holds layers)."""
     lines = []
@@ -222,6 +237,8 @@ def llama_server(prog: str, argv: list[str]) -> int:
     p = place(loaded, model, a.ngl)
     plain("cmn  common_init_: fitting params to device memory ...")
     plain("common_params_fit_impl: getting device memory data for initial parameters:")
+    for line in breakdown_lines(loaded, model, a.ctx):
+        plain(line)
     if p.device is not None:
         plain(f"common_params_fit_impl: projected to use {cuda.mib(p.gpu_bytes) + 1} MiB of device memory vs. "
               f"{cuda.mib(p.device.free)} MiB of free device memory")

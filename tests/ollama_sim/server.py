@@ -142,8 +142,14 @@ class Sim:
         gpudir = (gpu.gpudir or self.layout.cuda_dir_for(self._variant(gpu))) if gpu else ""
         visible = ",".join(g.uuid if self.gen.name == "B" else self._remap(str(g.index)) for g in gpus)
         layers = ["--n-gpu-layers", str(999)] if gpu else []
+        # As Ollama: -c is num_ctx times OLLAMA_NUM_PARALLEL; OLLAMA_KV_CACHE_TYPE becomes --cache-type-k/-v.
+        par = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+        parallel = int(par) if par.isdigit() and int(par) > 0 else 1
+        kv_type = os.environ.get("OLLAMA_KV_CACHE_TYPE", "")
+        kv_cache = ["--cache-type-k", kv_type, "--cache-type-v", kv_type] if kv_type else []
         return {"exe": self.layout.exe, "llama_server": self.layout.llama_server, "model": str(model.blob),
-                "port": str(port), "ctx": str(ctx), "parallel": "1", "batch": "512",
+                "port": str(port), "ctx": str(ctx * parallel), "parallel": str(parallel), "batch": "512",
+                "kv_cache": kv_cache,
                 "threads": str(sysinfo.threads()), "load_mode": [] if gpu else ["--load-mode", "none"],
                 "gpu_layers": layers, "libdir": self.layout.libdir, "gpudir": gpudir,
                 "backend": self.layout.backend_in(gpudir) if gpudir else "", "visible": visible,
