@@ -85,13 +85,14 @@ _MID_WORD_START: Final = re.compile(r"[a-z0-9]")
 _TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
 _SLOG_HEAD: Final = ("time=", "level=", "source=")
+_LABEL: Final = re.compile(r'[^\s=":]+:\s')
 
 
 def _slog_tail(record: str, text: str) -> bool:
     """A Go slog record goes on in a line that reads like more of its `key=value` pairs, or a lone token (a single
     wrapped line leaves no terminal width to learn)."""
-    if not (record.startswith(_SLOG_HEAD) or record.find("msg=", 0, 200) >= 0):
-        return False
+    if not (record.startswith(_SLOG_HEAD) or record.find("msg=", 0, 200) >= 0) or _LABEL.match(text):
+        return False  # ("NVRM: Xid ... pid=1234": a line that opens with a label is a record; a slog tail cannot)
     if "=" in text or '"' in text:
         return '"' in text or _key_value(text)
     # words without `key=` are a record of their own; a short lone token ("[cpu]", "5.2") is a tail

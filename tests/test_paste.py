@@ -180,8 +180,19 @@ class TestWrapped:
         for nxt in ["cuInit err: 500", "ERROR: ld.so: object '/x.so' from LD_PRELOAD cannot be preloaded",
                     "[1706635646] system info: AVX = 1 | AVX2 = 0", "loading library /tmp/o/cuda_v12/libext_server.so",
                     'source=ggml.go:498 msg="offloaded 25/25 layers to GPU"', GGML, DEVICE,
-                    "0.00.006.542 E load_backend: failed to load /x/libggml-cuda.so", "goroutine 1 [running]:"]:
+                    "0.00.006.542 E load_backend: failed to load /x/libggml-cuda.so", "goroutine 1 [running]:",
+                    "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=ollama, GPU has fallen off the bus."]:
             assert texts(f"{SLOG}\n{nxt}") == [SLOG, strip_prefixes(nxt)[0]], nxt
+
+    def test_no_row_sample_is_taken_for_a_tail(self) -> None:
+        """Every line a pattern row reads (tests/test_ollama_logs_rows.py) stays its own record after a version
+        line, a long slog line or a GGML line: the joiner never hides evidence inside the record before it."""
+        from tests.test_ollama_logs_rows import SAMPLES
+
+        for version_line, line, _, _ in SAMPLES:
+            for before in (version_line, SLOG, GGML):
+                got = texts(f"{before}\n{line}")
+                assert len(got) == 2 and got[-1] == strip_prefixes(line)[0], (before, line)
 
     def test_runaway_quote_stops_joining(self) -> None:
         """An unclosed quote joins a bounded number of lines, then records flow again."""
