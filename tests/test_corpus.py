@@ -38,8 +38,6 @@ KNOWN_MISSES: dict[str, str] = {
         "runner 'system' line listing only CPU features (no CUDA backend loaded) not read as missing GPU backends",
     "cpu_fallback-missing_gpu_runners-unk-7622":
         "plan of 33 CUDA layers but a cpu_avx2 runner started: the missing CUDA runner is not inferred",
-    "cpu_fallback-unsupported_gpu_arch-unk-rocmlibs-30":
-        "several records glued on one line with Markdown ** around the 'amdgpu is not supported' record",
     "cpu_fallback-permission_denied-0.4.2-7723":
         "'amdgpu devices detected but permission problems block access' (no time field) not recognised",
     "cpu_fallback-permission_denied-unk-pr6736":
