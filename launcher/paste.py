@@ -188,7 +188,7 @@ def _json_message(text: str) -> tuple[list[str], int | None] | None:
     """`journalctl -o json`: the MESSAGE (a string, or a byte array when it held control bytes) and `_PID`."""
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the decoder goes
         return None
     if not isinstance(obj, dict) or "MESSAGE" not in obj:
         return None

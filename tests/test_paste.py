@@ -104,6 +104,12 @@ class TestJournalJson:
         other = '{"MESSAGE": 5}'
         assert texts(other) == [other]
 
+    def test_hostile_json_passes_through(self) -> None:
+        """Deeply nested or broken JSON that mentions MESSAGE is text like any other, never an exception."""
+        deep = '{"MESSAGE":' + "[" * 10_000  # deeper than the decoder recurses, shorter than the line limit
+        broken = '{"MESSAGE": "x", "_PID": "12'
+        assert texts(f"{deep}\n{broken}") == [deep, broken]
+
     def test_llama_server_json_is_not_journald(self) -> None:
         """The old runner's own JSON lines (lower-case keys) are not unwrapped."""
         line = '{"timestamp":1701246123,"level":"INFO","function":"main","line":2534,"message":"build info"}'
