@@ -121,10 +121,12 @@ class ChildRegistry:
             actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
         with self._lock:  # registered before the reaper can see it exit
             try:
-                group = {"setpgroup": 0} if own_group else {}
-                pid = os.posix_spawnp(
-                    argv[0], list(argv), dict(env), file_actions=actions, setsigmask=(), setsigdef=HANDLED, **group
-                )
+                if own_group:
+                    pid = os.posix_spawnp(argv[0], list(argv), dict(env), file_actions=actions, setsigmask=(),
+                                          setsigdef=HANDLED, setpgroup=0)
+                else:
+                    pid = os.posix_spawnp(argv[0], list(argv), dict(env), file_actions=actions, setsigmask=(),
+                                          setsigdef=HANDLED)
             except OSError as err:
                 raise SpawnError(argv[0], err) from None
             finally:

@@ -7,21 +7,20 @@ fed under a lock; verdicts are judged and acted on only in the loop's thread (`t
 from __future__ import annotations
 
 import threading
-import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from launcher.config import Settings
+from launcher.directives import Directive, Fail, RestartWith, View
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.restarts import RemedyBudget
-from launcher.supervisor import State, Supervisor
 
-NVML_INTERVAL = 1.0
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
 DISCOVERY_GRACE = 30.0  # READY waits at most this long after /api/version for the discovery verdict
 UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown generation: observe, do not wait)
@@ -29,6 +28,12 @@ UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown gen
 # shim and /proc settled before those lines waits this long for them (they carry the filter's reading).
 DISCOVERY_LINES_GRACE = 3.0
 GENERATIONS_WITH_START_DISCOVERY = frozenset({"A", "B", "C", "D"})
+# Memory stays bounded however long Ollama runs: the newest decisions, remedies and advice are kept, and per-runner
+# entries go with their process.
+MAX_DECISIONS = 256
+MAX_APPLIED = 64
+MAX_ADVISED = 64
+MAX_RUNNERS = 32
 
 
 def _key(verdict: Verdict) -> tuple[str, str]:
@@ -46,17 +51,15 @@ class Controller:
     remedy_context: Callable[[Mapping[str, str], str | None, bool], RemedyContext] | None = None
     board: Board = field(default_factory=Board)
     verdicts: LiveVerdicts | None = None
-    applied: list[dict[str, Any]] = field(default_factory=list)
+    applied: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_APPLIED))
     advised: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_DECISIONS))
     failed_require_gpu: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _dirty: bool = False
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
     _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    nvml: Any = None  # launcher.nvml.NvmlSampler, sampled from the loop every NVML_INTERVAL
-    _last_sample: float = 0.0
 
     # --- events (any thread) --------------------------------------------------------------------------------
 
@@ -72,24 +75,21 @@ class Controller:
 
     # --- the loop's thread ------------------------------------------------------------------------------------
 
-    def tick(self, sup: Supervisor) -> None:
-        """Judge (at most every JUDGE_INTERVAL while events arrive) and act on what changed."""
-        t = time.monotonic()
-        if self.nvml is not None and t - self._last_sample >= NVML_INTERVAL:
-            self._last_sample = t
-            first = self.nvml.state is None
-            for event in self.nvml.start() if first else self.nvml.sample():
-                self.sink(event)
+    def tick(self, view: View, t: float) -> list[Directive]:
+        """Judge (at most every JUDGE_INTERVAL while events arrive); what the supervisor should do about it."""
         if not self._dirty or t - self._last_judged < JUDGE_INTERVAL:
-            return
+            return []
         with self._lock:
             self._dirty = False
             self._last_judged = t
             verdicts = self.board.live()
             generation = self.board.facts.generation
         self.verdicts = verdicts
+        out: list[Directive] = []
         subjects = [("discovery", "discovery", verdicts.discovery)]
-        subjects += [(f"runner {pid}", "runner", v) for (pid, _st), v in verdicts.runners.items()]
+        newest = list(verdicts.runners.items())[-MAX_RUNNERS:]  # an ended runner's verdict stays until pushed out
+        subjects += [(f"runner {pid}", "runner", v) for (pid, _st), v in newest]
+        self._forget_gone({subject for subject, _w, _v in subjects})
         for subject, which, verdict in subjects:
             if self._seen.get(subject) != _key(verdict):
                 self._seen[subject] = _key(verdict)
@@ -100,8 +100,16 @@ class Controller:
             if self._decided.get(subject) == decided:
                 continue
             self._decided[subject] = decided
-            self._act(sup, which, subject, verdict, generation)
-        self._check_require_gpu(sup, verdicts, generation)
+            out.extend(self._act(view, which, subject, verdict, generation))
+        out.extend(self._check_require_gpu(verdicts, generation))
+        return out
+
+    def _forget_gone(self, subjects: set[str]) -> None:
+        """A runner's entries end once it is no longer among the newest MAX_RUNNERS the board lists."""
+        for table in (self._seen, self._decided):
+            for subject in [s for s in table if s not in subjects]:
+                del table[subject]
+        self.advised = {k: v for k, v in self.advised.items() if k[0] in subjects or not k[0].startswith("runner ")}
 
     def _emit_verdict(self, subject: str, verdict: Verdict) -> None:
         level = "info" if verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none",
@@ -111,23 +119,24 @@ class Controller:
                                  signals=list(verdict.signals), disagreement=list(verdict.disagreement) or None)
         self.record(Event("supervisor", "verdict", now(), None, {"subject": subject, **verdict.to_dict()}))
 
-    def _act(self, sup: Supervisor, which: str, subject: str, verdict: Verdict, generation: str | None) -> None:
-        situation = Situation(verdict, which, self.settings.mode, generation, ready=sup.state is State.RUNNING,
-                              runner_alive=sup.model_runner_alive(), t=now())
+    def _act(self, view: View, which: str, subject: str, verdict: Verdict,
+             generation: str | None) -> list[Directive]:
+        situation = Situation(verdict, which, self.settings.mode, generation, ready=view.ready,
+                              runner_alive=view.runner_alive, t=now())
         cuda = bool(self.verdicts and self.verdicts.cuda_discovered)
-        ctx = self.remedy_context(sup.plan.env, generation, cuda) if self.remedy_context else RemedyContext(
-            env=sup.plan.env, may_override=self.settings.may_override, generation=generation, cuda_discovered=cuda)
+        ctx = self.remedy_context(view.plan.env, generation, cuda) if self.remedy_context else RemedyContext(
+            env=view.plan.env, may_override=self.settings.may_override, generation=generation, cuda_discovered=cuda)
         if self.verdicts is not None:  # the GPUs in UUIDs, for device-filter remedies
             ctx = replace(ctx, gpus=self.verdicts.gpus, cuda_saw=self.verdicts.cuda_saw)
         decision = decide(situation, ctx, self.budget)
         self.record(decision.event)
         self.decisions.append(dict(decision.event.data))
         if decision.action is Action.NOTHING:
-            return
+            return []
         if decision.action is Action.ADVISE or decision.patch is None:
             self._advise(subject, decision)
-            return
-        self._apply(sup, subject, decision)
+            return []
+        return [self._apply(view, subject, decision)]
 
     def _advise(self, subject: str, decision: Decision) -> None:
         plan = decision.plan
@@ -137,10 +146,12 @@ class Controller:
         if (subject, decision.cause) not in self.advised:
             self.log.warning("advice", **item)
         self.advised[(subject, decision.cause)] = item
+        while len(self.advised) > MAX_ADVISED:
+            del self.advised[next(iter(self.advised))]
 
-    def _apply(self, sup: Supervisor, subject: str, decision: Decision) -> None:
+    def _apply(self, view: View, subject: str, decision: Decision) -> Directive:
         patch = decision.patch or {}
-        plan = with_patch(sup.plan, patch, f"remedy for {decision.cause}")
+        plan = with_patch(view.plan, patch, f"remedy for {decision.cause}")
         immediately = decision.action is Action.APPLY_NOW
         self.budget.record(patch, decision.cause)
         item = {"subject": subject, "cause": decision.cause, "changes": list(decision.plan.changes)
@@ -149,23 +160,22 @@ class Controller:
         self.log.warning("remedy", **item)
         if not immediately:
             self._advise(subject, decision)
-        sup.restart_with(plan, f"remedy for {decision.cause}", immediately=immediately)
+        return RestartWith(plan, f"remedy for {decision.cause}", immediately=immediately)
 
-    def _check_require_gpu(self, sup: Supervisor, verdicts: LiveVerdicts, generation: str | None) -> None:
+    def _check_require_gpu(self, verdicts: LiveVerdicts, generation: str | None) -> list[Directive]:
         """OGPU_REQUIRE_GPU: no usable GPU after discovery (and nothing left to try) ends the service with exit 4."""
         if not self.settings.require_gpu or self.failed_require_gpu:
-            return
+            return []
         discovery = verdicts.discovery
         if discovery.outcome in ("unknown", "gpu"):
-            return
-        pending = any(d.get("action") in (Action.APPLY_NOW.value, Action.APPLY_WHEN_IDLE.value)
-                      for d in self.decisions[-1:])
-        if pending:
-            return
+            return []
+        last = self.decisions[-1] if self.decisions else {}
+        if last.get("action") in (Action.APPLY_NOW.value, Action.APPLY_WHEN_IDLE.value):
+            return []
         self.failed_require_gpu = True
         self.log.error("no_usable_gpu", outcome=discovery.outcome, cause=discovery.cause,
                        action="OGPU_REQUIRE_GPU is set: stopping with exit 4")
-        sup.fail(4)
+        return [Fail(4)]
 
     # --- READY and status ------------------------------------------------------------------------------------
 
@@ -190,25 +200,25 @@ class Controller:
         last = self.decisions[-1] if self.decisions else None
         return not (last and last.get("which") == "discovery" and last.get("action") == Action.APPLY_NOW.value)
 
-    def status(self, sup: Supervisor) -> dict[str, Any]:
+    def status(self, view: View) -> dict[str, Any]:
         """The document `ollama-gpu status` prints."""
         verdicts = self.verdicts
         facts = self.board.facts
         discovery = verdicts.discovery.to_dict() if verdicts else {"outcome": "unknown", "cause": "unknown"}
         runners = [{"pid": pid, "start_time": st, **v.to_dict()} for (pid, st), v in
-                   (verdicts.runners.items() if verdicts else [])]
+                   (list(verdicts.runners.items())[-MAX_RUNNERS:] if verdicts else [])]
         acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
         what = self._what_to_do(discovery, runners)
         return {
-            "running": True, "state": sup.state.value, "mode": self.settings.mode.value,
-            "ready": sup.state is State.RUNNING, "discovery_acceptable": acceptable,
-            "ollama": {"pid": sup.ollama.pid if sup.ollama else None, "version": facts.version or sup.version,
+            "running": True, "state": view.state.value, "mode": self.settings.mode.value,
+            "ready": view.ready, "discovery_acceptable": acceptable,
+            "ollama": {"pid": view.ollama_pid, "version": facts.version or view.version,
                        "generation": facts.generation, "host": self.settings.host.netloc},
             "discovery": discovery, "runners": runners,
-            "remedies": {"applied": self.applied, "advised": list(self.advised.values()),
+            "remedies": {"applied": list(self.applied), "advised": list(self.advised.values()),
                          "budget": self.budget.summary()},
-            "crash_restarts": {"recent": sup.crash_budget.recent, "max": sup.crash_budget.max_restarts},
-            "restarts": sup.restarts, "what_to_do": what,
+            "crash_restarts": {"recent": view.crash_recent, "max": view.crash_max},
+            "restarts": view.restarts, "what_to_do": what,
         }
 
     def _what_to_do(self, discovery: Mapping[str, Any], runners: list[dict[str, Any]]) -> str:

@@ -7,56 +7,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# Generations: "0" = 0.1.x–0.2.x (pre-slog and early slog), A–D as in the reference.
-GENERATIONS: Final = ("0", "A", "B", "C", "D")
-ALL: Final = frozenset(GENERATIONS)
-
-# (first version, first version not included, generation). v0.25–v0.29 were never tagged; v0.34+ is not known yet.
-VERSION_TABLE: Final = (
-    ((0, 0, 0), (0, 3, 0), "0"),
-    ((0, 3, 0), (0, 5, 8), "A"),
-    ((0, 5, 8), (0, 12, 4), "B"),
-    ((0, 12, 4), (0, 26, 0), "C"),
-    ((0, 30, 0), (0, 34, 0), "D"),
+from launcher.generations import (
+    ALL,
+    GENERATIONS,
+    MIN_COMPUTE,
+    OFFLOAD_LINE_TRUSTED,
+    ROCM_TARGETS,
+    VERSION_TABLE,
+    generation_of,
+    parse_version,
 )
 
-# Whether the runner's `offloaded N/M layers to GPU` proves placement (reference A.5 trap: in the gen 0/A llama.cpp
-# `llama_supports_gpu_offload()` is a compile-time constant, so the line is printed even after CUDA init failed).
-OFFLOAD_LINE_TRUSTED: Final = {"0": False, "A": False, "B": True, "C": True, "D": True}
-
-# Lowest CUDA compute capability any generation's bundled CUDA build runs on (reference A.4, B.4, D.3: 5.0).
-MIN_COMPUTE: Final = {"0": 5.0, "A": 5.0, "B": 5.0, "C": 5.0, "D": 5.0}
-
-# gfx targets of the ROCm builds Ollama shipped (Dockerfile / CMake presets of each era); an AMD GPU outside the list
-# is dropped unless HSA_OVERRIDE_GFX_VERSION is set. "0"/A: ROCm 5.7–6.1; B on: ROCm 6.x with RDNA1/3.5/4 added.
-ROCM_TARGETS: Final = {
-    "0": frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx940", "gfx941", "gfx942", "gfx1030", "gfx1100",
-                    "gfx1101", "gfx1102"}),
-    "A": frozenset({"gfx900", "gfx906", "gfx908", "gfx90a", "gfx940", "gfx941", "gfx942", "gfx1030", "gfx1100",
-                    "gfx1101", "gfx1102"}),
-}
+# Generation knowledge lives in launcher.generations; re-exported here for the modules that import it from the rows.
+__all__ = ["ALL", "GENERATIONS", "MIN_COMPUTE", "OFFLOAD_LINE_TRUSTED", "ROCM_TARGETS", "VERSION_TABLE",
+           "generation_of", "parse_version"]
 
 Data = dict[str, Any]
 Builder = Callable[[re.Match[str]], "Data | None"]
-
-
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    """`0.12.4`, `0.30.0-rc2`, `v0.1.9` → a tuple; None when it is not a version."""
-    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not m:
-        return None
-    return int(m[1]), int(m[2]), int(m[3] or 0)
-
-
-def generation_of(version: str) -> str | None:
-    """The generation of an Ollama version, or None when the table does not know it."""
-    v = parse_version(version)
-    if v is None:
-        return None
-    for first, stop, gen in VERSION_TABLE:
-        if first <= v < stop:
-            return gen
-    return None
 
 
 # --- cause tables: text of an error → cause -------------------------------------------------------------------
@@ -227,7 +194,7 @@ def _library_failed(m: re.Match[str]) -> Data:
 
 
 def _backend_failed(m: re.Match[str]) -> Data:
-    path, error = m["path"], m["error"].strip()
+    path, error = m["path"], (m["error"] or "").strip()
     gpu = re.search(r"ggml-(?!cpu|base)(\w+)", path)
     return {"path": path[-300:], "error": error[:500], "backend": gpu[1] if gpu else None,
             "cause": classify(error, DLERROR_CAUSES, "backend_load_failed")}
@@ -342,6 +309,15 @@ def _crash(cause: str = "unknown") -> Builder:
     return build
 
 
+def _combination_removed(m: re.Match[str]) -> Data:
+    f = kv(m.string)
+    data: Data = {k: f[k] for k in ("libDir", "description", "compute", "pci_id") if k in f}
+    if f.get("compute", "").startswith("gfx") and "vulkan" not in f.get("libDir", "").lower():
+        return {"kind": "gpu_dropped", "cause": "unsupported_gpu_arch", "library": "rocm",
+                "name": f.get("description"), **data}
+    return data
+
+
 def _amd_versions(m: re.Match[str]) -> Data:
     return {"targets": [t.split(":")[0] for t in _list(m["list"]) if t.startswith("gfx")]}
 
@@ -374,7 +350,7 @@ GEN_D = frozenset({"D"})
 ROWS: Final[tuple[Row, ...]] = (
     # identity and configuration (all generations)
     Row("version", "Listening on", _r(r"Listening on (?P<address>\S+) \(version (?P<version>[^)\s]+)\)")),
-    Row("server_config", "server config", _r(r"server config"), _server_config),
+    Row("server_config", "server config", _r(r"(?<!read )(?<!parse )server config"), _server_config),
     # discovery, every generation from 0.1.3x
     Row("discovery", "inference compute", _r(r"inference compute(?P<rest>.*)"), _inference_compute),
     Row("device_filter", "user overrode visible devices", _r(r"user overrode visible devices"), _filter, BOOTSTRAP),
@@ -389,28 +365,52 @@ ROWS: Final[tuple[Row, ...]] = (
                    else "unsupported_compute_capability", "library": m["library"]}, BOOTSTRAP),
     Row("discovery_failed", "failure during", _r(r"failure during (?:llama-server )?GPU discovery"),
         _discovery_failed, BOOTSTRAP),
+    # TRACE: a (device, library dir) pair dropped at discovery. NVIDIA's overlapping cuda_v12/cuda_v13 pairs and a
+    # Vulkan pair that ROCm or CUDA covers print it on healthy hosts, so only an AMD gfx device dropped from a
+    # non-Vulkan dir is a dropped GPU; the rest are recorded, not weighed.
+    Row("combination_removed", "removing unsupported or overlapping GPU combination",
+        _r(r"removing unsupported or overlapping GPU combination"), _combination_removed, BOOTSTRAP),
+    Row("discovery_failed", "unable to start discovery subprocess", _r(r"(?P<what>unable to start discovery "
+                                                                       r"subprocess)"), _discovery_failed,
+        frozenset({"C"})),
+    Row("discovery_failed", "failed to start runner to discovery", _r(r"(?P<what>failed to start runner to discovery "
+                                                                      r"GPUs)"), _discovery_failed, frozenset({"C"})),
+    *(Row("discovery_failed", what, _r(f"(?P<what>{re.escape(what)})"), _discovery_failed, GEN_D)
+      for what in ("llama-server not available for device discovery", "llama-server discovery: failed to start",
+                   "llama-server discovery: server startup exited", "llama-server --list-devices failed")),
+    Row("gpu_dropped", "no rocblas support", _r(r"dropping ROCm device — no rocblas support"), _dropped(
+        "unsupported_gpu_arch"), GEN_D),
+    Row("gpu_dropped", "AMD driver is too old", _r(r"AMD driver is too old"), _dropped("driver_too_old"), GEN_D),
     Row("discovery_failed", "timed out waiting for server startup",
         _r(r"discovery: (?P<what>timed out waiting for server startup)"), _discovery_failed, GEN_D),
     Row("discovery_failed", "watchdog timed out", _r(r"GPU discovery (?P<what>watchdog timed out)"),
         _discovery_failed, GEN_D),
     Row("no_gpu", "vram-based default context", _r(r'total_vram="?0 B"?'), None, BOOTSTRAP,
         {"reason": "total VRAM is 0 B"}),
-    Row("library_skipped", "at user's request", _r(r"skipping available library at user's request"),
+    Row("library_skipped", "skipping available library at user", _r(r"skipping available library at user'?s request"),
         lambda m: {"cause": "forced_cpu_library"}, BOOTSTRAP),
     # in-process discovery (0.1.x to v0.12.3)
     Row("no_gpu", "no compatible GPUs were discovered", _r(r"no compatible GPUs were discovered"), None, OLD,
         {"reason": "no compatible GPUs were discovered"}),
     Row("no_gpu", "no GPU detected", _r(r"no GPU detected"), None, PRE, {"reason": "no GPU detected"}),
     Row("gpu_discovered", "Nvidia GPU detected", _r(r"Nvidia GPU detected"), None, PRE, {"library": "cuda"}),
+    Row("gpu_discovered", "Radeon GPU detected", _r(r"Radeon GPU detected"), None, PRE, {"library": "rocm"}),
+    Row("no_gpu", "GPU not available, falling back to CPU", _r(r"GPU not available, falling back to CPU"), None, PRE,
+        {"reason": "GPU not available"}),
+    Row("placement_plan", "not enough vram available", _r(r"not enough vram available, falling back to CPU"), None,
+        PRE, {"gpu": False, "cause": "insufficient_vram"}),
+    Row("placement_plan", "cpu inference mode", _r(r"cpu inference mode, model fits in available system memory"),
+        None, ALL, {"gpu": False}),
     Row("gpu_discovered", "Compute Capability detected", _r(r"^(?!.*too old).*CUDA Compute Capability detected: "
                                                             r"(?P<compute>[\d.]+)"), None, PRE, {"library": "cuda"}),
     Row("gpu_dropped", "GPU is too old", _r(r"CUDA GPU is too old.*?Compute Capability detected: (?P<compute>[\d.]+)"),
         None, OLD, {"cause": "unsupported_compute_capability", "library": "cuda"}),
-    Row("gpu_libraries", "GPU libraries", _r(r'[Dd]iscovered GPU libraries:? (?:paths=)?(?P<paths>"?\[[^\]]*\]?)'),
+    Row("gpu_libraries", "GPU libraries", _r(r'[Dd]iscovered GPU libraries"?:? (?:paths=)?(?P<paths>"?\[[^\]]*\]?)'),
         _gpu_libraries, OLD),
-    Row("library_failed", "nable to load", _r(r"[Uu]nable to load (?:cudart|CUDA management|nvcuda|nvml|cuda driver|"
-                                              r"cudart library|management)[^/\\=]*?(?:library=)?(?P<path>[A-Za-z]?:?"
-                                              r"[/\\]\S*?)(?::? error=|: |\s+)(?P<error>.*)"), _library_failed, OLD),
+    Row("library_failed", "nable to load", _r(r"[Uu]nable to load (?:(?:cudart CUDA|CUDA|ROCm|NVML|oneAPI) management|"
+                                              r"cudart|nvcuda|nvml|cuda driver|cudart library|management)"
+                                              r"[^/\\=]*?(?:library=)?(?P<path>[A-Za-z]?:?[/\\]\S*?)"
+                                              r"(?::? error=|: |\s+)(?P<error>.*)"), _library_failed, OLD),
     Row("library_failed", "version mismatch between driver", _r(r"version mismatch between driver and cuda driver "
                                                                r"library(?P<error>.*)"),
         lambda m: {"error": m["error"][:300], "cause": "driver_library_mismatch"}, OLD),
@@ -424,21 +424,37 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("cpu_lacks_avx", "does not have", _r(r"CPU does not have (?:minimum )?(?:vector extensions|AVX)"), None, OLD),
     Row("cpu_lacks_avx", "GPU runner incompatible", _r(r"GPU runner incompatible with host system, CPU does not have "
                                                       r"AVX"), None, frozenset({"A"})),
-    Row("runners_available", "Dynamic LLM libraries", _r(r"Dynamic LLM libraries(?: \[|\" runners=\"?\[|\s+runners="
-                                                         r"\"?\[)(?P<list>[^\]]*)\]"), _runners, frozenset({"0", "A"})),
+    Row("runners_available", "Dynamic LLM ", _r(r"Dynamic LLM (?:libraries|variants)(?: \[|\" runners=\"?\[|\s+"
+                                                r"runners=\"?\[)(?P<list>[^\]]*)\]"), _runners, OLD),
     Row("amd_detected", "detected amdgpu versions", _r(r"detected amdgpu versions \[(?P<list>[^\]]*)\]"),
         _amd_versions, OLD),
     Row("gpu_dropped", "is not supported", _r(r"amdgpu (?:\[\d+\] )?(?P<compute>gfx\w+)? ?is not supported"),
         None, OLD, {"cause": "unsupported_gpu_arch", "library": "rocm"}),
+    Row("gpu_dropped", "too old", _r(r"amdgpu (?:\[\d+\] )?too old ?(?P<compute>gfx\w+)?"), None, OLD,
+        {"cause": "unsupported_gpu_arch", "library": "rocm"}),
+    Row("gpu_dropped", "iGPU", _r(r"iGPU(?: detected)?.{0,80}?skipping|appears to be an iGPU"), None, OLD,
+        {"cause": "unsupported_igpu", "library": "rocm"}),
+    *(Row("library_failed", what, _r(f"{what}.*"),
+          lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD)
+      for what in ("unable to verify rocm library", "no compatible rocm library found")),
+    Row("library_failed", "supported GFX types", _r(r"failed to lookup supported GFX types.*"),
+        lambda m: {"error": m.group(0)[:300], "cause": "missing_gpu_runners"}, OLD),
+    Row("library_failed", "unable to locate gpu dependency libraries",
+        _r(r"unable to locate gpu dependency libraries"), None, AB, {"cause": "missing_gpu_runners"}),
+    Row("gpu_dropped", "permission problems block access", _r(r"amdgpu devices detected but permission problems "
+                                                              r"block access"), None, OLD,
+        {"cause": "permission_denied", "library": "rocm"}),
     Row("gfx_override", "skipping rocm gfx compatibility check", _r(r"skipping rocm gfx compatibility check"), None,
         OLD),
     Row("library_override", "user override", _r(r"user override.*?OLLAMA_LLM_LIBRARY=(?P<value>\S+)"),
-        _library_override, AB),
+        _library_override, OLD),
+    Row("library_override", "using requested gpu library",
+        _r(r"using requested gpu library.*?requested=(?P<value>\S+)"), _library_override, frozenset({"A", "B", "C"})),
     Row("stub_warning", "is a stub library", _r(r"is a stub library"), None, ALL, {"cause": "stub_library"}),
     Row("runner_failed", "noexec", _r(r"(?P<error>.*may have noexec set.*)"), None, OLD, {"cause": "tmp_noexec"}),
     # scheduler plans (estimates: never proof of placement, reference section 5)
     Row("offload_plan", "offload to ", _r(r"offload to (?P<lib>\w+)"), _plan, OLD),
-    Row("offload_plan", "", _r(r"msg=offload (?P<lib>)"), _plan, OLD, msg="offload"),
+    Row("offload_plan", "", _r(r"msg=offload (?P<lib>)"), _plan, frozenset({"0", "A", "B", "C"}), msg="offload"),
     Row("offload_plan", "VRAM available, loading up to", _r(r"VRAM available, loading up to (?P<offload>\d+) GPU "
                                                             r"layers"), lambda m: {"offload": int(m["offload"])}, PRE),
     Row("placement_plan", "will fit in available VRAM", _r(r"will fit in available VRAM"), None, ALL,
@@ -446,21 +462,33 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("placement_plan", "finished setting up", _r(r"finished setting up"), _sched, ALL),
     Row("placement_plan", "insufficient VRAM to load any model layers",
         _r(r"insufficient VRAM to load any model layers"), None, ALL, {"gpu": False, "cause": "insufficient_vram"}),
-    Row("scheduler_selected", "selecting single GPU", _r(r"selecting single GPU"), _selected, GEN_D),
+    Row("scheduler_selected", "single GPU for llama-server", _r(r"selecting (?:requested )?single GPU"), _selected,
+        GEN_D),
     Row("placement_plan", "compatible gpu libraries", _r(r"compatible gpu libraries\"? compatible=\[\]"), None, AB,
         {"gpu": False}),
     Row("load_request", "", _r(r"GPULayers:(?P<gl>\[\]|\d+)"), _load_request, GO_ENGINE, msg="load"),
     Row("low_vram_mode", "entering low vram mode", _r(r"entering low vram mode"), None, GO_ENGINE),
     Row("estimate_fallback", "VRAM tracking", _r(r"VRAM tracking: no per-device buffer sizes"), None, GEN_D),
     # runner lifecycle
-    Row("runner_start", "starting llama server", _r(r'starting llama server.*?cmd="?(?P<cmd>[^"]*)'), _start, AB),
+    Row("runner_start", "starting llama server", _r(r'starting llama server.*?cmd="?(?P<cmd>[^"]*)'), _start, OLD),
     Row("runner_start", "starting runner", _r(r'starting runner.*?cmd="?(?P<cmd>[^"]*)'), _start,
         frozenset({"B", "C"})),
     Row("runner_start", "starting llama-server", _r(r'starting llama-server.*?cmd="?(?P<cmd>[^"]*)'), _start, GEN_D),
     Row("runner_start", "running llama-server for discovery", _r(r'running llama-server for discovery.*?'
                                                                  r'cmd=(?P<cmd>\S*)'),
         lambda m: {"role": "discovery", "program": m["cmd"][-200:]}, GEN_D),
-    Row("runner_start", "starting llama runner", _r(r"starting llama runner"), None, PRE, {"role": "model"}),
+    Row("runner_start", "starting llama runner", _r(r"(?<!error )starting llama runner$"), None, PRE,
+        {"role": "model"}),
+    Row("runner_failed", "Unable to load dynamic", _r(r"Unable to load dynamic (?:server )?library: (?P<error>.*)"),
+        lambda m: {"error": m["error"][:500], "cause": classify(m["error"], DLERROR_CAUSES)}, PRE),
+    Row("runner_failed", "error starting", _r(r"error starting (?:the external )?llama runner: (?P<error>.*)"), _failed,
+        PRE),
+    Row("runner_failed", "llama runner stopped with error", _r(r"llama runner stopped with error: (?P<error>.*)"),
+        _failed, PRE),
+    Row("placement_plan", "less than 2 GB VRAM available", _r(r"less than 2 GB VRAM available"), None, PRE,
+        {"gpu": False, "cause": "insufficient_vram"}),
+    Row("load_request", "skipping accelerated runner because num_gpu=0",
+        _r(r"skipping accelerated runner because num_gpu=0"), None, PRE, {"gpu_layers": 0}),
     Row("runner_start", "Loading Dynamic llm server", _r(r"Loading Dynamic llm server: (?P<program>\S+)"),
         lambda m: {"role": "model", "program": m["program"][-200:], "variant": (re.search(
             r"[/\\](\w+)[/\\]libext_server", m["program"]) or [None, None])[1]}, PRE),
@@ -478,9 +506,12 @@ ROWS: Final[tuple[Row, ...]] = (
         _failed),
     Row("runner_failed", "reported out-of-memory", _r(r"(?P<error>llama-server reported out-of-memory.*)"), _failed,
         GEN_D),
-    Row("runner_failed", "unable to start runner", _r(r"(?P<error>unable to start runner.*)"), _failed, AB),
+    Row("runner_failed", "unable to start runner", _r(r"(?P<error>unable to start runner.*)"), _failed,
+        frozenset({"A", "B", "C"})),
+    Row("runner_failed", "unable to load any llama server", _r(r"(?P<error>unable to load any llama server.*)"),
+        _failed, OLD),
     Row("runner_failed", "fork/exec", _r(r"(?P<error>fork/exec \S+: .*)"), _failed),
-    Row("runner_exited", "no longer running", _r(r"process no longer running"), _exited, GEN_D),
+    Row("runner_exited", "no longer running", _r(r"process no longer running"), _exited),
     Row("model_load_failed", "failed to load model", _r(r"failed to load model(?: metadata)?.*?(?:error=)?"
                                                         r"(?P<error>\".*|$)"),
         lambda m: {"error": m["error"].strip('"')[:500]}),
@@ -491,6 +522,12 @@ ROWS: Final[tuple[Row, ...]] = (
         lambda m: {"count": int(m["count"]), "library": "vulkan"}),
     Row("cuda_init_failed", "failed to initialize", _r(r"ggml_cuda_init: failed to initialize CUDA: (?P<error>.*)"),
         _cuda_failure("runner")),
+    Row("device", "| uma: ", _r(r"ggml_vulkan: (?P<index>\d+) = (?P<name>.+?) \((?P<vendor>[^)]*)\) \| uma: "
+                                r"(?P<uma>\d)"),
+        lambda m: {"index": int(m["index"]), "name": m["name"][:200], "library": "vulkan",
+                   "integrated": m["uma"] == "1"}),
+    Row("device", "Wave Size", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), (?P<compute>gfx\w+)(?::[\w+:-]*)? \(0x"),
+        lambda m: {"index": int(m["index"]), "name": m["name"][:200], "compute": m["compute"], "library": "rocm"}),
     Row("device", "compute capability", _r(r"^\s*Device (?P<index>\d+): (?P<name>.+?), compute capability "
                                            r"(?P<compute>\d+\.\d+)"),
         lambda m: {"index": int(m["index"]), "name": m["name"][:200], "compute": m["compute"]}),
@@ -502,8 +539,23 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("backend_loaded", "load_backend:", _r(r"load_backend: loaded (?P<backend>\S+) backend from (?P<path>\S+)"),
         lambda m: {"backend": m["backend"], "path": m["path"][-300:], "gpu": m["backend"].upper() not in
                    {"CPU", "BLAS", "RPC"}}),
-    Row("backend_failed", "load_backend:", _r(r"load_backend: failed to load (?P<path>\S+?):\s*(?P<error>.*)"),
+    Row("backend_failed", "load_backend:", _r(r"load_backend: failed to (?:load|find ggml_backend_init in|initialize "
+                                              r"backend from) (?P<path>\S+?)(?::\s*(?P<error>.*))?$"),
         _backend_failed),
+    Row("backend_failed", "Failed to load dynamic library",
+        _r(r"Failed to load dynamic library (?P<path>\S+) - falling back to CPU mode (?P<error>.*)"), _backend_failed,
+        PRE),
+    Row("backend_init_failed", "failed to initialize", _r(r"failed to initialize (?P<backend>CUDA|ROCm|Vulkan|SYCL|"
+                                                           r"Metal|Kompute|CANN)\d*(?: for No\.\d+)? backend"), None),
+    Row("backend_init_failed", "failed to initialize",
+        _r(r"failed to initialize ggml backend device"), lambda m: {"backend": kv(m.string).get("device")},
+        frozenset({"C"})),
+    Row("alloc_failed", "cudaMalloc failed", _r(r"allocating (?P<mib>[\d.]+) MiB on device (?P<device>\d+): cudaMalloc "
+                                                r"failed: (?P<error>.*)"), None, ALL, {"cause": "insufficient_vram"}),
+    Row("alloc_failed", "failed to allocate compute buffers", _r(r"failed to allocate compute buffers"), None, ALL,
+        {"cause": "insufficient_vram"}),
+    Row("device_unusable", "check `vulkaninfo", _r(r"cannot use GPU (?P<index>\d+), check `vulkaninfo"), None,
+        ALL, {"library": "vulkan"}),
     Row("runner_system", "", _r(r"msg=system"),
         lambda m: {"gpu_backends": sorted(set(re.findall(r"\b(CUDA|ROCm|Vulkan|Metal|SYCL)\.\d+\.", m.string)))},
         GO_ENGINE, msg="system"),
@@ -513,7 +565,19 @@ ROWS: Final[tuple[Row, ...]] = (
                                     r"llama_new_context_with_model):\s+(?P<dev>[\w-]+)\s+(?P<what>model |KV |compute "
                                     r"|output )?buffer size =\s+(?P<mib>[\d.]+) MiB"), _buffer),
     Row("weights", "model weights", _r(r"model weights"), _weights, GO_ENGINE),
-    Row("compute_graph", "compute graph", _r(r"compute graph"), _graph, GO_ENGINE),
+    Row("compute_graph", "compute graph", _r(r"compute graph\"? (?:backend|device|nodes|splits|size)="), _graph,
+        GO_ENGINE),
+    Row("runner_no_gpu", "No devices found", _r(r"ggml_vulkan: No devices found"), None, ALL,
+        {"reason": "Vulkan found no device", "library": "vulkan"}),
+    Row("runner_no_gpu", "no devices with dedicated memory found", _r(r"no devices with dedicated memory found"),
+        None, ALL, {"reason": "llama.cpp's fit found no device with dedicated memory"}),
+    Row("fit_failed", "failed to fit params", _r(r"failed to fit params to free device memory: ?(?P<error>.*)"),
+        None, ALL),
+    # ggml's free-memory helper (mem_nvml.cpp): informative only, the CUDA backend does not need NVML
+    Row("nvml_unavailable", "libnvidia-ml: ", _r(r"unable to load libnvidia-ml: (?P<error>.*)"), None,
+        frozenset({"B", "C"})),
+    Row("nvml_unavailable", "unable to initialize NVML", _r(r"unable to initialize NVML: (?P<error>.*)"), None,
+        frozenset({"B", "C"})),
     Row("runner_no_gpu", "no usable GPU found", _r(r"no usable GPU found"), None, ALL,
         {"reason": "llama-server found no usable GPU"}),
     Row("runner_no_gpu", "Not compiled with GPU offload support", _r(r"Not compiled with GPU offload support"), None,
@@ -526,7 +590,11 @@ ROWS: Final[tuple[Row, ...]] = (
                    "cause": classify(m["error"], CUDA_ERROR_CAUSES)}),
     Row("runner_crash", "not compiled with support for this arch", _r(r"not compiled with support for this arch"),
         _crash("unsupported_compute_capability")),
-    Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"), _crash()),
+    Row("runner_crash", "ggml_vulkan: device ", _r(r"ggml_vulkan: device (?:lost|fault) on (?P<device>\S+)"),
+        _crash()),
+    Row("runner_crash", "GGML_ASSERT", _r(r"GGML_ASSERT\(.*"),
+        lambda m: {"text": m.group(0)[:300], "cause": "unsupported_compute_capability" if "not compiled with support "
+                   "for this arch" in m.string else "unknown"}),
     Row("runner_crash", "rocBLAS error", _r(r"rocBLAS error:.*?(?:GPU arch ?: ?(?P<arch>gfx\w+))?$"),
         lambda m: {"text": m.group(0)[:300], "cause": "unsupported_gpu_arch" if m["arch"] else "unknown"}),
     Row("runner_crash", "SIGABRT", _r(r"^SIGABRT: abort"), _crash()),

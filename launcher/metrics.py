@@ -19,16 +19,16 @@ from prometheus_client.registry import Collector
 
 from launcher import __version__
 from launcher.events import Event
+from launcher.lifecycle import State
 from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
 
 if TYPE_CHECKING:
-    from launcher.evidence import LiveVerdicts, Verdict
     from launcher.shim_events import ServerStats
 
 PREFIX: Final = "ollama_gpu"
 ACTIONS: Final = ("apply_now", "apply_when_idle", "advise")  # `nothing` is not a remedy and is not counted
-STATES: Final = ("starting", "running", "backoff", "stopping", "stopped")
+STATES: Final = tuple(state.value for state in State)  # the supervisor's, launcher/lifecycle.py
 LAUNCH_KINDS: Final = ("kernel", "kernel_ex", "cooperative", "graph")
 COPY_DIRECTIONS: Final = ("htod", "dtoh", "dtod")
 MEM_FIELDS: Final = ("allocs", "frees", "alloc_bytes", "free_bytes")
@@ -106,17 +106,6 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         """Metrics is itself an event sink."""
         self.observe(event)
-
-    def set_verdicts(self, live: LiveVerdicts) -> None:
-        """The board's current answer: discovery's verdict and, per model, its newest runner's."""
-        with self._lock:
-            self._set_verdict(DISCOVERY, "", live.discovery.outcome, live.discovery.cause)
-            newest: dict[str, Verdict] = {}
-            for key, verdict in live.runners.items():  # start order: a later runner of a model wins
-                proc = self._procs.get(key) or self._procs.get((key[0], None))
-                newest[proc.model if proc is not None else "unknown"] = verdict
-            for model, verdict in newest.items():
-                self._set_verdict(MODEL, model, verdict.outcome, verdict.cause)
 
     def set_shim_server_stats(self, stats: ServerStats) -> None:
         """The shim event server's counters (cumulative since start), e.g. once per supervisor scan."""
@@ -307,20 +296,20 @@ class Metrics:
                                    "Live processes of a model holding a CUDA context on a GPU", labels=("model", "gpu"))
         held: Counter[tuple[str, str]] = Counter((proc.model, gpu) for proc in self._procs.values()
                                                  for gpu in proc.gpus)
-        for labels, count in sorted(held.items()):
-            on_gpu.add_metric(labels, count)
+        for held_labels, count in sorted(held.items()):
+            on_gpu.add_metric(held_labels, count)
         yield on_gpu
 
         restarts = CounterMetricFamily(f"{p}_ollama_restarts", "Restarts of Ollama by reason (crash, remedy, "
                                        "requested) and the remedied cause", labels=("reason", "cause"))
-        for labels, count in sorted(self._restarts.items()):
-            restarts.add_metric(labels, count)
+        for restart_labels, count in sorted(self._restarts.items()):
+            restarts.add_metric(restart_labels, count)
         yield restarts
 
         remedies = CounterMetricFamily(f"{p}_remedies", "Remedy decisions by cause and action (applied or advised)",
                                        labels=("cause", "action"))
-        for labels, count in sorted(self._remedies.items()):
-            remedies.add_metric(labels, count)
+        for remedy_labels, count in sorted(self._remedies.items()):
+            remedies.add_metric(remedy_labels, count)
         yield remedies
 
         yield from self._shim_families()
@@ -332,8 +321,8 @@ class Metrics:
                                       labels=("where", "reason"))
         rows = dict(self._dropped)
         rows.update({("event_server", reason): n for reason, n in self._server_dropped.items()})
-        for labels, count in sorted(rows.items()):
-            dropped.add_metric(labels, count)
+        for drop_labels, count in sorted(rows.items()):
+            dropped.add_metric(drop_labels, count)
         yield dropped
 
         events = CounterMetricFamily(f"{p}_events", "Events observed, by source", labels=("source",))

@@ -6,9 +6,11 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import IO, Final
 
+from launcher.catalogue import message_generations
 from launcher.events import Event, EventError
+from launcher.generations import ALL, generation_of, shape_generations, slog_message
 from launcher.log_input import Line, read_chunks, split_lines
-from launcher.log_patterns import ALL, ROWS, Row, generation_of
+from launcher.log_patterns import ROWS, Row
 from launcher.paste import Joiner
 
 TEXT_CHARS: Final = 300  # how much of a line an event keeps, for the evidence the board cites
@@ -25,10 +27,10 @@ QUIET_FUNCTIONS: Final = frozenset({
 })
 # The same, as raw bytes: lines that start so are counted and skipped before they are even decoded.
 QUIET_BYTES: Final = tuple(p.encode() for p in SKIP_PREFIXES) + tuple(f"{f}:".encode() for f in QUIET_FUNCTIONS)
-FUNCTION_NEEDS: Final = {"llama_context": "buffer size", "sched_reserve": "buffer size",
-                         "llama_kv_cache": "buffer size",
-                         "llama_kv_cache_init": "buffer size", "llama_new_context_with_model": "buffer size",
-                         "cmn  common_param": "verbosity"}
+FUNCTION_NEEDS: Final = {"llama_context": ("buffer size",), "sched_reserve": ("buffer size",),
+                         "llama_kv_cache": ("buffer size",), "llama_kv_cache_init": ("buffer size",),
+                         "llama_new_context_with_model": ("buffer size", "failed to"),
+                         "cmn  common_param": ("verbosity",)}
 
 
 def _needle_regex(needles: Iterable[str]) -> re.Pattern[str]:
@@ -62,17 +64,8 @@ for _row in ROWS:
 _NEEDLES: Final = _needle_regex(_BY_NEEDLE)
 
 
-def _slog_msg(text: str) -> str | None:
-    """The `msg=` value of a Go slog line, or None when the line is not one."""
-    i = text.find("msg=")
-    if i < 0 or (i > 0 and text[i - 1] != " "):
-        return None
-    j = i + 4
-    if text.startswith('"', j):
-        end = text.find('"', j + 1)
-        return text[j + 1 : end if end >= 0 else None]
-    end = text.find(" ", j)
-    return text[j : end if end >= 0 else None]
+_slog_msg = slog_message
+_MESSAGES: Final = message_generations()  # slog message → generations whose sources print it (the catalogue)
 
 
 class LogParser:
@@ -84,6 +77,7 @@ class LogParser:
         self.generation_from: str | None = None  # "version", "inferred", or None while unknown
         self.version_unknown = False  # a version was printed that no generation row knows: common rows only
         self._possible: frozenset[str] = ALL
+        self._open = True  # whether line shapes may still narrow the generation (no version, not yet one left)
         self.lines = 0
         self.truncated = 0
         self.errors = 0
@@ -93,7 +87,9 @@ class LogParser:
             return True
         if self.generation_from == "version":
             return self.generation in row.gens
-        return not self.version_unknown
+        if self.version_unknown:  # a version newer than the tables: its own generation's rows once the lines show it
+            return self.generation_from == "inferred" and self.generation in row.gens
+        return True
 
     def _candidates(self, text: str) -> list[Row]:
         msg = _slog_msg(text)
@@ -107,14 +103,24 @@ class LogParser:
             if sep and len(head) < 40:
                 if head in QUIET_FUNCTIONS:
                     return []
-                need = FUNCTION_NEEDS.get(head)
-                if need is not None and need not in rest:
+                needs = FUNCTION_NEEDS.get(head)
+                if needs is not None and not any(n in rest for n in needs):
                     return []
             rows = []
             hay = text
         for needle in _NEEDLES.findall(hay):
             rows.extend(_BY_NEEDLE.get(needle, ()))
         return rows
+
+    def rows_matching(self, text: str) -> list[Row]:
+        """The rows that would turn `text` into an event now (for the catalogue's row → entry links)."""
+        out = []
+        for row in self._candidates(text):
+            if self._applies(row):
+                m = row.regex.search(text)
+                if m is not None and row.event_data(m) is not None:
+                    out.append(row)
+        return out
 
     def feed(self, line: Line) -> list[Event]:
         """Events for one line; a line that matches nothing gives none. Never raises on any text."""
@@ -128,10 +134,12 @@ class LogParser:
         if not text:
             return []
         try:
+            shaped = self._shape(number, text, pid, truncated) if self._open and text[0] != "[" else None
             rows = self._candidates(text)
             if not rows:
-                return []
-            return self._match(Line(number, text, pid, truncated), text, rows)
+                return shaped or []
+            events = self._match(Line(number, text, pid, truncated), text, rows)
+            return shaped + events if shaped else events
         except (EventError, ValueError, IndexError, TypeError, OverflowError, RecursionError):
             self.errors += 1  # a row that cannot read an odd line is that line's loss, never the parse's
             return []
@@ -153,7 +161,7 @@ class LogParser:
             if row.kind == "version":
                 out.extend(self._on_version(line, str(data.get("version", ""))))
             elif row.gens != ALL and self.generation_from != "version":
-                out.extend(self._infer(line, row.gens))
+                out.extend(self._infer(line, row.gens, f"a {row.kind} line of this form"))
             out.append(self._event(line, kind, data))
         return out
 
@@ -161,6 +169,14 @@ class LogParser:
         clean = {k: v for k, v in data.items() if v is not None}
         return Event(source="log", kind=kind, t=float(line.number), pid=line.pid,
                      data={"line": line.number, "text": line.text[:TEXT_CHARS], **clean})
+
+    def _shape(self, number: int, text: str, pid: int | None, truncated: bool) -> list[Event] | None:
+        """A line whose shape (source file, message key, runner command line) exists in some generations only."""
+        found = shape_generations(text, _MESSAGES)
+        if found is None:
+            return None
+        gens, basis = found
+        return self._infer(Line(number, text, pid, truncated), gens, basis) or None
 
     def _on_version(self, line: Line, version: str) -> list[Event]:
         gen = generation_of(version)
@@ -171,10 +187,11 @@ class LogParser:
         else:
             self.version_unknown = False
             self.generation, self.generation_from, self._possible = gen, "version", frozenset({gen})
+            self._open = False
         return [self._event(line, "generation", {"generation": gen, "from": "version", "version": self.version,
                                                   "known": gen is not None})]
 
-    def _infer(self, line: Line, gens: frozenset[str]) -> list[Event]:
+    def _infer(self, line: Line, gens: frozenset[str], basis: str) -> list[Event]:
         """A line that exists only in some generations is evidence of the generation (no version printed)."""
         narrowed = self._possible & gens or gens
         if narrowed == self._possible:
@@ -183,10 +200,12 @@ class LogParser:
         if len(narrowed) != 1:
             return []
         (gen,) = narrowed
+        self._open = False
         if gen == self.generation:
             return []
         self.generation, self.generation_from = gen, "inferred"
-        return [self._event(line, "generation", {"generation": gen, "from": "inferred", "known": True})]
+        return [self._event(line, "generation", {"generation": gen, "from": "inferred", "known": True,
+                                                  "basis": f"{basis}, line {line.number}"})]
 
     def summary(self) -> Event:
         """One closing event: how much was read and what the generation ended up as."""

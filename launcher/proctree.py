@@ -15,21 +15,12 @@ from pathlib import Path
 from typing import Final
 
 from launcher.events import Event, now
+from launcher.generations import RUNNER_ROWS as GEN_RUNNER_ROWS
 
 # Classification rows, first match wins: (class, basename of argv[0] or None, argv[1] or None, required flag,
-# forbidden flag). Generations: A ollama_llama_server; B/C `ollama runner`; D llama-server, gpu-discover.
-RUNNER_ROWS: Final[tuple[tuple[str, str | None, str | None, str | None, str | None], ...]] = (
-    ("model_runner", "ollama_llama_server", None, None, None),
-    ("discovery_runner", "llama-server", None, "--list-devices", None),
-    ("model_runner", "llama-server", None, "--model", None),
-    ("discovery_runner", "llama-server", None, None, None),
-    ("quantize", "llama-quantize", None, None, None),
-    ("mlx_runner", None, "runner", "--mlx-engine", None),
-    ("model_runner", None, "runner", "--model", None),
-    ("discovery_runner", None, "runner", None, None),
-    ("gpu_discover", None, "gpu-discover", None, None),
-    ("server", None, "serve", None, None),
-)
+# forbidden flag); the generation table keeps them with the generations that start each shape.
+RUNNER_ROWS: Final[tuple[tuple[str, str | None, str | None, str | None, str | None], ...]] = tuple(
+    row[:5] for row in GEN_RUNNER_ROWS)
 # Classes whose CUDA use we audit; `other` (a shell, cc) and `server` are tracked but not audited as runners.
 RUNNER_CLASSES: Final = frozenset({"model_runner", "discovery_runner", "mlx_runner", "gpu_discover"})
 GPU_LIBS: Final = (("libcuda", re.compile(r"^libcuda\.so")), ("ggml_cuda", re.compile(r"^libggml-cuda")),
@@ -212,6 +203,10 @@ class TreeWatcher:
             if tracked.cls in RUNNER_CLASSES:
                 events.append(self._event("runner_exited", tracked.info, cls=tracked.cls))
         return events
+
+    def has_alive(self, cls: str) -> bool:
+        """A process of class `cls` was alive at the last scan."""
+        return any(t.cls == cls for t in self._known.values())
 
     def exited(self, pid: int, status: dict[str, int]) -> list[Event]:
         """A tracked process was reaped by us (an orphan): report it with its status."""

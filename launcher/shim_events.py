@@ -10,8 +10,13 @@ bad input is counted per reason and never raised. Memory is bounded: at most `ma
 4 KiB receive buffer, and at most `max_events` events per `poll()` (the kernel keeps the rest queued, and a sender
 whose queue is full drops and counts on its side).
 
-Two ways to use it: a supervisor registers `fileno()` (an epoll descriptor, readable when there is work) in its own
-selector and calls `poll(0)`; a test wraps it in `ServerThread` and waits for the events it expects.
+Only Ollama's processes are heard: with a `peer_check` (the supervisor passes "is this pid a descendant of ours"),
+a connection whose SO_PEERCRED pid fails it is closed unread and counted (`foreign_peer`). A peer whose ancestry
+cannot be read at accept (a race with its own start or end) is looked at again for RECHECK_WINDOW seconds, its
+messages left queued in the kernel meanwhile; `rechecking` tells the loop to poll again soon.
+
+A supervisor registers `fileno()` (an epoll descriptor, readable when there is work) in its own selector and calls
+`poll(0)`; tests run it in a thread (tests/shim_server_thread.py).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import socket
 import stat
 import struct
 import termios
-import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +67,8 @@ REASONS: Final = (
     "seq_not_increasing",  # `seq` not above the previous accepted message's on this connection
 )
 # Why a connection was closed at accept: counted in ServerStats.rejected.
-REJECTIONS: Final = ("other_uid", "unknown_pid", "too_many_connections")
+REJECTIONS: Final = ("other_uid", "unknown_pid", "too_many_connections", "foreign_peer")
+RECHECK_WINDOW: Final = 0.5  # seconds a peer whose ancestry cannot be read yet is looked at again
 
 
 # --- protocol v1 validation: pure, one choke point ----------------------------------------------------------------
@@ -352,6 +357,7 @@ class ShimEventServer:
         allowed_uids: Collection[int] | None = None,
         proc_root: Path = Path("/proc"),
         clock: Callable[[], float] = now,
+        peer_check: Callable[[int], bool | None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_connections = max_connections
@@ -360,6 +366,8 @@ class ShimEventServer:
         self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.geteuid()})
         self._proc = proc_root
         self._clock = clock
+        self._peer_check = peer_check
+        self._recheck: list[tuple[socket.socket, int, int, float]] = []  # (sock, pid, uid, give-up time)
         self._sel = selectors.EpollSelector()
         self._listener: socket.socket | None = None
         self._lock_fd: int | None = None
@@ -409,6 +417,9 @@ class ShimEventServer:
         socket file if it is still ours."""
         for conn in list(self._conns.values()):
             self._forget(conn)
+        for sock, *_rest in self._recheck:
+            sock.close()
+        self._recheck.clear()
         if self._listener is not None:
             self._sel.unregister(self._listener)
             self._listener.close()
@@ -431,6 +442,8 @@ class ShimEventServer:
     def poll(self, timeout: float | None = 0.0) -> list[Event]:
         """Wait up to `timeout` seconds (None: forever), then accept, read and validate what is there."""
         out: list[Event] = []
+        if self._recheck:
+            self._recheck_peers()
         for key, _mask in self._sel.select(timeout):
             if key.data is None:
                 self._accept_all()
@@ -439,6 +452,11 @@ class ShimEventServer:
             if len(out) >= self.max_events:
                 break
         return out
+
+    @property
+    def rechecking(self) -> bool:
+        """Connections wait for a second look at their peer: poll again within RECHECK_WINDOW."""
+        return bool(self._recheck)
 
     def stats(self) -> ServerStats:
         """A snapshot of the counters."""
@@ -476,13 +494,39 @@ class ShimEventServer:
             reason = "other_uid"
         elif pid <= 0:  # a peer outside our PID namespace tree: no identity
             reason = "unknown_pid"
-        elif len(self._conns) >= self.max_connections:
+        elif len(self._conns) + len(self._recheck) >= self.max_connections:
             reason = "too_many_connections"
+        elif self._peer_check is not None:
+            ours = self._peer_check(pid)
+            if ours is None:
+                self._recheck.append((sock, pid, uid, self._clock() + RECHECK_WINDOW))
+                return
+            if not ours:
+                reason = "foreign_peer"
         if reason is not None:
-            sock.close()
-            self._rejected[reason] += 1
-            self._log_once(f"reject:{reason}", "shim_connection_rejected", reason=reason, pid=pid, uid=uid)
+            self._reject(sock, reason, pid, uid)
             return
+        self._register(sock, pid, uid)
+
+    def _reject(self, sock: socket.socket, reason: str, pid: int, uid: int) -> None:
+        sock.close()
+        self._rejected[reason] += 1
+        self._log_once(f"reject:{reason}", "shim_connection_rejected", reason=reason, pid=pid, uid=uid)
+
+    def _recheck_peers(self) -> None:
+        assert self._peer_check is not None
+        waiting, self._recheck = self._recheck, []
+        t = self._clock()
+        for sock, pid, uid, give_up in waiting:
+            ours = self._peer_check(pid)
+            if ours:
+                self._register(sock, pid, uid)
+            elif ours is False or t >= give_up:
+                self._reject(sock, "foreign_peer", pid, uid)
+            else:
+                self._recheck.append((sock, pid, uid, give_up))
+
+    def _register(self, sock: socket.socket, pid: int, uid: int) -> None:
         sock.setblocking(False)
         self._serial += 1
         conn = _Conn(
@@ -530,7 +574,7 @@ class ShimEventServer:
         if not hung_up:
             return False
         try:
-            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
         except OSError:
             return True
         return queued == 0
@@ -630,78 +674,3 @@ def _bind_replacing(path: Path) -> socket.socket:
             tmp.unlink()
         raise
     return sock
-
-
-# --- for tests and tools: the server in a thread -----------------------------------------------------------------
-
-
-class ServerThread:
-    """Runs a ShimEventServer in a thread, collecting every event; `wait_for` blocks until a condition holds."""
-
-    def __init__(self, server: ShimEventServer, tick: float = 0.02) -> None:
-        self.server = server
-        self._tick = tick
-        self._events: list[Event] = []
-        self._stats = ServerStats()
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="shim-events", daemon=True)
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> ServerThread:
-        """Start listening (in the caller, so errors surface here) and polling in the thread."""
-        self.server.__enter__()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop polling and close the server."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.server.close()
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                events = self.server.poll(self._tick)
-                stats = self.server.stats()
-                with self._cond:
-                    self._events.extend(events)
-                    self._stats = stats
-                    self._cond.notify_all()
-        except BaseException as exc:  # surfaced by wait_for, never lost
-            with self._cond:
-                self._error = exc
-                self._cond.notify_all()
-
-    def events(self) -> list[Event]:
-        """Every event so far, in order."""
-        with self._cond:
-            return list(self._events)
-
-    def stats(self) -> ServerStats:
-        """The counters as of the last poll."""
-        with self._cond:
-            return self._stats
-
-    def wait_for(
-        self, predicate: Callable[[list[Event], ServerStats], bool], timeout: float = 30.0
-    ) -> list[Event]:
-        """Block until `predicate(events, stats)` holds; TimeoutError (with what was seen) if it never does."""
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self._error is not None or predicate(self._events, self._stats), timeout
-            )
-            if self._error is not None:
-                raise RuntimeError("shim event server thread failed") from self._error
-            if not ok:
-                raise TimeoutError(f"condition not met; events={[(e.kind, e.pid) for e in self._events][-20:]} "
-                                   f"stats={self._stats}")
-            return list(self._events)

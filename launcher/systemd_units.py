@@ -16,6 +16,8 @@ DEFAULT_READY_TIMEOUT: Final = 120.0
 STOP_MARGIN_S: Final = 20
 # systemd's start timeout (default 90 s) must outlast a first shim compile plus OGPU_READY_TIMEOUT.
 START_MARGIN_S: Final = 60
+# systemd's watchdog: the loop wakes at least every second, so 30 s only trips on a loop that is truly stuck.
+WATCHDOG_S: Final = 30
 
 _HEADER = """\
 # Installed by `ollama-gpu systemd install`; `ollama-gpu systemd uninstall` removes it.
@@ -33,6 +35,9 @@ NotifyAccess=main
 KillMode=mixed
 TimeoutStartSec={start_timeout}
 TimeoutStopSec={stop_timeout}
+# The supervisor's loop sends WATCHDOG=1 every WatchdogSec/2 while it turns (from READY=1 on); a stuck loop is
+# killed and restarted by systemd. OGPU_MODE=off turns the watchdog off (WATCHDOG_USEC=0) before it execs Ollama.
+WatchdogSec={watchdog}
 Restart=on-failure
 RestartSec=3
 # Exit 2 is bad configuration: restarting cannot fix it.
@@ -48,7 +53,7 @@ CacheDirectoryMode=0700
 
 def _timeouts(stop_grace: float, ready_timeout: float) -> dict[str, int]:
     return {"stop_timeout": math.ceil(stop_grace) + STOP_MARGIN_S,
-            "start_timeout": math.ceil(ready_timeout) + START_MARGIN_S}
+            "start_timeout": math.ceil(ready_timeout) + START_MARGIN_S, "watchdog": WATCHDOG_S}
 
 
 def render_dropin(exec_path: Path = DEFAULT_EXEC, stop_grace: float = DEFAULT_STOP_GRACE,

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.events import Event
-from launcher.shim_events import PROCESS_END, ServerThread, ShimEventServer
+from launcher.shim_events import PROCESS_END, ShimEventServer
 from tests.native.build import NativeBuild
+from tests.shim_server_thread import ServerThread
 
 TIMEOUT = 60.0
 

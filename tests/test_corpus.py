@@ -28,8 +28,6 @@ KNOWN_MISSES: dict[str, str] = {
         "CUDA 802 unmapped; the line is broken by a terminal-wrap gap inside 'failure'",
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "OLLAMA_LLM_LIBRARY=cuda in the server config (0.12.5+) not read; the GPU UUID filter is blamed instead",
-    "cpu_fallback-forced_cpu_library-0.12.5-12797":
-        "'skipping available library at users request' not recognised (pasted without time/level fields)",
     "cpu_fallback-insufficient_vram-unk-10765":
         "offload line with layers.offload=0 and required > available not read as insufficient VRAM",
     "cpu_fallback-missing_gpu_runners-0.7.0-10798":
@@ -38,13 +36,6 @@ KNOWN_MISSES: dict[str, str] = {
         "runner 'system' line listing only CPU features (no CUDA backend loaded) not read as missing GPU backends",
     "cpu_fallback-missing_gpu_runners-unk-7622":
         "plan of 33 CUDA layers but a cpu_avx2 runner started: the missing CUDA runner is not inferred",
-    "cpu_fallback-permission_denied-0.4.2-7723":
-        "'amdgpu devices detected but permission problems block access' (no time field) not recognised",
-    "cpu_fallback-permission_denied-unk-pr6736":
-        "'amdgpu devices detected but permission problems block access ... /dev/kfd' not recognised; cpu_expected",
-    "cpu_fallback-unsupported_gpu_arch-0.12.6-12708":
-        "'removing unsupported or overlapping GPU combination' (gfx1031) not recognised; says cpu_expected/none",
-    "crash-tmp_noexec-unk-2436": "0.1.2x wording 'failed to map segment from shared object' (noexec /tmp) unknown",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",
     "gpu-none-unk-13153": "ggml_vulkan device line and Vulkan backend load not recognised",

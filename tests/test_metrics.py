@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from launcher import __version__
 from launcher.config import ConfigError, load_settings
 from launcher.events import Event, Replay
-from launcher.evidence import Board
 from launcher.metrics import MAX_PROCS, Metrics, MetricsServer, start
 from launcher.model_names import NO_MODEL, ModelNames, model_arg
 from tests.cli_helpers import REPO
@@ -212,20 +211,6 @@ class TestSeries:
         s = parse_registry(metrics)
         assert value(s, "ollama_gpu_dropped_events_total", where="metrics", reason="unreadable_event") == 1
         assert value(s, "ollama_gpu_gpu_memory_used_bytes", gpu="0") == 7  # no UUID known: the index
-
-    def test_set_verdicts_from_the_board(self, blob: Path) -> None:
-        """set_verdicts takes the board's LiveVerdicts: discovery's and each model's newest runner's."""
-        metrics = Metrics()
-        board = Board()
-        for event in fallback_then_recovery(blob):
-            if event.kind not in ("verdict", "decision"):
-                board.add(event)
-                metrics.observe(event)
-        metrics.set_verdicts(board.live())
-        s = parse_registry(metrics)
-        subjects = {(d["subject"], d["model"]) for d in series(s, "ollama_gpu_verdict")}
-        assert ("discovery", "") in subjects
-        assert all(model in ("", "tiny:latest") for _subject, model in subjects)
 
     def test_event_server_drops(self) -> None:
         """The shim event server's drop and reject counters appear per reason."""

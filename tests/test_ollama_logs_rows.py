@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from launcher.catalogue import load
+from launcher.catalogue.sample import sample
 from launcher.log_patterns import ROWS, generation_of, runner_cmd, size_bytes
 from launcher.ollama_logs import parse_text
 
@@ -33,6 +35,15 @@ SAMPLES: list[tuple[str, str, str, dict[str, Any]]] = [
      "gpu_dropped", {"cause": "driver_too_old"}),
     (VC, f"{T}msg=\"filtering device which didn't fully initialize\" id=0 libdir=/x pci_id=0 library=CUDA",
      "gpu_dropped", {"cause": "unsupported_compute_capability"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama '
+         'description="AMD Radeon RX 6700 XT" compute=gfx1031 pci_id=0d:00.0', "gpu_dropped",
+     {"cause": "unsupported_gpu_arch", "name": "AMD Radeon RX 6700 XT"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama/cuda_v12 '
+         'description="NVIDIA GeForce RTX 4090" compute=8.9 pci_id=01:00.0', "combination_removed",
+     {"compute": "8.9"}),
+    (VC, f'{T}msg="removing unsupported or overlapping GPU combination" libDir=/usr/lib/ollama/vulkan '
+         'description="AMD Radeon RX 7900 XTX" compute=gfx1100 pci_id=0d:00.0', "combination_removed",
+     {"libDir": "/usr/lib/ollama/vulkan"}),
     (VC, f'{T}msg="failure during GPU discovery" OLLAMA_LIBRARY_PATH=[/a] extra_envs=map[] '
          'error="failed to finish discovery before timeout"', "discovery_failed", {"cause": "discovery_timeout"}),
     (VD, f'{T}msg="llama-server discovery: timed out waiting for server startup" error=x',
@@ -207,6 +218,7 @@ class TestRows:
     def test_every_row_has_a_sample(self) -> None:
         """No pattern row is left without a synthetic line that exercises it."""
         lines = [s[1] for s in SAMPLES] + [V0, VA, VB, VC, VD]
+        lines += [sample(e, line) for e in load() if e.relevant for line in e.lines]  # the catalogue's own lines
         for row in ROWS:
             assert any(row.regex.search(line) for line in lines), f"row {row.kind}/{row.needle!r} has no sample"
 
@@ -216,14 +228,23 @@ class TestRows:
         assert not [e for e in _events(VA, line) if e.kind == "gpu_dropped"]
         assert [e for e in _events(VD, line) if e.kind == "gpu_dropped"]
 
-    def test_unknown_version_uses_common_rows_only(self) -> None:
-        """A version newer than the tables keeps the common rows and drops the generation-specific ones."""
+    def test_unknown_version_uses_common_rows_only_while_the_lines_tell_nothing(self) -> None:
+        """A version newer than the tables keeps the common rows until a line's shape shows its generation."""
         future = f'{T}msg="Listening on 127.0.0.1:11434 (version 0.99.0)"'
-        line = f'{T}msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" library=Vulkan'
-        assert not [e for e in _events(future, line) if e.kind == "gpu_dropped"]
+        assert not [e for e in _events(future, "cuInit err: 999") if e.kind == "cuda_init_failed"]
         assert [e for e in _events(future, "ggml_cuda_init: found 1 CUDA devices:") if e.kind == "runner_devices"]
         gen = [e for e in parse_text(future) if e.kind == "generation"]
         assert gen and gen[0].data["known"] is False
+
+    def test_unknown_version_uses_the_generation_its_lines_show(self) -> None:
+        """Issue 13 item 5: a message only generation D prints makes D's rows apply under a version newer than the
+        tables."""
+        future = f'{T}msg="Listening on 127.0.0.1:11434 (version 0.99.0)"'
+        line = f'{T}msg="dropping integrated GPU; to enable, set OLLAMA_IGPU_ENABLE=1" library=Vulkan'
+        events = _events(future, line)
+        assert [e for e in events if e.kind == "gpu_dropped"]
+        gen = [e.data for e in events if e.kind == "generation" and e.data["from"] == "inferred"]
+        assert gen and gen[0]["generation"] == "D" and "dropping integrated GPU" in gen[0]["basis"]
 
     def test_generation_is_inferred_from_a_generation_only_line(self) -> None:
         """Without a version line, a line that exists in one generation only names the generation."""

@@ -107,19 +107,6 @@ class TestLifecycle:
         events = [e["event"] for e in serve.events()]
         assert "restart_scheduled" in events and "killed_process_group" in events
 
-    def test_crash_loop_ends_with_exit_5(self, tmp_path: Path, cache_dir: Path) -> None:
-        """A server that always crashes is restarted within the budget, then ollama-gpu exits 5."""
-        serve = Serve(args("--restart-max", "2", "--restart-backoff", "0.05"),
-                      serve_env(tmp_path, cache_dir, free_port(), FAKE_EXIT="3"))
-        assert serve.wait() == 5
-        assert serve.err.count("fake: crashing") == 3  # the first start and two restarts
-        assert any(e["event"] == "crash_loop" for e in serve.events())
-
-    def test_no_restart_budget_passes_ollamas_code(self, tmp_path: Path, cache_dir: Path) -> None:
-        """With OGPU_RESTART_MAX=0 the supervisor exits with Ollama's own code."""
-        serve = Serve(args("--restart-max", "0"), serve_env(tmp_path, cache_dir, free_port(), FAKE_EXIT="7"))
-        assert serve.wait() == 7
-
     def test_missing_binary(self, tmp_path: Path, cache_dir: Path) -> None:
         """An Ollama binary that does not exist: one error line naming the fix, exit 127."""
         serve = Serve(["--ollama", "/nonexistent/ollama", "serve"], serve_env(tmp_path, cache_dir, free_port()))
@@ -186,11 +173,12 @@ class TestReload:
 
 
 class TestOutput:
-    def test_200_mb_forwarded_identically(self, tmp_path: Path, cache_dir: Path) -> None:
-        """200 MiB of every byte value pass through unchanged (hash compared)."""
+    def test_64_mb_forwarded_identically(self, tmp_path: Path, cache_dir: Path) -> None:
+        """64 MiB (64 times the pipe) of every byte value pass through unchanged (hash compared); the speed is
+        `python -m benchmarks.supervisor`'s to measure, not this test's."""
         out_path = tmp_path / "stdout.bin"
         with open(out_path, "wb") as out:
-            serve = Serve(args(), serve_env(tmp_path, cache_dir, free_port(), FAKE_OUTPUT_MB="200"),
+            serve = Serve(args(), serve_env(tmp_path, cache_dir, free_port(), FAKE_OUTPUT_MB="64"),
                           stdout=out.fileno())
             wait_for(lambda: "sha256=" in serve.err, timeout=120, what="hash line")
             assert serve.stop() == 0
@@ -199,7 +187,7 @@ class TestOutput:
         with open(out_path, "rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
-        assert out_path.stat().st_size == 200 << 20
+        assert out_path.stat().st_size == 64 << 20
         assert digest.hexdigest() == expected
 
     def test_partial_line_not_split_by_ours(self, tmp_path: Path, cache_dir: Path) -> None:

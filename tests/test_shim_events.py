@@ -29,12 +29,12 @@ from launcher.shim_events import (
     REASONS,
     Message,
     Rejected,
-    ServerThread,
     ShimEventsError,
     ShimEventServer,
     process_start_time,
     validate,
 )
+from tests.shim_server_thread import ServerThread
 
 # --- protocol v1 as DESIGN.md states it: the test's own copy, so that a drift in the server fails here ----------
 

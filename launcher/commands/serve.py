@@ -9,27 +9,36 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from launcher import log as logsetup
 from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
 from launcher.config import Mode, Settings, log_warnings
+from launcher.directives import Directive, View
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
 from launcher.exitcodes import Exit
+from launcher.guardian import GuardianKeeper
+from launcher.instance import AlreadyRunning, InstanceLock
+from launcher.lineage import descends_from
 from launcher.memory_live import MemoryWatch, add_memory
 from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
+from launcher.port_owner import answering, holder
 from launcher.proctree import TreeWatcher
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
 from launcher.startup import Prepared, prepare
-from launcher.supervisor import Supervisor, exec_off
+from launcher.supervisor import Options, Supervisor, Wiring, exec_off
+from launcher.system import OsSystem
+
+if TYPE_CHECKING:
+    from launcher.controller import Controller
 
 HELP = "run `ollama serve` (same arguments and environment) under supervision, with the CUDA shim"
 
@@ -129,6 +138,45 @@ class PendingSink:
             self._target = target
 
 
+class ControllerSlot:
+    """The supervisor's policy from its construction on: empty until the controller is built right after the first
+    spawn (its imports and setup cost start-up time that Ollama does not have to wait for)."""
+
+    def __init__(self) -> None:
+        self.controller: Controller | None = None
+
+    def tick(self, view: View, now: float) -> Sequence[Directive]:
+        return self.controller.tick(view, now) if self.controller is not None else ()
+
+    def ready_gate(self, since_answer: float) -> bool:
+        return self.controller.ready_gate(since_answer) if self.controller is not None else True
+
+
+class StatsTap:
+    """The shim event server as the loop polls it, with its counters handed to the metrics after each poll (the
+    documented `dropped_events{where="event_server"}` series)."""
+
+    def __init__(self, server: shim_events.ShimEventServer) -> None:
+        self.server = server
+        self.on_stats: Callable[[shim_events.ServerStats], None] | None = None
+
+    def fileno(self) -> int:
+        return self.server.fileno()
+
+    def poll(self, timeout: float | None = 0.0) -> list[Event]:
+        events = self.server.poll(timeout)
+        if self.on_stats is not None:
+            self.on_stats(self.server.stats())
+        return events
+
+    @property
+    def rechecking(self) -> bool:
+        return self.server.rechecking
+
+
+NVML_INTERVAL = 1.0  # seconds between two NVML memory samples
+
+
 def ollama_pids(sup: Supervisor) -> set[int]:
     """Ollama and its descendants (runners): VRAM they hold is the load's own, not another process's."""
     if sup.ollama is None:
@@ -141,19 +189,19 @@ def ollama_pids(sup: Supervisor) -> set[int]:
     return pids
 
 
-def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, recorder: Recorder,
-                       pending: PendingSink, log: Any, closers: list[Callable[[], None]],
-                       memory: MemoryWatch | None = None) -> None:
+def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
+                       recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
+                       tap: StatsTap | None, memory: MemoryWatch | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
     from launcher.nvml import NvmlSampler
+    from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
-    from launcher.status import StatusServer
+    from launcher.status_socket import StatusServer
 
-    nvml = NvmlSampler()  # opened by the controller's first turn
-    closers.append(nvml.close)
+    nvml = NvmlSampler()  # opened and sampled by the poller's thread, started once the controller takes events
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -178,22 +226,30 @@ def _attach_controller(sup: Supervisor, settings: Settings, prepared: Prepared, 
         if exported is not None:
             sinks.append(exported[0].observe)
             closers.append(exported[1].close)
+            if tap is not None:
+                tap.on_stats = exported[0].set_shim_server_stats
 
     def record(event: Event) -> None:
         for each in sinks:
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, nvml=nvml)
+                            remedy_context=remedy_context)
     pending.attach(controller.sink)
-    sup.tick, sup.ready_gate = controller.tick, controller.ready_gate
+    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL).start().close)
+    slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
-            controller.status(sup), memory.reports() if memory is not None else [])).start()
-        sup.add_status_server(status)
+            controller.status(sup.view()), memory.reports() if memory is not None else [])).start()
+        sup.add_reader(status.fileno(), status.handle)
         closers.append(status.close)
     except OSError as exc:
         log.warning("status_socket_unavailable", path=str(settings.dirs.status_socket), error=str(exc))
+
+
+def instance_lock_path(settings: Settings) -> Path:
+    """The lock that makes one supervisor per OLLAMA_HOST."""
+    return settings.dirs.runtime / f"serve-{settings.dirs.instance}.lock"
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -206,23 +262,43 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return Exit.USAGE  # not reached: exec replaces us, or raises
 
     out, err = SharedStream(sys.stdout.fileno()), SharedStream(sys.stderr.fileno())
-    log = logsetup.configure(settings.log_format, settings.log_level, err)  # our lines share stderr with Ollama
+    # our lines share stderr with Ollama (SharedStream is the file-like object structlog writes to)
+    log = logsetup.configure(settings.log_format, settings.log_level, cast("IO[str]", err))
     try:
         ensure_dirs(settings.dirs, os.geteuid())
     except (UnsafeDirectoryError, OSError) as exc:
         print(f"ollama-gpu: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    try:  # before any socket: a second supervisor must never touch the first one's
+        lock = InstanceLock.acquire(instance_lock_path(settings))
+    except AlreadyRunning as exc:
+        log.error("already_running", pid=exc.pid, host=settings.host.netloc, lock=str(exc.path),
+                  action="one supervisor per OLLAMA_HOST: stop that one, or set another OLLAMA_HOST")
+        return Exit.USAGE
+    except OSError as exc:
+        print(f"ollama-gpu: configuration error: cannot take the instance lock: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    try:
+        return _supervise(args, ctx, settings, notifier, out, err, log)
+    finally:
+        lock.release()
+
+
+def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notifier: Notifier, out: SharedStream,
+               err: SharedStream, log: Any) -> int:
+    if answering(settings.host):
+        found = holder(settings.host.port)
+        log.error("port_in_use", host=settings.host.netloc, holder_pid=found.pid if found else None,
+                  holder=found.name if found else None,
+                  consequence="Ollama cannot listen there; `ready` is not reported for a server that is not ours",
+                  action="stop the process holding the port (a stale ollama?), or set another OLLAMA_HOST")
     if os.getpid() != 1 and not set_subreaper():
         log.warning("no_subreaper", problem="PR_SET_CHILD_SUBREAPER failed",
                     consequence="orphaned runners are reaped by init, not by us")
 
-    supervisor: Supervisor | None = None
-
-    def on_orphan(orphan: Any) -> None:
-        if supervisor is not None:
-            supervisor.on_orphan(orphan)
-
-    registry = ChildRegistry(on_orphan=on_orphan)
+    holder_: list[Supervisor] = []
+    registry = ChildRegistry(on_orphan=lambda orphan: holder_[0].on_orphan(orphan) if holder_ else None)
+    guardian = GuardianKeeper(registry, log)  # before Ollama exists: it must never run unguarded
     prepared = prepare(settings, ctx.env, registry, log, args.args)
     for advice in prepared.plan.advice:
         log.warning("advice", fix=advice, mode=settings.mode.value)
@@ -232,10 +308,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     server = None
     if prepared.plan.shim is not None:
-        try:
-            server = shim_events.ShimEventServer(settings.dirs.events_socket).start()
+        me = os.getpid()
+        try:  # only our own descendants are heard (Ollama, its runners, runners re-parented to us)
+            server = shim_events.ShimEventServer(settings.dirs.events_socket,
+                                                 peer_check=lambda pid: descends_from(pid, me)).start()
         except OSError as exc:
             log.warning("shim_events_unavailable", path=str(settings.dirs.events_socket), error=str(exc))
+    tap = StatsTap(server) if server is not None else None
 
     recorder = Recorder(settings.record)
     pending = PendingSink()  # holds events until the controller exists (it is built after the spawn)
@@ -246,23 +325,31 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     closers: list[Callable[[], None]] = []
 
     def reload() -> EnvPlan | None:
-        """SIGHUP: read the configuration layers again and plan anew (a bad file keeps the running plan)."""
+        """SIGHUP, in a worker: read the configuration layers again and plan anew (a bad file keeps the running
+        plan; the loop forwards output and answers status meanwhile)."""
         if ctx.reload is None:
             return None
         new = ctx.reload()
         log_warnings(log, new.warnings)
         return prepare(new, ctx.env, registry, log, args.args).plan
 
+    slot = ControllerSlot()
+    system = OsSystem(registry, wake=lambda: holder_[0].wake() if holder_ else None, guardian=guardian.watch)
     supervisor = Supervisor(
-        plan=prepared.plan, host=settings.host, registry=registry, log=log, out=out, err=err, notifier=notifier,
+        plan=prepared.plan, system=system, log=log, out=out, err=err, notifier=notifier,
+        options=Options(host=settings.host, stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout,
+                        watchdog_interval=notifier.watchdog_interval),
         crash_budget=CrashBudget(settings.restart_max, settings.restart_window, settings.restart_backoff,
                                  settings.restart_backoff_max),
-        stop_grace=settings.stop_grace, ready_timeout=settings.ready_timeout, sink=pending,
-        line_sink=on_line, event_server=server,
-        make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None),
-        reload=reload,
-        after_start=lambda sup: _attach_controller(sup, settings, prepared, recorder, pending, log, closers, memory),
+        wiring=Wiring(
+            sink=pending, line_sink=on_line, event_server=tap, reload=reload, policy=slot,
+            make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
+                                                  ignore=lambda pid: pid == guardian.pid),
+            after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
+                                                             closers, tap, memory),
+        ),
     )
+    holder_.append(supervisor)
     try:
         return supervisor.run()
     finally:
@@ -272,3 +359,4 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.debug("shim_events_stats", **server.stats().to_dict())
             server.close()
         recorder.close()
+        guardian.close()  # end-of-file: the guardian kills what it was last told (0 after a clean stop)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from launcher.doctor.context import VERSION_TIMEOUT, Ctx, Row, _one_line, cuda_major, driver_major
-from launcher.log_patterns import generation_of
+from launcher.generations import generation_of
 from launcher.nvml import NvmlState
 
 # CUDA library directories Ollama ships, the runtime major they hold and the lowest NVIDIA driver branch that runs

@@ -186,6 +186,7 @@ class Facts:
     version: str | None = None
     generation: str | None = None
     generation_from: str | None = None
+    generation_basis: str | None = None  # what an inferred generation was read from (a source file, a line shape)
     version_unknown: bool = False
     discovered: list[Event] = field(default_factory=list)
     no_gpu: list[Event] = field(default_factory=list)

@@ -10,7 +10,7 @@ from launcher import devices, error_codes
 from launcher.events import Event
 from launcher.evidence.facts import Facts, Handler, Proc, _d, _push
 from launcher.evidence.log_facts import _on_config
-from launcher.log_patterns import generation_of
+from launcher.generations import generation_of
 from launcher.proctree import classify as classify_argv
 from launcher.vocabulary import FILTER_VARS, INTENT_VARS, SCHEDULER_VARS
 

@@ -17,7 +17,7 @@ from launcher.evidence.facts import (
     _push,
     event_cause,
 )
-from launcher.log_patterns import MIN_COMPUTE
+from launcher.generations import MIN_COMPUTE
 from launcher.vocabulary import FILTER_VARS
 
 # --- handlers: (source, kind) → how an event changes the facts -----------------------------------------------------
@@ -25,6 +25,7 @@ from launcher.vocabulary import FILTER_VARS
 def _on_generation(f: Facts, e: Event) -> None:
     f.generation = _d(e, "generation")
     f.generation_from = _d(e, "from")
+    f.generation_basis = _d(e, "basis")
     if _d(e, "version") is not None:
         f.version = _d(e, "version")
         f.version_unknown = not _d(e, "known", True)
@@ -196,7 +197,9 @@ def _on_gpu_libraries(f: Facts, e: Event) -> None:
     paths = [str(p) for p in _d(e, "paths", ()) or ()]
     if paths and "/stubs/" in paths[0]:
         f.add_problem("stub_library", e, "discovery")
-    wsl = [p for p in paths if "/usr/lib/wsl/" in p]
+    # WSL's own libraries live in /usr/lib/wsl/lib; /usr/lib/wsl/drivers is the driver store, whose libcuda is not
+    # meant to be loaded directly, so a native path before it is no shadowing (a container's toolkit mount, e.g.)
+    wsl = [p for p in paths if "/usr/lib/wsl/lib/" in p]
     native = [p for p in paths if "/usr/lib/wsl/" not in p and p.startswith("/")]
     if wsl and native and paths.index(native[0]) < paths.index(wsl[0]):
         f.add_problem("wsl_libcuda_path", e, "discovery")  # a native Linux driver library shadows WSL's own

@@ -25,7 +25,7 @@ from launcher.evidence.facts import (
     settle,
 )
 from launcher.evidence.log_facts import _below_minimum
-from launcher.log_patterns import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
+from launcher.generations import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
 
 # --- the log tier: rules over the facts ---------------------------------------------------------------------------
 
@@ -243,13 +243,18 @@ def _log_rules(f: Facts) -> Ruling:
                     version=f.version, tier="log")
         return v, tuple(notes)
 
-    if f.version_unknown:
-        notes.append(f"Ollama {f.version} is newer than the generation tables: only the patterns common to "
-                     "every generation were used")
+    basis = f" ({f.generation_basis})" if f.generation_basis else ""
+    if f.version_unknown and f.generation_from == "inferred":
+        notes.append(f"Ollama {f.version} is newer than the generation tables; generation {f.generation} inferred "
+                     f"from the shapes of its lines{basis}")
+    elif f.version_unknown:
+        notes.append(f"Ollama {f.version} is newer than the generation tables and its lines show no generation: "
+                     "only the patterns common to every generation were used")
     elif f.generation is None:
-        notes.append("no Ollama version in the log and no generation-specific line: only common patterns were used")
+        notes.append("no Ollama version in the log and no line that shows the generation: only common patterns "
+                     "were used")
     elif f.generation_from == "inferred":
-        notes.append(f"no version line; generation {f.generation} inferred from its own log lines")
+        notes.append(f"no version line; generation {f.generation} inferred from the shapes of its lines{basis}")
     active = [p for p in problems if not p.superseded]
     place = placement(f)
 

@@ -55,6 +55,9 @@ from launcher.driverlib import KNOWN_DIRS  # noqa: E402
 from launcher.events import Event  # noqa: E402
 
 SETTLED = ("gpu", "cpu_fallback", "cpu_expected", "partial_offload", "crash")
+# A reaping stand-in for init (the device machine's pid 1 may not reap): what the kernel re-parents after a SIGKILL of
+# the supervisor is reaped there, so psutil shows only what truly lives on.
+REAPER = HERE.parent.parent.parent / "tests" / "programs" / "reaper.py"
 READY_S = 90.0
 VERDICT_S = 45.0
 
@@ -730,6 +733,45 @@ def multi_stale(stack: Stack, sc: Scenario) -> None:
         srv.stop()
 
 
+def sigkill(stack: Stack, sc: Scenario) -> None:
+    """Issue 14: the supervisor is SIGKILLed while a real llama.cpp runner holds a model on the GPU; within 1 s no
+    process of its tree is left (the guardian kills Ollama's group), and the GPU memory is given back."""
+    srv = Server(stack, "sigkill", prefix=[sys.executable, str(REAPER)])
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is None:
+            return
+        used = nvml_used_by(runner.pid)
+        sc.got.append(f"runner {runner.pid} holds {used} bytes per NVML")
+        supervisor = psutil.Process(srv.proc.pid).children()[0]
+        tree = [supervisor.pid, *(p.pid for p in supervisor.children(recursive=True))]
+        sc.check("the real runner is in the supervisor's tree", runner.pid in tree, tree)
+        t0 = time.monotonic()
+        os.kill(supervisor.pid, signal.SIGKILL)
+        left = tree
+        while left and time.monotonic() - t0 < 1.0:
+            left = [pid for pid in tree if _running(pid)]
+            time.sleep(0.005)
+        sc.metrics["tree_gone_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        names = []
+        for pid in left:
+            with contextlib.suppress(psutil.Error):
+                names.append(" ".join(psutil.Process(pid).cmdline())[:120])
+        sc.check("no process of the tree 1 s after SIGKILL (psutil)", not left, names)
+        still = nvml_used_by(runner.pid, timeout=2.0)
+        sc.check("NVML lists no memory for the dead runner", not still, still)
+    finally:
+        srv.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
     ("healthy", healthy, "verdict gpu from real log lines + real shim launches + runner VRAM per NVML",
      "gpu/none, no restart"),
@@ -749,11 +791,14 @@ SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
      "gpu/none on the other, operator's choice, no restart"),
     ("multi-stale", multi_stale, "2 GPUs: a stale UUID hides GPU1; listed: dropped, both used; Slurm: advised",
      "device_filter_hides_gpu -> 1 restart -> both"),
+    ("sigkill", sigkill, "the supervisor SIGKILLed with a real runner loaded: its tree is gone within 1 s",
+     "0 processes left, GPU memory released"),
 ]
 # The order of a run: the scenarios of several GPUs (skipped on one), the healthy case and the speed pairs, then the
 # faults, then the cheap figures.
 ORDER = ("multi-split", "multi-filter-op", "multi-stale", "healthy", "bench-tg", "bench-control", "filter-override",
-         "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "llama-bench", "launch")
+         "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "sigkill", "llama-bench",
+         "launch")
 NEED_S = {"bench-tg": 60, "bench-control": 60, "llama-bench": 45, "launch": 30, "multi-filter-op": 80,
           "multi-stale": 70}  # seconds a step needs to be started (others: 45)
 

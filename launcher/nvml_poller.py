@@ -1,0 +1,59 @@
+"""NVML off the supervisor's loop: a daemon thread opens NVML once, then samples every `interval` seconds and hands
+the events to the board's sink (thread-safe). An NVML call that hangs in the driver then holds this thread only:
+forwarding, status, signals and the systemd watchdog go on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from launcher.events import Event
+from launcher.log import get as get_logger
+from launcher.nvml import NvmlSampler
+
+log = get_logger(__name__)
+
+
+class NvmlPoller:
+    """Runs an NvmlSampler in its own thread."""
+
+    def __init__(self, sampler: NvmlSampler, sink: Callable[[Event], None], interval: float = 1.0) -> None:
+        self.sampler = sampler
+        self._sink = sink
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ollama-gpu-nvml", daemon=True)
+
+    def start(self) -> NvmlPoller:
+        """Open NVML and start sampling, in the thread."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._hand(self.sampler.start())
+            while not self._stop.wait(self._interval):
+                self._hand(self.sampler.sample())
+        except Exception as exc:  # our bug: NVML stops being sampled, nothing else does
+            log.error("internal_error", where="nvml", error=type(exc).__name__, detail=str(exc)[:300],
+                      action="NVML no longer sampled; Ollama keeps running")
+
+    def _hand(self, events: list[Event]) -> None:
+        for event in events:
+            if self._stop.is_set():
+                return
+            self._sink(event)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop sampling; shut NVML down once the thread is out of it (a hung call leaves it to the process exit)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.sampler.close()
+
+    @property
+    def state(self) -> Any:
+        """The sampler's NvmlState (None until NVML was opened)."""
+        return self.sampler.state

@@ -1,0 +1,65 @@
+"""NVML is sampled in its own thread: its events reach the sink, and a call that hangs in the driver holds only
+that thread (close() returns, NVML is left to the process exit)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, cast
+
+from launcher.events import Event
+from launcher.nvml_poller import NvmlPoller
+from tests.serve_helpers import wait_for
+
+
+class FakeSampler:
+    def __init__(self, hang: threading.Event | None = None, fail: bool = False) -> None:
+        self.state: Any = None
+        self.samples = 0
+        self.closed = False
+        self.hang = hang
+        self.fail = fail
+
+    def start(self) -> list[Event]:
+        self.state = "open"
+        return [Event("nvml", "gpus", 0.0, None, {"gpus": []})]
+
+    def sample(self) -> list[Event]:
+        self.samples += 1
+        if self.fail:
+            raise RuntimeError("NVML_ERROR_UNKNOWN")
+        if self.hang is not None:
+            self.hang.wait()
+        return [Event("nvml", "memory", 0.0, None, {"gpus": []})]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TestNvmlPoller:
+    def test_events_reach_the_sink_and_close_shuts_nvml(self) -> None:
+        """The machine's GPUs first, then a memory sample per interval; close() stops and shuts NVML down."""
+        sampler, got = FakeSampler(), []
+        poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01).start()
+        wait_for(lambda: len(got) >= 3, what="samples")
+        poller.close()
+        assert [e.kind for e in got[:3]] == ["gpus", "memory", "memory"]
+        assert sampler.closed and poller.state == "open"
+
+    def test_a_hung_call_does_not_hold_close(self) -> None:
+        """A sample stuck in the driver: close() returns after its timeout and leaves NVML alone (no shutdown
+        under a call in flight)."""
+        hang = threading.Event()
+        sampler = FakeSampler(hang=hang)
+        poller = NvmlPoller(cast(Any, sampler), lambda _e: None, interval=0.01).start()
+        wait_for(lambda: sampler.samples >= 1, what="the hung sample")
+        poller.close(timeout=0.1)
+        assert not sampler.closed
+        hang.set()
+
+    def test_a_failing_sampler_is_logged_not_raised(self) -> None:
+        """Our bug in sampling ends the sampling, nothing else."""
+        sampler, got = FakeSampler(fail=True), []
+        poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01).start()
+        wait_for(lambda: sampler.samples >= 1, what="the failing sample")
+        poller.close()
+        assert [e.kind for e in got] == ["gpus"] and sampler.closed
