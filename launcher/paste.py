@@ -60,6 +60,7 @@ _START: Final = re.compile(
     r"|(?:INFO|WARN|WARNING|ERROR|DEBUG)\s+\["  # old llama.cpp server: "INFO [main] build info"
     r"|goroutine\s\d"
     r"|[a-z_]+\(\):\s"  # glibc: "free(): invalid pointer"
+    r"|\S+\.(?:c|cc|cpp|cu|h|go|m|mm):\d+:\s"  # a source location: "ggml-cuda.cu:90: GGML_ASSERT(...) failed"
     r"|-- (?:Boot|Logs begin|Journal begins|No entries|Reboot)"  # journalctl's own markers
     r"|\s+(?:Device\s\d+:|current device:|-\s)"  # ggml device list, CUDA error detail, list items
     r"|\s+/\S+\.go:\d+"  # Go stack frame file lines
@@ -94,7 +95,7 @@ def _slog_tail(record: str, text: str) -> bool:
     if not (record.startswith(_SLOG_HEAD) or record.find("msg=", 0, 200) >= 0) or _LABEL.match(text):
         return False  # ("NVRM: Xid ... pid=1234": a line that opens with a label is a record; a slog tail cannot)
     if "=" in text or '"' in text:
-        return '"' in text or _key_value(text)
+        return _key_value(text)  # (a quote alone is no tail: an open quote is handled as such)
     # words without `key=` are a record of their own; a short lone token ("[cpu]", "5.2") is a tail
     return " " not in text.strip() and len(text) <= 24 and "(" not in text
 
