@@ -128,6 +128,13 @@ class TestEveryFixture:
         """Lines wrapped at any terminal width >= 60 read as the records they were."""
         assert _verdict(_encode(wrap(_lines(path), width))) == _base(path)
 
+    def test_common_terminal_widths_change_nothing(self, path: Path) -> None:
+        """The widths terminals are usually left at, and the narrowest we claim, every one of them (beside the
+        drawn ones above)."""
+        lines = _lines(path)
+        for width in (60, 61, 72, 80, 100, 120, 132, 160, 200):
+            assert _verdict(_encode(wrap(lines, width))) == _base(path), width
+
     @PROPERTY
     @given(picks=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=8),
            sep=st.sampled_from(["", " ", "  "]))
