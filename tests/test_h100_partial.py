@@ -24,6 +24,7 @@ import pytest
 from launcher.commands.explain import explain_with_memory
 from launcher.fit_advice import advise
 from launcher.memory_account import FIT_TARGET_DEFAULT, MemoryAccount, accounts_of_text
+from launcher.memory_report import report
 from tests.cli_helpers import REPO
 
 MIB = 1 << 20
@@ -205,3 +206,18 @@ def test_baseline_predicts_every_run_within_one_layer(bench: ModuleType) -> None
     recorded = json.loads((RESULTS / "h100-2026-12-06-results.json").read_text(encoding="utf-8"))["rows"]
     assert [(r["name"], r["predicted"], r["actual"]) for r in recorded] == \
         [(r.name, r.predicted, r.actual) for r in rows]
+
+
+@pytest.mark.parametrize("name", ["num_ctx", "free_all"])
+def test_a_load_that_fits_is_not_called_partial_in_status(name: str) -> None:
+    """The account `serve` publishes for a full load (status' memory block) advises nothing and says it fits; on the
+    H100 these two read "17/17 layers on GPU, partly offloaded; smallest change that fits: …" before."""
+    data = report(account(name))
+    assert data["summary"] == "17/17 layers on GPU: the whole model is on the GPU, nothing to change"
+    assert data["advice"] == []
+
+
+def test_the_partial_baseline_still_gets_its_advice_in_status() -> None:
+    data = report(account("baseline"))
+    assert data["summary"].startswith("8/17 layers on GPU, short by ")
+    assert [c["setting"] for c in data["advice"] if c["fits"]]
