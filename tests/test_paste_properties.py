@@ -21,9 +21,11 @@ from launcher.commands.explain import explain_stream
 from launcher.log_input import strip_prefixes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+OWN = Path(__file__).resolve().parent / "fixtures"  # real logs kept in this repository (issue 17's H100 runs)
 LOGS = sorted([*FIXTURES.glob("ollama-logs/*/server.log"), *FIXTURES.glob("ollama-real-cpu/*.log"),
-               *FIXTURES.glob("ollama-real-gpu/*.log"), *FIXTURES.glob("ggml-real/*.log")])
-IDS = [str(p.relative_to(FIXTURES)) for p in LOGS]
+               *FIXTURES.glob("ollama-real-gpu/*.log"), *FIXTURES.glob("ggml-real/*.log")]) + sorted(
+    OWN.glob("h100-partial/*.log"))
+IDS = [str(p.relative_to(FIXTURES if p.is_relative_to(FIXTURES) else OWN)) for p in LOGS]
 
 PROPERTY = settings(max_examples=4, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
