@@ -469,10 +469,17 @@ def _unsized(acc: MemoryAccount, why: str) -> tuple[list[Candidate], str]:
     return out, why
 
 
+def fully_offloaded(acc: MemoryAccount) -> bool:
+    """Every layer of the load is on the GPU (as the log counts them): there is no shortfall to advise on."""
+    return acc.layers_total is not None and acc.layers_gpu == acc.layers_total
+
+
 def summary(acc: MemoryAccount, candidates: list[Candidate]) -> str:
     """One line for the `serve` advice log and `status`: what missed and the first change that fits."""
-    short = f"short by {_fmt(acc.shortfall)}" if acc.shortfall is not None and acc.shortfall > 0 else "partly offloaded"
     lay = f"{acc.layers_gpu}/{acc.layers_total} layers on GPU" if acc.layers_total else "layers not in the log"
+    if fully_offloaded(acc):
+        return f"{lay}: the whole model is on the GPU, nothing to change"
+    short = f"short by {_fmt(acc.shortfall)}" if acc.shortfall is not None and acc.shortfall > 0 else "partly offloaded"
     best = next((c for c in candidates if c.fits), None)
     if best is None:
         return f"{lay}, {short}; no single advised change fits it fully"

@@ -14,35 +14,66 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")
 
 # Prefixes that wrap Ollama's own text. Each has a cheap gate (plain string tests) so that a line without a prefix,
 # the common case, costs no regex; journald's prefix leaves the pid behind.
-_JOURNAL = re.compile(r"^[^\[|]{0,40}?\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?(?:[+-]\d{2}:?\d{2}|Z)?\s+\S+\s+"
-                      r"[^\s\[\]]+\[(?P<pid>\d+)\]:\s?")  # journalctl short/short-iso/precise, any locale
-_COMPOSE = re.compile(r"^[A-Za-z0-9][\w.-]{0,62}\s+\|\s")  # docker compose: "ollama-1  | "
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})\s")  # docker -t
+_JOURNAL = re.compile(
+    r"^(?:[^\[|]{0,40}?\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?(?:\s?(?:[+-]\d{2}:?\d{2}|Z|[A-Z]{2,5}))?"  # short, -iso, -full
+    r"|\d{9,11}(?:\.\d+)?|\[\s*\d+\.\d+(?:\s*<\s*[\d.]+>)?\])"  # short-unix, short-monotonic, short-delta
+    r"\s+\S+\s+[^\s\[\]]+\[(?P<pid>\d+)\]:\s?")  # host ident[pid]: (any locale's month names)
+_COMPOSE = re.compile(r"^(?=[\w.-]{0,62}[A-Za-z])[A-Za-z0-9][\w.-]{0,62}\s+\|\s")  # docker compose: "ollama-1  | "
+_KUBECTL = re.compile(r"^\[[a-z]+/[^\]\s/]+/[^\]\s/]+\]\s")  # kubectl logs --prefix: "[pod/ollama-0/ollama] "
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})\s")  # --timestamps
 _LLAMA = re.compile(r"^\d+\.\d{2}\.\d{3}\.\d{3} [IWEDT] ")  # llama-server: "0.00.178.962 I "
 _LEVEL = re.compile(r"^[IWED] (?=\s*(?:[A-Za-z_]\w*:|cmn |srv |slot |que |res |Device \d))")  # "I ggml_…"
 
 
-def _strip_prefix(text: str) -> tuple[str, int | None]:
-    """Remove one wrapping prefix, if the line has one."""
+def _strip_prefix(text: str) -> tuple[str, int | None, str]:
+    """Remove one wrapping prefix, if the line has one; the last item names it ("" when none)."""
     head = text[:100]
     if "]:" in head:
         m = _JOURNAL.match(text)
         if m:
-            return text[m.end() :], int(m["pid"][:9])
+            return text[m.end() :], int(m["pid"][:9]), "journald"
     if " | " in head or " |\t" in head:
         m = _COMPOSE.match(text)
         if m:
-            return text[m.end() :], None
+            return text[m.end() :], None, "compose " + text[: m.end()].split()[0]
     first = text[0]
     if first.isdigit():
-        m = (_TIMESTAMP if text[4:5] == "-" else _LLAMA).match(text)
+        is_ts = text[4:5] == "-"
+        m = (_TIMESTAMP if is_ts else _LLAMA).match(text)
         if m:
-            return text[m.end() :], None
+            return text[m.end() :], None, "timestamp" if is_ts else "llama-server"
+    elif first == "[":
+        if text[1:2].isalpha():
+            m = _KUBECTL.match(text)
+            if m:
+                return text[m.end() :], None, "kubectl"
     elif text[1:2] == " " and first in "IWED":
         m = _LEVEL.match(text)
         if m:
-            return text[m.end() :], None
-    return text, None
+            return text[m.end() :], None, "level"
+    return text, None, ""
+
+
+def prefix_kind(text: str) -> str:
+    """Which prefix the line starts with: journald, compose <service>, timestamp, kubectl, ...; "" when none."""
+    if not text or text.startswith("time="):
+        return ""
+    return _strip_prefix(text)[2]
+
+
+def strip_prefixes(text: str) -> tuple[str, int | None]:
+    """Remove the wrapping prefixes a line has, outermost first (kubectl or compose, then a timestamp, ...)."""
+    pid: int | None = None
+    for _ in range(4):
+        if not text or text.startswith("time="):
+            break
+        stripped, p, _ = _strip_prefix(text)
+        if stripped is text:
+            break
+        text = stripped
+        if p is not None:
+            pid = p
+    return text, pid
 
 
 class Line(NamedTuple):
@@ -65,10 +96,7 @@ def clean(raw: bytes) -> tuple[str, int | None]:
         text = _ANSI.sub("", text)
     if not text.isprintable():
         text = _CONTROL.sub(" ", text.replace("\t", " "))
-    pid: int | None = None
-    if text and not text.startswith("time="):
-        text, pid = _strip_prefix(text)
-    return text, pid
+    return strip_prefixes(text)
 
 
 class LineSplitter:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from launcher.fit_advice import Candidate, advise, kv_per_token, summary
+from launcher.fit_advice import Candidate, advise, fully_offloaded, kv_per_token, summary
 from launcher.log_input import LineSplitter, clean
 from launcher.memory_account import MemoryAccount, MemoryTracker
 from launcher.memory_lines import RELEVANT_BYTES
@@ -142,7 +142,7 @@ def table(a: MemoryAccount, candidates: list[Candidate], note: str) -> list[str]
 
 def report(a: MemoryAccount) -> dict[str, Any]:
     """The account with its advice, as JSON."""
-    candidates, note = advise(a)
+    candidates, note = ([], "every layer is on the GPU") if fully_offloaded(a) else advise(a)
     return {**a.to_dict(), "advice": [c.to_dict() for c in candidates], "advice_note": note,
             "summary": summary(a, candidates)}
 

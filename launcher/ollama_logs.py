@@ -9,8 +9,9 @@ from typing import IO, Final
 from launcher.catalogue import message_generations
 from launcher.events import Event, EventError
 from launcher.generations import ALL, generation_of, shape_generations, slog_message
-from launcher.log_input import Line, clean, read_chunks, split_lines
+from launcher.log_input import Line, read_chunks, split_lines
 from launcher.log_patterns import ROWS, Row
+from launcher.paste import Joiner
 
 TEXT_CHARS: Final = 300  # how much of a line an event keeps, for the evidence the board cites
 
@@ -223,18 +224,17 @@ def parse_lines(lines: Iterable[Line]) -> Iterator[Event]:
 
 
 def parse_chunks(chunks: Iterable[bytes]) -> Iterator[Event]:
-    """Events of a byte stream given in any chunking (the result does not depend on where chunks split)."""
+    """Events of a byte stream given in any chunking (the result does not depend on where chunks split).
+
+    The stream may be a paste: `launcher.paste` rejoins wrapped records and splits glued ones first."""
     parser = LogParser()
     feed = parser.feed_text
-    for number, (raw, cut) in enumerate(split_lines(chunks), start=1):
-        if raw.startswith(QUIET_BYTES):
-            parser.lines += 1
-            parser.truncated += cut
-            continue
-        text, pid = clean(raw)
-        events = feed(number, text, pid, cut)
+    joiner = Joiner(QUIET_BYTES)
+    for record in joiner.records(split_lines(chunks)):  # QUIET_BYTES lines are counted, never decoded
+        events = feed(*record)
         if events:
             yield from events
+    parser.lines, parser.truncated = joiner.lines, joiner.truncated
     yield parser.summary()
 
 

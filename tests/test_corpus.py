@@ -36,8 +36,6 @@ KNOWN_MISSES: dict[str, str] = {
         "runner 'system' line listing only CPU features (no CUDA backend loaded) not read as missing GPU backends",
     "cpu_fallback-missing_gpu_runners-unk-7622":
         "plan of 33 CUDA layers but a cpu_avx2 runner started: the missing CUDA runner is not inferred",
-    "cpu_fallback-unsupported_gpu_arch-unk-rocmlibs-30":
-        "several records glued on one line with Markdown ** around the 'amdgpu is not supported' record",
     "crash-tmp_noexec-unk-pr4241": "'NewLlamaServer failed ... may have noexec set' wording unknown",
     "gpu-none-unk-13108": "Vulkan backend on Windows (load_backend Vulkan, DXGI memory lines) not recognised",
     "gpu-none-unk-13153": "ggml_vulkan device line and Vulkan backend load not recognised",
