@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from launcher.error_codes import code_cause
 from launcher.generations import (
     ALL,
     GENERATIONS,
@@ -180,6 +181,13 @@ def _cuda_failure(where: str) -> Builder:
         return {"where": where, "error": error[:500], "code": _int(m.groupdict().get("code")),
                 "cause": classify(error, CUDA_ERROR_CAUSES)}
     return build
+
+
+def _context_failed(m: re.Match[str]) -> Data:
+    """`cuda driver library failed to get device context 800`: discovery's free-memory refresh (nvcuda_get_free) of a
+    GPU it had found; the number is a CUresult (800 not permitted: a container whose device access was revoked)."""
+    code = int(m["code"])
+    return {"error": m.group(0)[:300], "code": code, "cause": code_cause("cu", code) or "unknown"}
 
 
 def _library_failed(m: re.Match[str]) -> Data:
@@ -453,6 +461,12 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("library_override", "using requested gpu library",
         _r(r"using requested gpu library.*?requested=(?P<value>\S+)"), _library_override, frozenset({"A", "B", "C"})),
     Row("stub_warning", "is a stub library", _r(r"is a stub library"), None, ALL, {"cause": "stub_library"}),
+    # nvcuda_get_free's LOG (no newline: the next record is glued on) and nvcuda_bootstrap's error string, which
+    # discover/gpu.go logs as `error looking up nvidia GPU memory error="…"`
+    Row("library_failed", "failed to get device context",
+        _r(r"(?:cuda driver library|nvcuda) failed to get device context (?P<code>\d+)"), _context_failed),
+    Row("library_failed", "", _r(r"(?:cuda driver library|nvcuda) failed to get device context (?P<code>\d+)"),
+        _context_failed, msg="error looking up nvidia GPU memory"),
     Row("runner_failed", "noexec", _r(r"(?P<error>.*may have noexec set.*)"), None, OLD, {"cause": "tmp_noexec"}),
     # the scheduler's report that starting the runner failed (server/sched.go, v0.1.33 to 0.17): the Go error is in
     # error=, so the message row reads it (a slog line's other fields are not searched for needles)

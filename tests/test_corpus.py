@@ -21,10 +21,6 @@ SHARED_README = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "o
 # First sight, 2026-12-06, parser at main 94353a3: 17 misses (README "Misses"). What is left after issue 13's
 # rules for them (README "After issue 13's changes"), each with the reason as it stands now.
 KNOWN_MISSES: dict[str, str] = {
-    "cpu_fallback-container_gpu_access_lost-0.3.10-6928":
-        "800 is mapped now, but the first record ('cuda driver library failed to get device context 800') has no "
-        "row, and is glued to a slog record with no separator the joiner can split on; no line shows where the "
-        "model ran",
     "cpu_fallback-fabric_manager_not_running-unk-5567":
         "802 is mapped now and the unbroken line is read as fabric_manager_not_running; the paste has a run of "
         "spaces inside the word 'failur             e', which the joiner (made for wraps between records and "

@@ -160,3 +160,29 @@ class TestServerConfigWithItsStartCut:
     def test_an_env_map_without_ollamas_keys_is_not_a_server_config(self) -> None:
         events = parse_text('env="map[CUDA_VISIBLE_DEVICES:-1 PATH:/usr/bin]"\n')
         assert not [e for e in events if e.kind == "server_config"]
+
+
+# discover/gpu_info_nvcuda.c: nvcuda_get_free's `LOG(1, "cuda driver library failed to get device context %d", ret)`
+# (no newline, so the next record is glued on) and nvcuda_bootstrap's error string of the same words, which
+# discover/gpu.go logs as `slog.Info("error looking up nvidia GPU memory", "error", …)`
+CONTEXT_800 = "cuda driver library failed to get device context 800"
+NEXT = (f'{T.replace("level=INFO", "level=WARN")}msg="gpu VRAM usage didn\'t recover within timeout" '
+        "seconds=5.5 model=/m")
+
+
+class TestDeviceContextFailure:
+    def test_the_log_line_glued_to_the_next_record_names_the_code(self) -> None:
+        v = explain(CONTEXT_800 + NEXT)
+        assert (v.outcome, v.cause) == ("cpu_fallback", "container_gpu_access_lost")
+
+    def test_the_slog_line_carrying_it_names_the_code(self) -> None:
+        v = explain(f'{T}msg="error looking up nvidia GPU memory" error="{CONTEXT_800}"')
+        assert v.cause == "container_gpu_access_lost"
+
+    def test_another_memory_lookup_error_names_nothing(self) -> None:
+        events = parse_text(f'{T}msg="error looking up nvidia GPU memory" error="nvml vram init failure: 9"\n')
+        assert not [e for e in events if e.kind == "library_failed" and e.data.get("code") == 800]
+
+    def test_a_model_that_then_loads_on_the_gpu_is_still_gpu(self) -> None:
+        v = explain(CONTEXT_800 + NEXT, offloaded(33, 33), buffer("CPU", 70.31), buffer("CUDA0", 3577.56))
+        assert v.outcome == "gpu"
