@@ -28,7 +28,7 @@ KNOWN_MISSES: dict[str, str] = {
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "no version line, and 0.12.5's server config has the same keys as 0.12.3's, so nothing in the two lines "
         "shows the generation in which a bare OLLAMA_LLM_LIBRARY=cuda matches no library; the UUID filter is the "
-        "only cause the lines show",
+        "only cause the lines show (with a 0.12.4+ version line the value is now read as forced_cpu_library)",
     "cpu_fallback-missing_gpu_runners-0.15.4-14052":
         "only the CPU backend loads and the system line lists no GPU: that is also what a machine with no GPU "
         "prints (ggml skips a backend whose device count is 0), and no line shows a GPU here (no discovery, no "

@@ -186,3 +186,38 @@ class TestDeviceContextFailure:
     def test_a_model_that_then_loads_on_the_gpu_is_still_gpu(self) -> None:
         v = explain(CONTEXT_800 + NEXT, offloaded(33, 33), buffer("CPU", 70.31), buffer("CUDA0", 3577.56))
         assert v.outcome == "gpu"
+
+
+# routes.go `slog.Info("server config", "env", envconfig.Values())`; discover/runner.go (v0.12.4 on) skips every
+# library directory whose base name is not OLLAMA_LLM_LIBRARY
+def listening(version: str) -> str:
+    return f'{T}msg="Listening on 127.0.0.1:11434 (version {version})"'
+
+
+def config(library: str) -> str:
+    return (f'{T}msg="server config" env="map[CUDA_VISIBLE_DEVICES:GPU-6026f538-f122-eb94-1388-5d1156d22bff '
+            f'HIP_VISIBLE_DEVICES: OLLAMA_DEBUG:INFO OLLAMA_HOST:http://0.0.0.0:11434 OLLAMA_LLM_LIBRARY:{library} '
+            'ROCR_VISIBLE_DEVICES:]"')
+
+
+CPU_BACKEND = "load_backend: loaded CPU backend from /usr/lib/ollama/libggml-cpu-alderlake.so"
+SYSTEM_CPU_C = f"{T}msg=system CPU.0.SSE3=1 CPU.0.AVX2=1 CPU.0.LLAMAFILE=1 compiler=cgo(gcc)"
+
+
+class TestLibraryNamingNoDirectory:
+    def test_a_family_name_in_generation_c_skips_every_gpu_library(self) -> None:
+        v = explain(config("cuda"), listening("0.12.5"), CPU_BACKEND, SYSTEM_CPU_C)
+        assert (v.outcome, v.cause) == ("cpu_fallback", "forced_cpu_library")
+
+    def test_a_directory_name_is_a_real_choice(self) -> None:
+        assert explain(config("cuda_v12"), listening("0.12.5"), CPU_BACKEND, SYSTEM_CPU_C).cause != \
+            "forced_cpu_library"
+
+    def test_before_0_12_4_an_unknown_name_was_ignored(self) -> None:
+        assert explain(config("cuda"), listening("0.11.11"), CPU_BACKEND, SYSTEM_CPU_C).cause != \
+            "forced_cpu_library"
+
+    def test_a_model_on_the_gpu_is_still_gpu(self) -> None:
+        v = explain(config("cuda"), listening("0.12.5"), "load_tensors: offloaded 33/33 layers to GPU",
+                    "load_tensors:        CUDA0 model buffer size =  3577.56 MiB")
+        assert (v.outcome, v.cause) == ("gpu", "none")

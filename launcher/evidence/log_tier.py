@@ -25,7 +25,7 @@ from launcher.evidence.facts import (
     settle,
 )
 from launcher.evidence.log_facts import _below_minimum
-from launcher.generations import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
+from launcher.generations import LIBRARY_DIRS, OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
 
 # --- the log tier: rules over the facts ---------------------------------------------------------------------------
 
@@ -222,6 +222,16 @@ def _amd_problems(f: Facts) -> list[Problem]:
     return out
 
 
+def _library_problems(f: Facts) -> list[Problem]:
+    """OLLAMA_LLM_LIBRARY naming no library directory of a generation whose discovery filters by it: every GPU
+    library is skipped (`cpu…` is the operator's own CPU choice, read with the server config)."""
+    dirs = LIBRARY_DIRS.get(f.generation or "")
+    library = f.env.get("OLLAMA_LLM_LIBRARY", "")
+    if dirs is None or f.env_event is None or not library or library.startswith("cpu") or library in dirs:
+        return []
+    return [Problem("forced_cpu_library", f.env_event, "config")]
+
+
 def _crashed(f: Facts) -> tuple[Runner | None, tuple[str, ...]]:
     """The last runner, if it failed and nothing started after it (a restart that worked is a finding, not a crash),
     and the findings about earlier runners that failed."""
@@ -286,7 +296,7 @@ def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
 def _log_rules(f: Facts) -> Ruling:
     """The verdict and the rules' own notes (the facts' notes are added by `settle`)."""
     notes: list[str] = []
-    problems = [*f.problems, *_amd_problems(f)]
+    problems = [*f.problems, *_amd_problems(f), *_library_problems(f)]
     crashed, earlier = _crashed(f)
     findings = (*f.findings, *earlier)
 
