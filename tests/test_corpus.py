@@ -21,10 +21,6 @@ SHARED_README = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "o
 # First sight, 2026-12-06, parser at main 94353a3: 17 misses (README "Misses"). What is left after issue 13's
 # rules for them (README "After issue 13's changes"), each with the reason as it stands now.
 KNOWN_MISSES: dict[str, str] = {
-    "cpu_fallback-fabric_manager_not_running-unk-5567":
-        "802 is mapped now and the unbroken line is read as fabric_manager_not_running; the paste has a run of "
-        "spaces inside the word 'failur             e', which the joiner (made for wraps between records and "
-        "at line ends) does not close",
     "cpu_fallback-forced_cpu_library-0.12.5-12574":
         "no version line, and 0.12.5's server config has the same keys as 0.12.3's, so nothing in the two lines "
         "shows the generation in which a bare OLLAMA_LLM_LIBRARY=cuda matches no library; the UUID filter is the "
