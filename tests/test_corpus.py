@@ -18,30 +18,10 @@ from tests.corpus.score import Case, CorpusError, Result
 
 SHARED_README = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ollama-logs" / "README.md"
 
-# First sight, 2026-12-06, parser at main 94353a3: 17 misses (README "Misses"). What is left after issue 13's
-# rules for them (README "After issue 13's changes"), each with the reason as it stands now.
-KNOWN_MISSES: dict[str, str] = {
-    "cpu_fallback-fabric_manager_not_running-unk-5567":
-        "802 is mapped now and the unbroken line is read as fabric_manager_not_running; the paste has a run of "
-        "spaces inside the word 'failur             e', which the joiner (made for wraps between records and "
-        "at line ends) does not close",
-    "cpu_fallback-forced_cpu_library-0.12.5-12574":
-        "no version line, and 0.12.5's server config has the same keys as 0.12.3's, so nothing in the two lines "
-        "shows the generation in which a bare OLLAMA_LLM_LIBRARY=cuda matches no library; the UUID filter is the "
-        "only cause the lines show (with a 0.12.4+ version line the value is now read as forced_cpu_library)",
-    "cpu_fallback-missing_gpu_runners-0.15.4-14052":
-        "only the CPU backend loads and the system line lists no GPU: that is also what a machine with no GPU "
-        "prints (ggml skips a backend whose device count is 0), and no line shows a GPU here (no discovery, no "
-        "plan), so the cause stays unknown",
-    "gpu-none-unk-13108":
-        "the Vulkan backend loads and Ollama's DXGI memory lines name a discrete GPU, but no ggml_vulkan device "
-        "line, plan or offload line is pasted: the DXGI query is also made by discovery runners, so it is not "
-        "proof the model ran there",
-    "gpu-none-unk-pr814":
-        "old runner (Nov 2023): 'using ROCm for GPU acceleration', 'offloaded 43/43' and 'VRAM used' are all "
-        "printed from the compile-time backend and the requested layer count, not from an allocation (reference "
-        "A.5), and no device line is pasted",
-}
+# First sight, 2026-12-06, parser at main 94353a3: 17 misses (README "Misses"). Issue 13's rules fixed 13; the other
+# four lacked their deciding fact in the pasted lines and were relabelled low (README "After issue 13's changes").
+# A case the parser gets wrong from now on is listed here with its reason, or fixed.
+KNOWN_MISSES: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
