@@ -86,10 +86,12 @@ class Serve:
         """Our JSON log lines so far."""
         return json_events(self.err)
 
-    def wait_event(self, name: str, timeout: float = 30.0) -> dict[str, object]:
-        """Wait for our log event `name`; fails with the output so far when the process ends first."""
+    def wait_event(self, name: str, timeout: float = 30.0, **fields: object) -> dict[str, object]:
+        """Wait for our log event `name` (with these field values, if given); fails with the output so far when the
+        process ends first."""
         def found() -> dict[str, object] | None:
-            hit = next((e for e in self.events() if e.get("event") == name), None)
+            hit = next((e for e in self.events() if e.get("event") == name
+                        and all(e.get(k) == v for k, v in fields.items())), None)
             if hit is None and self.proc.poll() is not None:
                 raise AssertionError(f"serve exited {self.proc.returncode} before {name}:\n{self.err[-3000:]}")
             return hit
