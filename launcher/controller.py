@@ -17,6 +17,7 @@ from launcher.directives import Directive, Fail, RestartWith, View
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
+from launcher.health_board import HealthBoard
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.restarts import RemedyBudget
@@ -50,6 +51,7 @@ class Controller:
     record: Callable[[Event], None] = lambda _e: None
     remedy_context: Callable[[Mapping[str, str], str | None, bool], RemedyContext] | None = None
     board: Board = field(default_factory=Board)
+    health: HealthBoard = field(default_factory=HealthBoard)
     verdicts: LiveVerdicts | None = None
     applied: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_APPLIED))
     advised: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -67,6 +69,7 @@ class Controller:
         """Take one event from any source."""
         with self._lock:
             self.board.add(event)
+            self.health.add(event)
             if event.source == "supervisor" and event.kind == "ollama_started":
                 self._seen.clear()
                 self._decided.clear()
@@ -209,6 +212,11 @@ class Controller:
                    (list(verdicts.runners.items())[-MAX_RUNNERS:] if verdicts else [])]
         acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
         what = self._what_to_do(discovery, runners)
+        with self._lock:
+            health = self.health.to_dict()
+            not_ready = self.health.readiness_failure()
+        if what == "nothing to do" and health["advice"]:
+            what = health["advice"][0]
         return {
             "running": True, "state": view.state.value, "mode": self.settings.mode.value,
             "ready": view.ready, "discovery_acceptable": acceptable,
@@ -219,6 +227,7 @@ class Controller:
                          "budget": self.budget.summary()},
             "crash_restarts": {"recent": view.crash_recent, "max": view.crash_max},
             "restarts": view.restarts, "what_to_do": what,
+            "gpu_health": health, "readiness_failure": not_ready,
         }
 
     def _what_to_do(self, discovery: Mapping[str, Any], runners: list[dict[str, Any]]) -> str:

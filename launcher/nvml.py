@@ -13,10 +13,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from launcher.events import Event, now
 from launcher.log import get as get_logger
+
+if TYPE_CHECKING:
+    from launcher.gpu_health import HealthChecker
 
 log = get_logger(__name__)
 
@@ -145,6 +148,12 @@ class Nvml:
                 code = getattr(exc, "value", None)
                 return NvmlFailure(code if isinstance(code, int) else None, _safe_str(exc))
             return NvmlFailure(None, f"{type(exc).__name__}: {exc}")
+
+    def call(self, name: str, *args: Any) -> Any:
+        """The choke point for other NVML readers (the health check): the result, or an NvmlFailure."""
+        if not self._open:
+            return NvmlFailure(None, "NVML is not open")
+        return self._call(name, *args)
 
     def open(self) -> NvmlState:
         """Initialise NVML and read the machine: driver, CUDA version, every GPU."""
@@ -289,6 +298,7 @@ class NvmlSampler:
     ns_inode: int | None = None  # tests pin the namespace; None reads /proc
     state: NvmlState | None = None
     failed: bool = False
+    checker: HealthChecker | None = None  # set by the first health check
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -321,6 +331,21 @@ class NvmlSampler:
             "pids_comparable": comparable,
             "failures": list(reading.failures),
         })]
+
+    def health(self) -> list[Event]:
+        """The periodic health check (launcher.gpu_health): a `gpu_health` event when a GPU's health changed.
+        Memory sampling that stopped when NVML failed resumes once every GPU reads ok again."""
+        if self.state is None or not self.state.available:
+            return []
+        if self.checker is None:
+            from launcher.gpu_health import HealthChecker
+
+            self.checker = HealthChecker(self.nvml, self.state.gpus, clock=self.clock)
+        events = self.checker.check()
+        if self.failed and self.checker.healthy:
+            self.failed = False
+            log.info("nvml_sampling_resumed")
+        return events
 
     def close(self) -> None:
         """Shut NVML down."""

@@ -175,6 +175,7 @@ class StatsTap:
 
 
 NVML_INTERVAL = 1.0  # seconds between two NVML memory samples
+HEALTH_EVERY = 5  # memory samples between two per-GPU health checks (issue 16): every 5 s
 
 
 def ollama_pids(sup: Supervisor) -> set[int]:
@@ -191,10 +192,12 @@ def ollama_pids(sup: Supervisor) -> set[int]:
 
 def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
                        recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
-                       tap: StatsTap | None, memory: MemoryWatch | None = None) -> None:
+                       tap: StatsTap | None, memory: MemoryWatch | None = None,
+                       env: Mapping[str, str] | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
+    from launcher.health_board import HealthBoard, in_container
     from launcher.nvml import NvmlSampler
     from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
@@ -234,9 +237,10 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context)
+                            remedy_context=remedy_context, health=HealthBoard(in_container=in_container(env or {})))
     pending.attach(controller.sink)
-    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL).start().close)
+    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL, health_every=HEALTH_EVERY, xids=True)
+                   .start().close)
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
@@ -346,7 +350,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
                                                   ignore=lambda pid: pid == guardian.pid),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
-                                                             closers, tap, memory),
+                                                             closers, tap, memory, ctx.env),
         ),
     )
     holder_.append(supervisor)

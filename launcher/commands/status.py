@@ -46,11 +46,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                   file=sys.stderr)
         return Exit.NOT_RUNNING
     if args.ready:
-        ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True))
+        failure = status.get("readiness_failure")  # issue 16: GPU access revoked inside a container
+        ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True)) and not failure
         if not args.json:
-            print("ready" if ok else f"not ready: {status.get('what_to_do') or status.get('state')}")
+            print("ready" if ok else f"not ready: {failure or status.get('what_to_do') or status.get('state')}")
         else:
-            json.dump({"ready": ok, "state": status.get("state")}, sys.stdout)
+            json.dump({"ready": ok, "state": status.get("state"), "reason": failure}, sys.stdout)
             sys.stdout.write("\n")
         return Exit.OK if ok else VerdictExit.BAD
     if args.json:
@@ -72,6 +73,7 @@ def _print(status: dict[str, Any]) -> None:
         for evidence in (verdict.get("evidence") or [])[:5]:
             print(f"  - {evidence.get('says', '')}: {str(evidence.get('text', ''))[:150]}")
         _print_memory(verdict.get("memory"))
+    _print_health(status.get("gpu_health"))
     remedies = status.get("remedies") or {}
     for item in remedies.get("applied") or []:
         print(f"remedy applied: {item}")
@@ -86,6 +88,19 @@ def _print(status: dict[str, Any]) -> None:
               f"{failed.get('error')}); it is kept in memory until ollama-gpu restarts")
     if status.get("what_to_do"):
         print(f"what to do: {status['what_to_do']}")
+
+
+def _print_health(health: object) -> None:
+    """Issue 16: one line per GPU once the first health check ran, then its Xids."""
+    if not isinstance(health, dict):
+        return
+    for gpu in health.get("gpus") or []:
+        if isinstance(gpu, dict):
+            why = f" — {gpu.get('reason')}" if gpu.get("reason") else ""
+            print(f"gpu {gpu.get('index')} {gpu.get('uuid')}: {gpu.get('state')}{why}")
+    for x in health.get("xids") or []:
+        if isinstance(x, dict):
+            print(f"  gpu {x.get('gpu')}: Xid {x.get('xid')} x{x.get('count')}")
 
 
 def _print_memory(memory: object) -> None:
