@@ -11,6 +11,7 @@ longer enumerated). Checks run in the NVML thread, never in the supervisor's loo
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,14 @@ class HealthChecker:
         return self.last is not None and all(h.state == OK for h in self.last)
 
 
+def _address(handle: Any) -> int | None:
+    """A ctypes device handle's pointer value (the same GPU's handles compare equal); None for anything else."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return None
+
+
 class XidWatcher:
     """NVML's event set in its own thread: critical Xids and double-bit ECC for every GPU, handed to the checker.
 
@@ -225,10 +234,12 @@ class XidWatcher:
                       action="Xid events no longer watched; Ollama keeps running")
 
     def _deliver(self, data: Any) -> None:
-        uuid = self._nvml.call("nvmlDeviceGetUUID", data.device)
-        if isinstance(uuid, NvmlFailure):
+        """One event; its GPU is found by handle (a GPU that fell off the bus no longer answers for its UUID)."""
+        index = next((i for i, h in self._nvml.handles if _address(h) == _address(data.device)), None)
+        text = next((g.uuid for g in self._checker.gpus if g.index == index and g.uuid), None)
+        if text is None:
+            log.info("nvml_event_unattributed", event_type=int(data.eventType), data=int(data.eventData))
             return
-        text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
         xid = int(data.eventData) if int(data.eventType) & EVENT_XID else 48  # a DBE event is Xid 48's fact
         for event in self._checker.xid(text, xid):
             if self._stop.is_set():

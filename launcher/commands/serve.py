@@ -175,7 +175,6 @@ class StatsTap:
 
 
 NVML_INTERVAL = 1.0  # seconds between two NVML memory samples
-HEALTH_EVERY = 5  # memory samples between two per-GPU health checks (issue 16): every 5 s
 
 
 def ollama_pids(sup: Supervisor) -> set[int]:
@@ -239,7 +238,8 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
                             remedy_context=remedy_context, health=HealthBoard(in_container=in_container(env or {})))
     pending.attach(controller.sink)
-    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL, health_every=HEALTH_EVERY, xids=True)
+    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
+                              health_every=settings.health_interval, xids=settings.health_interval > 0)
                    .start().close)
     slot.controller = controller
     try:
