@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -288,6 +289,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         lock.release()
 
 
+def _wait_for_driver(settings: Settings, env: Mapping[str, str], log: Any) -> None:
+    """Issue 16, boot race: before Ollama's discovery, give a driver that is still loading OGPU_GPU_WAIT seconds."""
+    from launcher.gpu_wait import nvml_probe, presence, wait_for_gpu
+    from launcher.health_board import in_container
+
+    container = in_container(env)
+    result = wait_for_gpu(settings.gpu_wait, lambda: presence(container=container), nvml_probe(), time.monotonic,
+                          time.sleep)
+    if result.waited and result.ready:
+        log.info("gpu_driver_ready", waited=round(result.waited, 1))
+    elif result.waited:
+        log.warning("gpu_driver_not_ready", waited=round(result.waited, 1),
+                    consequence="Ollama starts now and may find no GPU",
+                    action="check `nvidia-smi` and the driver service; raise OGPU_GPU_WAIT if it is only slow")
+
+
 def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notifier: Notifier, out: SharedStream,
                err: SharedStream, log: Any) -> int:
     if answering(settings.host):
@@ -300,6 +317,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
         log.warning("no_subreaper", problem="PR_SET_CHILD_SUBREAPER failed",
                     consequence="orphaned runners are reaped by init, not by us")
 
+    _wait_for_driver(settings, ctx.env, log)
     holder_: list[Supervisor] = []
     registry = ChildRegistry(on_orphan=lambda orphan: holder_[0].on_orphan(orphan) if holder_ else None)
     guardian = GuardianKeeper(registry, log)  # before Ollama exists: it must never run unguarded
