@@ -12,12 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from launcher.config import Settings
+from launcher.config import Mode, Settings
 from launcher.directives import Directive, Fail, RestartWith, View
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
-from launcher.health_board import HealthBoard
+from launcher.gpu_health import OK
+from launcher.health_board import HealthBoard, read_boot_id
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.restarts import RemedyBudget
@@ -62,6 +63,8 @@ class Controller:
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
     _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    _late_gpu_done: bool = False
+    boot_id: str = field(default_factory=lambda: read_boot_id())
 
     # --- events (any thread) --------------------------------------------------------------------------------
 
@@ -105,7 +108,37 @@ class Controller:
             self._decided[subject] = decided
             out.extend(self._act(view, which, subject, verdict, generation))
         out.extend(self._check_require_gpu(verdicts, generation))
+        out.extend(self._late_gpu(view, verdicts, generation))
         return out
+
+    def _late_gpu(self, view: View, verdicts: LiveVerdicts, generation: str | None) -> list[Directive]:
+        """Issue 16: Ollama discovered no GPU, and NVML listed healthy GPUs only later (a driver that came up after
+        Ollama started): restart Ollama once, when idle, so its discovery sees them. Mode auto only, once per boot
+        (the budget keeps the boot id, so a systemd restart does not repeat it)."""
+        if self._late_gpu_done or not self.health.gpus_appeared or self.health.state != OK:
+            return []
+        if verdicts.discovery.outcome not in ("cpu_expected", "cpu_fallback"):
+            return []
+        self._late_gpu_done = True
+        patch: dict[str, str | None] = {"ogpu_gpu_appeared_boot": self.boot_id}
+        item: dict[str, Any] = {
+            "subject": "discovery", "cause": verdicts.discovery.cause, "reason": "gpu_appeared_after_start",
+            "instruction": "restart Ollama (or ollama-gpu) so that its discovery sees the GPU", "advice": None,
+            "changes": []}
+        if self.settings.mode is not Mode.AUTO or generation is None:  # advise; unknown generation: observe only
+            self.advised[("discovery", "gpu_appeared")] = item
+            self.log.warning("advice", **item)
+            return []
+        allowed, why = self.budget.allows(patch)
+        if not allowed:
+            self.log.info("late_gpu_restart_skipped", reason=why)
+            return []
+        self.budget.record(patch, verdicts.discovery.cause)
+        self.applied.append({"subject": "discovery", "cause": verdicts.discovery.cause, "changes": [],
+                             "when": "when idle", "reason": "the GPU became available after Ollama started"})
+        self.log.warning("remedy", subject="discovery", cause=verdicts.discovery.cause, when="when idle",
+                         reason="the GPU became available after Ollama started without it")
+        return [RestartWith(view.plan, "the GPU became available after Ollama started", immediately=False)]
 
     def _forget_gone(self, subjects: set[str]) -> None:
         """A runner's entries end once it is no longer among the newest MAX_RUNNERS the board lists."""

@@ -29,10 +29,19 @@ class HealthBoard:
     in_container: bool = False
     gpus: dict[str, dict[str, Any]] = field(default_factory=dict)  # uuid -> GpuHealth.to_dict()
     xids: Counter[tuple[int, int]] = field(default_factory=Counter)
+    nvml_was_unavailable: bool = False
+    gpus_appeared: bool = False  # NVML listed GPUs after it had been unavailable (the boot race, a late driver)
 
     def add(self, event: Event) -> bool:
         """Take an event; True when it was a health event (others are ignored)."""
         if event.source != "nvml":
+            return False
+        if event.kind == "unavailable":
+            self.nvml_was_unavailable = True
+            return False
+        if event.kind == "gpus":
+            if self.nvml_was_unavailable and event.data.get("gpus"):
+                self.gpus_appeared = True
             return False
         if event.kind == "gpu_health":
             listed = event.data.get("gpus")
@@ -104,6 +113,14 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_thaw(v) for v in value]
     return value
+
+
+def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """This boot's id ("" when unreadable): a once-per-boot remedy keys its budget entry on it."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def in_container(env: Mapping[str, str], root: str = "/") -> bool:

@@ -299,6 +299,7 @@ class NvmlSampler:
     state: NvmlState | None = None
     failed: bool = False
     checker: HealthChecker | None = None  # set by the first health check
+    reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -335,8 +336,17 @@ class NvmlSampler:
     def health(self) -> list[Event]:
         """The periodic health check (launcher.gpu_health): a `gpu_health` event when a GPU's health changed.
         Memory sampling that stopped when NVML failed resumes once every GPU reads ok again."""
-        if self.state is None or not self.state.available:
+        if self.state is None:
             return []
+        if not self.state.available:
+            if not self.reopen:
+                return []
+            opened = self.nvml.open()
+            if not opened.available:
+                return []
+            self.state = opened
+            log.info("nvml_available_now", count=len(opened.gpus), driver=opened.driver_version)
+            return [Event("nvml", "gpus", self.clock(), None, opened.to_dict()), *self.health()]
         if self.checker is None:
             from launcher.gpu_health import HealthChecker
 

@@ -192,3 +192,18 @@ def test_checker_skips_a_gpu_without_uuid() -> None:
 
     checker = HealthChecker(Nvml(object()), [Gpu(0, None, None, None, None, None, None, None)])
     assert states(checker.check()) == []
+
+
+class TestReopen:
+    def test_nvml_that_comes_up_late_is_opened_at_a_health_check(self, script: NvmlScript) -> None:
+        """Driver not loaded at start (9): with reopen (NVIDIA hardware present) the health check opens NVML once it
+        answers, hands the machine's GPUs and their health; without reopen it stays closed."""
+        script.set(init=9)
+        late = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=lambda: 1.0, ns_inode=1, reopen=True)
+        never = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=lambda: 1.0, ns_inode=1)
+        assert [e.kind for e in late.start()] == ["unavailable"] and never.start()[0].kind == "unavailable"
+        assert late.health() == [] and never.health() == []
+        script.set(count=2)
+        assert [e.kind for e in late.health()] == ["gpus", "gpu_health"]
+        assert late.health() == [] and never.health() == []
+        late.close()

@@ -97,10 +97,11 @@ def start_latency(tmp: Path, supervised: bool) -> float:
     return elapsed
 
 
-def idle(tmp: Path, seconds: float, others: int, nvml_dir: Path | None = None) -> tuple[float, float]:
+def idle(tmp: Path, seconds: float, others: int, nvml_dir: Path | None = None,
+         settings: tuple[str, ...] = ()) -> tuple[float, float]:
     sleepers = [subprocess.Popen(["sleep", str(seconds + 60)]) for _ in range(others)]
     port = free_port()
-    extra = {"FAKE_CHILDREN": "2"}
+    extra = {"FAKE_CHILDREN": "2", **dict(kv.split("=", 1) for kv in settings)}
     if nvml_dir is not None:  # a libnvidia-ml.so.1 (e.g. tests/native's mock) so NVML sampling and health checks run
         extra["LD_LIBRARY_PATH"] = f"{nvml_dir}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":")
     proc = subprocess.Popen(command(True, tmp), env=base_env(tmp, port, **extra), stdout=subprocess.DEVNULL,
@@ -153,14 +154,17 @@ def main() -> None:
                         help="a directory holding a libnvidia-ml.so.1 for the idle run (NVML sampling and the GPU "
                              "health checks then run; tests/native builds a mock one)")
     parser.add_argument("--idle-only", action="store_true", help="measure idle CPU and RSS only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the idle run, e.g. OGPU_HEALTH_INTERVAL=0 (repeatable)")
     opts = parser.parse_args()
     if opts.idle_only:
         tmp = Path(tempfile.mkdtemp(prefix="ogpu-bench-"))
         try:
-            cpu, rss = idle(tmp, opts.idle_seconds, opts.others, opts.nvml_dir)
+            cpu, rss = idle(tmp, opts.idle_seconds, opts.others, opts.nvml_dir, tuple(opts.set))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         nvml = f", NVML from {opts.nvml_dir}" if opts.nvml_dir else ", no NVML"
+        nvml += "".join(f", {kv}" for kv in opts.set)
         print(f"idle CPU over {opts.idle_seconds:g}s, {opts.others} other processes{nvml}: {cpu:.2f} % of a core "
               f"(target <= 0.5); peak RSS {rss:.1f} MiB")
         return

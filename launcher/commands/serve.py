@@ -197,6 +197,7 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
+    from launcher.gpu_wait import presence
     from launcher.health_board import HealthBoard, in_container
     from launcher.nvml import NvmlSampler
     from launcher.nvml_poller import NvmlPoller
@@ -204,7 +205,10 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     from launcher.restarts import RemedyBudget
     from launcher.status_socket import StatusServer
 
-    nvml = NvmlSampler()  # opened and sampled by the poller's thread, started once the controller takes events
+    container = in_container(env or {})
+    # opened and sampled by the poller's thread, started once the controller takes events; reopened at each health
+    # check while unavailable only where NVIDIA hardware is present (issue 16: a driver that comes up late)
+    nvml = NvmlSampler(reopen=settings.health_interval > 0 and presence(container=container).any)
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -237,7 +241,7 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, health=HealthBoard(in_container=in_container(env or {})))
+                            remedy_context=remedy_context, health=HealthBoard(in_container=container))
     pending.attach(controller.sink)
     closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
                               health_every=settings.health_interval, xids=settings.health_interval > 0)
