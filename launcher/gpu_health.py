@@ -121,9 +121,12 @@ class HealthChecker:
     xids: dict[str, list[int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self) -> list[Event]:
-        """Read every GPU; a `gpu_health` event when the reading differs from the last one (and the first time)."""
+    def check(self, force: bool = False) -> list[Event]:
+        """Read every GPU; a `gpu_health` event when the reading differs from the last one (and the first time), or
+        when `force`d (after a resume: status shows the reading taken after it)."""
         with self._lock:
+            if force:
+                self.last = None
             return self._publish(self._read())
 
     def xid(self, uuid: str, xid: int) -> list[Event]:

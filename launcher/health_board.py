@@ -31,9 +31,13 @@ class HealthBoard:
     xids: Counter[tuple[int, int]] = field(default_factory=Counter)
     nvml_was_unavailable: bool = False
     gpus_appeared: bool = False  # NVML listed GPUs after it had been unavailable (the boot race, a late driver)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # the newest few host resumes: {t, slept}
 
     def add(self, event: Event) -> bool:
         """Take an event; True when it was a health event (others are ignored)."""
+        if event.source == "supervisor" and event.kind == "resumed":
+            self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept")}]
+            return True
         if event.source != "nvml":
             return False
         if event.kind == "unavailable":
@@ -103,7 +107,7 @@ class HealthBoard:
         return {"state": self.state, "gpus": sorted(self.gpus.values(), key=lambda g: int(g.get("index", 0))),
                 "xids": [{"gpu": i, "xid": x, "count": n} for (i, x), n in sorted(self.xids.items())],
                 "advice": self.advice(), "degraded": self.state not in (None, OK),
-                "in_container": self.in_container}
+                "in_container": self.in_container, "resumes": list(self.resumes)}
 
 
 def _thaw(value: Any) -> Any:

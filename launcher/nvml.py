@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from launcher.events import Event, now
 from launcher.log import get as get_logger
+from launcher.resume import ResumeWatch
 
 if TYPE_CHECKING:
     from launcher.gpu_health import HealthChecker
@@ -300,6 +301,7 @@ class NvmlSampler:
     failed: bool = False
     checker: HealthChecker | None = None  # set by the first health check
     reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
+    resume: ResumeWatch = field(default_factory=ResumeWatch)  # the BOOTTIME − MONOTONIC seam (tests fake it)
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -338,6 +340,15 @@ class NvmlSampler:
         Memory sampling that stopped when NVML failed resumes once every GPU reads ok again."""
         if self.state is None:
             return []
+        slept = self.resume.check()
+        if slept is not None:
+            log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
+            return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3)}),
+                    *self._health(force=True)]
+        return self._health()
+
+    def _health(self, force: bool = False) -> list[Event]:
+        assert self.state is not None
         if not self.state.available:
             if not self.reopen:
                 return []
@@ -346,12 +357,12 @@ class NvmlSampler:
                 return []
             self.state = opened
             log.info("nvml_available_now", count=len(opened.gpus), driver=opened.driver_version)
-            return [Event("nvml", "gpus", self.clock(), None, opened.to_dict()), *self.health()]
+            return [Event("nvml", "gpus", self.clock(), None, opened.to_dict()), *self._health()]
         if self.checker is None:
             from launcher.gpu_health import HealthChecker
 
             self.checker = HealthChecker(self.nvml, self.state.gpus, clock=self.clock)
-        events = self.checker.check()
+        events = self.checker.check(force=force)
         if self.failed and self.checker.healthy:
             self.failed = False
             log.info("nvml_sampling_resumed")

@@ -207,3 +207,65 @@ class TestReopen:
         assert [e.kind for e in late.health()] == ["gpus", "gpu_health"]
         assert late.health() == [] and never.health() == []
         late.close()
+
+
+class FakeGap:
+    """BOOTTIME − MONOTONIC, moved by the test (a suspend adds the time slept)."""
+
+    def __init__(self) -> None:
+        self.value = 12.0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+class TestResume:
+    def test_the_watch_reports_a_jump_once(self) -> None:
+        """The first read only reads; 0.5 s of drift is noise; an hour asleep is reported once."""
+        from launcher.resume import ResumeWatch
+
+        gap = FakeGap()
+        watch = ResumeWatch(gap)
+        assert watch.check() is None
+        gap.value += 0.5
+        assert watch.check() is None
+        gap.value += 3600
+        assert watch.check() == 3600 and watch.check() is None
+
+    def test_a_healthy_resume_rechecks_and_warns_of_nothing(self, script: NvmlScript) -> None:
+        """After a resume: a `resumed` event and a fresh health reading (all ok), no warning logged."""
+        import structlog
+
+        from launcher.resume import ResumeWatch
+
+        gap = FakeGap()
+        s = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=lambda: 1.0, ns_inode=1, resume=ResumeWatch(gap))
+        s.start()
+        s.health()
+        gap.value += 600
+        with structlog.testing.capture_logs() as logs:
+            events = s.health()
+        assert [e.kind for e in events] == ["resumed", "gpu_health"] and states(events) == ["ok", "ok"]
+        assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == []
+        assert s.health() == []
+        s.close()
+
+    def test_a_resume_that_broke_the_gpu_is_seen_at_once(self, script: NvmlScript) -> None:
+        """The resume's fresh reading shows a GPU lost while the host slept."""
+        from launcher.resume import ResumeWatch
+
+        gap = FakeGap()
+        s = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=lambda: 1.0, ns_inode=1, resume=ResumeWatch(gap))
+        s.start()
+        s.health()
+        script.set(count=2, gpu0=15)
+        gap.value += 600
+        assert states(s.health()) == ["lost", "ok"]
+        s.close()
+
+    def test_status_keeps_the_newest_resumes(self) -> None:
+        """The board keeps the last five resumes for status."""
+        board = HealthBoard()
+        for i in range(7):
+            board.add(Event("supervisor", "resumed", float(i), None, {"slept": 60.0}))
+        assert [r["t"] for r in board.to_dict()["resumes"]] == [2.0, 3.0, 4.0, 5.0, 6.0]
