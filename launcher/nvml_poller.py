@@ -40,7 +40,7 @@ class NvmlPoller:
         try:
             self._hand(self.sampler.start())
             if self._health_every:
-                self._hand(self.sampler.health())
+                self._health()
                 if self._xids:
                     self._start_watcher()
             ticks = 0
@@ -48,10 +48,19 @@ class NvmlPoller:
                 self._hand(self.sampler.sample())
                 ticks += 1
                 if self._health_every and ticks % self._health_every == 0:
-                    self._hand(self.sampler.health())
+                    self._health()
         except Exception as exc:  # our bug: NVML stops being sampled, nothing else does
             log.error("internal_error", where="nvml", error=type(exc).__name__, detail=str(exc)[:300],
                       action="NVML no longer sampled; Ollama keeps running")
+
+    def _health(self) -> None:
+        """One health check; our bug in it ends health checks only, never memory sampling."""
+        try:
+            self._hand(self.sampler.health())
+        except Exception as exc:
+            self._health_every = 0
+            log.error("internal_error", where="gpu_health", error=type(exc).__name__, detail=str(exc)[:300],
+                      action="GPU health no longer checked; Ollama keeps running")
 
     def _start_watcher(self) -> None:
         checker = getattr(self.sampler, "checker", None)
@@ -72,8 +81,8 @@ class NvmlPoller:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._watcher is not None:
-            self._watcher.close(timeout)
+        if self._watcher is not None:  # it leaves its wait within a second; the process exit need not wait for it
+            self._watcher.close(min(timeout, 0.1))
         if not self._thread.is_alive() and (self._watcher is None or not self._watcher.alive):
             self.sampler.close()
 

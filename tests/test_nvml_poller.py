@@ -93,3 +93,17 @@ class TestHealthChecks:
         wait_for(lambda: sampler.samples >= 3, what="three samples")
         poller.close()
         assert sampler.checks == 0
+
+
+class BrokenHealth(FakeSampler):
+    def health(self) -> list[Event]:
+        raise RuntimeError("bug in the health check")
+
+
+def test_a_broken_health_check_leaves_memory_sampling_alone() -> None:
+    """Our bug in the health check stops health checks, not the memory samples."""
+    sampler, got = BrokenHealth(), []
+    poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01, health_every=1).start()
+    wait_for(lambda: sampler.samples >= 5, what="samples after the broken check")
+    poller.close()
+    assert [e.kind for e in got].count("memory") >= 4
