@@ -171,6 +171,9 @@ _FAMILY_WORDS: Final[tuple[tuple[Family, re.Pattern[str]], ...]] = (
 )
 # A number in the words that carry one: `err: 999`, `init failure: 18`, `error 802`, `code=800`, `(error 9)`.
 _NUMBER: Final = re.compile(r"(?:\berr(?:or)?|failure|code|result|returned)\b[:=]?\s*\(?(?P<code>\d{1,4})\b", re.I)
+# Ollama's Go errors end with the code (`fmt.Errorf("...: %d", ret)`), so a number closing a quoted error value is one
+# even when the word before it did not survive a paste ("init failur   e: 802", a terminal's wrap gap).
+_TRAILING: Final = re.compile(r"\berror=\"[^\"]*?:\s*(?P<code>\d{1,4})\"")
 _NAME: Final = re.compile(r"\b(CUDA_ERROR_[A-Z_]+|CUDA_SUCCESS|cuda(?:Error|Success)\w*|NVML_ERROR_[A-Z_]+|"
                           r"hip(?:Error|Success)\w*)\b")
 
@@ -215,7 +218,7 @@ def find(text: str, family: Family | None = None) -> ErrorCode | None:
 
 
 def _by_number(text: str, fam: Family) -> ErrorCode | None:
-    for n in _NUMBER.finditer(text):
+    for n in [*_NUMBER.finditer(text), *_TRAILING.finditer(text)]:
         row = lookup(fam, int(n["code"]))
         if row is None and fam == "cu":
             row = lookup("cudart", int(n["code"]))  # gen A/B's libcudart fallback prints its codes in the same words

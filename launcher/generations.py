@@ -57,6 +57,14 @@ ROCM_TARGETS: Final = {
                     "gfx1101", "gfx1102"}),
 }
 
+# The library directories under lib/ollama whose base name OLLAMA_LLM_LIBRARY must equal in the generations whose
+# discovery filters by it (discover/runner.go from v0.12.4: any other value skips every GPU library; CMakePresets.json
+# OLLAMA_RUNNER_DIR, v0.12.4-v0.24.0). Earlier generations ignore a value that names no runner.
+LIBRARY_DIRS: Final = {
+    "C": frozenset({"cuda_v11", "cuda_v12", "cuda_v13", "cuda_jetpack5", "cuda_jetpack6", "rocm", "vulkan", "mlx",
+                    "mlx_cuda_v12", "mlx_cuda_v13"}),
+}
+
 # Process classification rows for `/proc`, first match wins: (class, basename of argv[0] or None, argv[1] or None,
 # required flag, forbidden flag, generations that start such a process).
 RUNNER_ROWS: Final = (

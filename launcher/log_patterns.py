@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from launcher.error_codes import code_cause
 from launcher.generations import (
     ALL,
     GENERATIONS,
@@ -182,6 +183,13 @@ def _cuda_failure(where: str) -> Builder:
     return build
 
 
+def _context_failed(m: re.Match[str]) -> Data:
+    """`cuda driver library failed to get device context 800`: discovery's free-memory refresh (nvcuda_get_free) of a
+    GPU it had found; the number is a CUresult (800 not permitted: a container whose device access was revoked)."""
+    code = int(m["code"])
+    return {"error": m.group(0)[:300], "code": code, "cause": code_cause("cu", code) or "unknown"}
+
+
 def _library_failed(m: re.Match[str]) -> Data:
     error = (m["error"] or "").strip()
     path = m["path"] or ""
@@ -296,7 +304,7 @@ def _exited(m: re.Match[str]) -> Data:
 def _failed(m: re.Match[str]) -> Data:
     error = (m.groupdict().get("error") or m.group(0)).strip()
     cause = "insufficient_vram" if re.search(r"out[- ]of[- ]memory|OOM", error) else classify(error, CUDA_ERROR_CAUSES)
-    if re.search(r"noexec|permission denied", error, re.I) and "/tmp" in error:
+    if "may have noexec set" in error or (re.search(r"noexec|permission denied", error, re.I) and "/tmp" in error):
         cause = "tmp_noexec"
     return {"error": error[:500], "cause": cause}
 
@@ -351,6 +359,8 @@ ROWS: Final[tuple[Row, ...]] = (
     # identity and configuration (all generations)
     Row("version", "Listening on", _r(r"Listening on (?P<address>\S+) \(version (?P<version>[^)\s]+)\)")),
     Row("server_config", "server config", _r(r"(?<!read )(?<!parse )server config"), _server_config),
+    # the same line pasted from its `env=` on (start cut): only the server config logs a map of OLLAMA_HOST and kin
+    Row("server_config", 'env="map[', _r(r'^env="map\[.*?\bOLLAMA_(?:HOST|MODELS|DEBUG|KEEP_ALIVE):'), _server_config),
     # discovery, every generation from 0.1.3x
     Row("discovery", "inference compute", _r(r"inference compute(?P<rest>.*)"), _inference_compute),
     Row("device_filter", "user overrode visible devices", _r(r"user overrode visible devices"), _filter, BOOTSTRAP),
@@ -451,7 +461,17 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("library_override", "using requested gpu library",
         _r(r"using requested gpu library.*?requested=(?P<value>\S+)"), _library_override, frozenset({"A", "B", "C"})),
     Row("stub_warning", "is a stub library", _r(r"is a stub library"), None, ALL, {"cause": "stub_library"}),
+    # nvcuda_get_free's LOG (no newline: the next record is glued on) and nvcuda_bootstrap's error string, which
+    # discover/gpu.go logs as `error looking up nvidia GPU memory error="…"`
+    Row("library_failed", "failed to get device context",
+        _r(r"(?:cuda driver library|nvcuda) failed to get device context (?P<code>\d+)"), _context_failed),
+    Row("library_failed", "", _r(r"(?:cuda driver library|nvcuda) failed to get device context (?P<code>\d+)"),
+        _context_failed, msg="error looking up nvidia GPU memory"),
     Row("runner_failed", "noexec", _r(r"(?P<error>.*may have noexec set.*)"), None, OLD, {"cause": "tmp_noexec"}),
+    # the scheduler's report that starting the runner failed (server/sched.go, v0.1.33 to 0.17): the Go error is in
+    # error=, so the message row reads it (a slog line's other fields are not searched for needles)
+    Row("runner_failed", "", _r(r'\berror="?(?P<error>(?:[^"\\]|\\.)*)'), _failed, frozenset({"0", "A", "B", "C"}),
+        msg="NewLlamaServer failed"),
     # scheduler plans (estimates: never proof of placement, reference section 5)
     Row("offload_plan", "offload to ", _r(r"offload to (?P<lib>\w+)"), _plan, OLD),
     Row("offload_plan", "", _r(r"msg=offload (?P<lib>)"), _plan, frozenset({"0", "A", "B", "C"}), msg="offload"),

@@ -44,6 +44,8 @@ ROWS_WITHOUT_ENTRY = {
     ("runner_crash", "hipError"): "the HIP runtime's own error names, printed by ROCm, not by Ollama or GGML",
     ("nvml_failed", "Failed to initialize NVML"): "nvidia-smi's text, pasted beside Ollama's",
     ("gpu_dropped", "NVRM: Xid"): "the NVIDIA kernel module's message (dmesg/journal), not Ollama's",
+    ("server_config", 'env="map['): "the `server config` line pasted from its `env=` on: a paste's cut, not a "
+                                     "statement of its own",
 }
 SOURCE = re.compile(r"^[\w./+-]+\.(?:go|c|cpp|cu|cuh|h|patch):\d+@(?:ggml-)?v\d+\.\d+\.\d+(?:-rc\d+)?$")
 FIXTURE = re.compile(r"^fixture:[\w./+-]+:\d+@\S+$")

@@ -101,6 +101,17 @@ class TestTables:
         """`init failure: 802 (initialization error)`: the number names a cause, the generic text none."""
         assert error_codes.cause_of("cuInit err: 802 (initialization error)") == "fabric_manager_not_running"
 
+    @pytest.mark.parametrize("gap", ["", "   ", "             "])
+    def test_a_code_closing_a_go_error_value_is_read_through_a_wrap_gap(self, gap: str) -> None:
+        """Discovery's `fmt.Errorf("cuda driver library init failure: %d", ret)` as the `error=` value of "unable to
+        load cuda driver library", with the word before the code cut by a terminal's wrap gap (a pasted line)."""
+        line = (f'{T}msg="unable to load cuda driver library" library=/usr/lib/x86_64-linux-gnu/libcuda.so.535.183.01 '
+                f'error="cuda driver library init failur{gap}e: 802"')
+        assert error_codes.cause_of(line) == "fabric_manager_not_running"
+
+    def test_a_trailing_number_outside_an_error_value_is_not_a_code(self) -> None:
+        assert error_codes.find('msg="cuda driver library" total="81559 MiB: 802"') is None
+
     def test_numbers_outside_the_words_that_carry_codes_are_not_codes(self) -> None:
         """A pid or a port in a line is not read as a code."""
         assert error_codes.find("cuInit pid 802 port 100") is None

@@ -197,6 +197,11 @@ SAMPLES: list[tuple[str, str, str, dict[str, Any]]] = [
 ]
 
 
+# the server config pasted from its `env=` on: only as a paste's first line (after another record it is that record's
+# continuation, and the joiner rejoins it)
+CUT_CONFIG = 'env="map[CUDA_VISIBLE_DEVICES:-1 OLLAMA_HOST:http://127.0.0.1:11434 OLLAMA_LLM_LIBRARY:]"'
+
+
 def _events(version_line: str, line: str) -> list[Any]:
     return [e for e in parse_text(f"{version_line}\n{line}\n") if e.data.get("line") == 2]
 
@@ -217,10 +222,14 @@ class TestRows:
 
     def test_every_row_has_a_sample(self) -> None:
         """No pattern row is left without a synthetic line that exercises it."""
-        lines = [s[1] for s in SAMPLES] + [V0, VA, VB, VC, VD]
+        lines = [s[1] for s in SAMPLES] + [V0, VA, VB, VC, VD, CUT_CONFIG]
         lines += [sample(e, line) for e in load() if e.relevant for line in e.lines]  # the catalogue's own lines
         for row in ROWS:
             assert any(row.regex.search(line) for line in lines), f"row {row.kind}/{row.needle!r} has no sample"
+
+    def test_a_server_config_cut_before_env_is_still_read(self) -> None:
+        events = [e for e in parse_text(CUT_CONFIG + "\n") if e.kind == "server_config"]
+        assert events and events[0].data["env"] == {"CUDA_VISIBLE_DEVICES": "-1", "OLLAMA_LLM_LIBRARY": ""}
 
     def test_generation_row_keeps_out_of_another_generation(self) -> None:
         """A row of one generation does not fire when the version says another (tables are keyed by generation)."""

@@ -25,7 +25,7 @@ from launcher.evidence.facts import (
     settle,
 )
 from launcher.evidence.log_facts import _below_minimum
-from launcher.generations import OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
+from launcher.generations import LIBRARY_DIRS, OFFLOAD_LINE_TRUSTED, ROCM_TARGETS
 
 # --- the log tier: rules over the facts ---------------------------------------------------------------------------
 
@@ -38,10 +38,22 @@ class Placement:
     evidence: tuple[Evidence, ...] = ()
 
 
-def _trusted(f: Facts, e: Event) -> bool:
-    if f.generation in OFFLOAD_LINE_TRUSTED:
-        return OFFLOAD_LINE_TRUSTED[f.generation]
-    return bool(_d(e, "form") != "llm_load_tensors")
+def _device_weights(rep: list[Event]) -> bool:
+    """Whether the runner put model weights in device memory (`CUDA0 model buffer size = 3627.97 MiB`, `Metal buffer
+    size = …`): a buffer is an allocation the backend made, so its GPU initialised."""
+    return any(e.kind == "buffer" and _d(e, "what") == "model" and _d(e, "gpu") and float(_d(e, "mib") or 0) > 0
+               for e in rep)
+
+
+def _trusted(f: Facts, e: Event, rep: list[Event]) -> bool:
+    """Whether an `offloaded N/M layers to GPU` line proves placement. In generations 0 and A (and in a log whose
+    generation is unknown, for the `llm_load_tensors:` form those print) the line is printed even after CUDA init
+    failed (reference A.5); the same runner's weights in device memory rule that out, so the count stands."""
+    if OFFLOAD_LINE_TRUSTED.get(f.generation or ""):
+        return True
+    if f.generation not in OFFLOAD_LINE_TRUSTED and _d(e, "form") != "llm_load_tensors":
+        return True
+    return _device_weights(rep)
 
 
 def _report_placement(f: Facts, r: Runner) -> Placement | None:
@@ -67,7 +79,7 @@ def _report_placement(f: Facts, r: Runner) -> Placement | None:
         if e.kind != "offload":
             continue
         n, m = int(_d(e, "n", 0)), int(_d(e, "m", 0))
-        if not _trusted(f, e):
+        if not _trusted(f, e, rep):
             continue
         if n == 0:
             cpu.append(_ev(e, "no layer offloaded to the GPU"))
@@ -112,9 +124,33 @@ def _device_placement(f: Facts, r: Runner) -> Placement | None:
     gpu_seen = any(_d(e, "gpu") for e in loaded) or any(_d(e, "gpu_backends") for e in systems)
     if loaded and finished and not gpu_seen:
         return Placement("cpu", "devices", tuple(_ev(e, "the runner loaded only CPU backends") for e in loaded))
+    gpu_loaded = [e for e in loaded if _d(e, "gpu")]
+    devices = [e for e in rep if e.kind == "device"]
+    if gpu_loaded and systems and devices and not any(e.kind == "runner_no_gpu" for e in rep):
+        # a GPU backend loaded (`load_backend: loaded Vulkan backend from …`), its device enumerated (`ggml_vulkan:
+        # 0 = …`) and the runner finished registering backends (`system`): the runner has that GPU, as with CUDA's
+        # `found N CUDA devices` above (Vulkan's `Found N Vulkan devices` is often cut from a paste)
+        return Placement("gpu", "devices", (_ev(gpu_loaded[-1], f"the runner loaded its "
+                                                                f"{_d(gpu_loaded[-1], 'backend')} backend"),
+                                            _ev(devices[0], "and enumerated its GPU")))
+    planned = _gpu_plan(r)
+    if systems and planned is not None and not gpu_seen and _d(planned, "library") in ("cuda", "rocm"):
+        # ggml's `system` line names every backend the runner registered (CUDA.0.ARCHS=…, ROCm.0.…): none for the
+        # library the scheduler planned the layers on means the runner had no such backend to load
+        return Placement("cpu", "devices", (_ev(systems[-1], "the runner registered no GPU backend"),
+                                            _ev(planned, f"although the scheduler planned layers on "
+                                                         f"{_d(planned, 'library')}")))
     offloads = [e for e in rep if e.kind == "offload"]
     if offloads and all(int(_d(e, "n", 0)) == 0 for e in offloads):
         return Placement("cpu", "devices", tuple(_ev(e, "no layer offloaded to the GPU") for e in offloads))
+    return None
+
+
+def _gpu_plan(r: Runner) -> Event | None:
+    """The runner's last offload plan when it put layers on a GPU library, else None."""
+    plans = [e for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") is not None]
+    if plans and int(_d(plans[-1], "offload")) > 0 and _d(plans[-1], "library") in GPU_LIBRARIES:
+        return plans[-1]
     return None
 
 
@@ -144,6 +180,13 @@ def _plan_placement(f: Facts, r: Runner) -> Placement | None:
                 return Placement("cpu", "plan", (_ev(e, "the runner was started for the CPU"),))
             if variant.split("_")[0] in GPU_LIBRARIES:
                 return Placement("gpu", "plan", (_ev(e, f"the {variant} runner was started"),))
+    # An offload line that is not proof (above) still prints the layer count the server asked for, which Ollama sized
+    # to the VRAM it found: fewer than all is the scheduler's own "does not fit", as good as an offload plan. (All of
+    # them is no such evidence: after a failed CUDA init the line says all, too.)
+    for e in reversed(r.reports):
+        if e.kind == "offload" and 0 < int(_d(e, "n", 0)) < int(_d(e, "m", 0)):
+            return Placement("partial", "plan", (_ev(e, f"the runner was asked for only {_d(e, 'n')} of "
+                                                         f"{_d(e, 'm')} layers (an estimate of what fits)"),))
     return None
 
 
@@ -179,6 +222,16 @@ def _amd_problems(f: Facts) -> list[Problem]:
     return out
 
 
+def _library_problems(f: Facts) -> list[Problem]:
+    """OLLAMA_LLM_LIBRARY naming no library directory of a generation whose discovery filters by it: every GPU
+    library is skipped (`cpu…` is the operator's own CPU choice, read with the server config)."""
+    dirs = LIBRARY_DIRS.get(f.generation or "")
+    library = f.env.get("OLLAMA_LLM_LIBRARY", "")
+    if dirs is None or f.env_event is None or not library or library.startswith("cpu") or library in dirs:
+        return []
+    return [Problem("forced_cpu_library", f.env_event, "config")]
+
+
 def _crashed(f: Facts) -> tuple[Runner | None, tuple[str, ...]]:
     """The last runner, if it failed and nothing started after it (a restart that worked is a finding, not a crash),
     and the findings about earlier runners that failed."""
@@ -198,6 +251,15 @@ def _vulkan_over_cuda(f: Facts) -> list[Evidence]:
         return [_ev(chosen[-1], "the scheduler chose a Vulkan device"), _ev(cuda[0], "although a CUDA/ROCm device "
                                                                                      "was discovered")]
     return []
+
+
+def _runner_without_gpu(r: Runner) -> bool:
+    """The runner started was a CPU build (`runners/cpu_avx2/…`) or registered no GPU backend (its `system` line)."""
+    if r.start is not None and str(_d(r.start, "variant") or "").startswith("cpu"):
+        return True
+    systems = [e for e in r.reports if e.kind == "runner_system"]
+    loaded = any(e.kind == "backend_loaded" and _d(e, "gpu") for e in r.reports)
+    return bool(systems) and not loaded and not any(_d(e, "gpu_backends") for e in systems)
 
 
 def _cause_outcome(cause: str) -> str:
@@ -234,7 +296,7 @@ def _named_devices(v: Verdict, uses: tuple[DeviceUse, ...]) -> Verdict:
 def _log_rules(f: Facts) -> Ruling:
     """The verdict and the rules' own notes (the facts' notes are added by `settle`)."""
     notes: list[str] = []
-    problems = [*f.problems, *_amd_problems(f)]
+    problems = [*f.problems, *_amd_problems(f), *_library_problems(f)]
     crashed, earlier = _crashed(f)
     findings = (*f.findings, *earlier)
 
@@ -284,11 +346,24 @@ def _log_rules(f: Facts) -> Ruling:
         if best is not None:
             return ruling(_cause_outcome(best.cause), best.cause,
                           (_ev(best.event, f"cause: {best.cause}"), *place.evidence))
+        planned = _gpu_plan(f.runners[-1]) if f.runners else None
+        if planned is not None and _runner_without_gpu(f.runners[-1]):
+            # the scheduler put layers on a GPU (so it found one) and the runner that ran had no GPU backend: the
+            # build or install lacks the GPU runner/library for it
+            return ruling("cpu_fallback", "missing_gpu_runners", (
+                *place.evidence, _ev(planned, f"the scheduler planned {_d(planned, 'offload')} layers on "
+                                              f"{_d(planned, 'library')}")))
+        plan = [e for r in f.runners for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") == 0]
+        requested = _d(plan[-1], "requested") if plan else None
+        sized = bool(plan) and (requested is None or int(requested) < 0)  # 0 is num_gpu=0: the operator's choice
         if f.discovered:
-            plan = [e for r in f.runners for e in r.plans if e.kind == "offload_plan" and _d(e, "offload") == 0]
-            cause = "insufficient_vram" if plan and (_d(plan[-1], "requested") or -1) < 0 else "unknown"
-            return ruling("cpu_fallback", cause,
+            return ruling("cpu_fallback", "insufficient_vram" if sized else "unknown",
                           place.evidence + tuple(_ev(e, "a GPU was discovered") for e in f.discovered[:2]))
+        if sized and _d(plan[-1], "library") in GPU_LIBRARIES:
+            # `msg=offload library=cuda … layers.offload=0` with no layer count asked for: the scheduler had a GPU
+            # (it names its library and memory) and found that not one layer fits in it
+            return ruling("cpu_fallback", "insufficient_vram", (
+                *place.evidence, _ev(plan[-1], f"the scheduler fitted no layer on the {_d(plan[-1], 'library')} GPU")))
         if f.no_gpu:
             return ruling("cpu_expected", "none", place.evidence + tuple(_ev(e, "no usable GPU") for e in f.no_gpu[:2]))
         notes.append("the model ran on the CPU but the log does not show GPU discovery: if this machine has no usable "
