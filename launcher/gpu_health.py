@@ -212,7 +212,13 @@ class XidWatcher:
             log.info("nvml_events_unavailable", code=event_set.code, reason=event_set.text)
             return None
         for gpu, handle in self._nvml.handles:
-            done = self._nvml.call("nvmlDeviceRegisterEvents", handle, EVENT_XID | EVENT_DBE, event_set)
+            supported = self._nvml.call("nvmlDeviceGetSupportedEventTypes", handle)
+            wanted = EVENT_XID | EVENT_DBE  # a GPU without ECC refuses the whole mask if it names DBE
+            types = wanted if isinstance(supported, NvmlFailure) else int(supported) & wanted
+            if not types:
+                log.info("nvml_events_unavailable", gpu=gpu, reason="no Xid or ECC events on this GPU")
+                continue
+            done = self._nvml.call("nvmlDeviceRegisterEvents", handle, types, event_set)
             if isinstance(done, NvmlFailure):
                 log.info("nvml_events_unavailable", gpu=gpu, code=done.code, reason=done.text)
                 continue
