@@ -32,9 +32,13 @@ class HealthBoard:
     nvml_was_unavailable: bool = False
     gpus_appeared: bool = False  # NVML listed GPUs after it had been unavailable (the boot race, a late driver)
     resumes: list[dict[str, Any]] = field(default_factory=list)  # the newest few host resumes: {t, slept}
+    cuda_probe: dict[str, Any] | None = None  # the CUDA init probe after the latest resume
 
     def add(self, event: Event) -> bool:
         """Take an event; True when it was a health event (others are ignored)."""
+        if event.source == "supervisor" and event.kind == "cuda_probe":
+            self.cuda_probe = _thaw(event.data)
+            return True
         if event.source == "supervisor" and event.kind == "resumed":
             self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept")}]
             return True
@@ -73,6 +77,13 @@ class HealthBoard:
     def advice(self) -> list[str]:
         """One line per unhealthy state: what happened and what the operator does (never a restart by us)."""
         out: list[str] = []
+        probe = self.cuda_probe
+        if probe is not None and not probe.get("ok"):
+            cause = probe.get("cause")
+            row = causes.CAUSES_BY_LABEL.get(str(cause)) if cause else None
+            steps = " ".join(step.text for step in row.steps) if row is not None else ""
+            out.append(f"after the host resumed, CUDA fails ({probe.get('error')}): "
+                       f"{row.advice + ' ' + steps if row is not None else 'run `ollama-gpu doctor --probe`'}")
         bad = self.unhealthy()
         for state in SEVERITY:
             which = [g for g in bad if g.get("state") == state]
@@ -106,7 +117,9 @@ class HealthBoard:
         """The `gpu_health` part of status."""
         return {"state": self.state, "gpus": sorted(self.gpus.values(), key=lambda g: int(g.get("index", 0))),
                 "xids": [{"gpu": i, "xid": x, "count": n} for (i, x), n in sorted(self.xids.items())],
-                "advice": self.advice(), "degraded": self.state not in (None, OK),
+                "advice": self.advice(),
+                "degraded": self.state not in (None, OK) or bool(self.cuda_probe and not self.cuda_probe.get("ok")),
+                "cuda_probe": self.cuda_probe,
                 "in_container": self.in_container, "resumes": list(self.resumes)}
 
 

@@ -302,6 +302,7 @@ class NvmlSampler:
     checker: HealthChecker | None = None  # set by the first health check
     reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
     resume: ResumeWatch = field(default_factory=ResumeWatch)  # the BOOTTIME − MONOTONIC seam (tests fake it)
+    cuda_probe: Callable[[], Event] | None = None  # after a resume: cuInit in a child (launcher.resume_probe)
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -343,8 +344,9 @@ class NvmlSampler:
         slept = self.resume.check()
         if slept is not None:
             log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
+            probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
             return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3)}),
-                    *self._health(force=True)]
+                    *self._health(force=True), *probed]
         return self._health()
 
     def _health(self, force: bool = False) -> list[Event]:

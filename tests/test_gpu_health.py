@@ -269,3 +269,54 @@ class TestResume:
         for i in range(7):
             board.add(Event("supervisor", "resumed", float(i), None, {"slept": 60.0}))
         assert [r["t"] for r in board.to_dict()["resumes"]] == [2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+class TestResumeProbe:
+    """After a resume, the CUDA init probe (doctor's) in a child, against the mock driver."""
+
+    def probe(self, libs: Any, **env: str) -> Event:
+        from launcher.children import ChildRegistry
+        from launcher.resume_probe import cuda_probe_event
+
+        registry = ChildRegistry()
+        full = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(libs.driver_dir), "LD_PRELOAD": "/nonexistent.so",
+                "OGPU_EVENTS": "/nonexistent.sock", **env}
+        return cuda_probe_event(lambda argv, e: registry.run(argv, e, timeout=30, name="cuda-probe"), full)
+
+    def test_a_healthy_driver(self, libs: Any) -> None:
+        """cuInit 0 and the mock's device: ok, no cause."""
+        data = self.probe(libs).data
+        assert data["ok"] is True and data["devices"] == 1 and data["cause"] is None
+
+    def test_cuinit_999_after_resume_is_uvm_not_loaded(self, libs: Any) -> None:
+        """The mock driver returning 999 (nvidia_uvm broken by the suspend): uvm_not_loaded, and the advice gives
+        the exact commands; readiness is not touched."""
+        event = self.probe(libs, MOCKCUDA_INIT_ERROR="999")
+        assert event.data["ok"] is False and event.data["cause"] == "uvm_not_loaded"
+        board = HealthBoard(in_container=True)
+        board.add(health_event((0, UUID0, "ok")))
+        board.add(event)
+        [line] = board.advice()
+        assert "rmmod nvidia_uvm && sudo modprobe nvidia_uvm" in line and board.to_dict()["degraded"] is True
+        assert board.readiness_failure() is None
+
+    def test_the_probe_runs_only_after_a_resume(self, script: NvmlScript) -> None:
+        """The sampler calls the probe on a resume, never on an ordinary health check."""
+        from launcher.resume import ResumeWatch
+
+        calls: list[int] = []
+
+        def probe() -> Event:
+            calls.append(1)
+            return Event("supervisor", "cuda_probe", 1.0, None, {"ok": True, "cause": None})
+
+        gap = FakeGap()
+        s = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=lambda: 1.0, ns_inode=1, resume=ResumeWatch(gap),
+                        cuda_probe=probe)
+        s.start()
+        for _ in range(5):
+            s.health()
+        assert calls == []
+        gap.value += 600
+        assert [e.kind for e in s.health()] == ["resumed", "gpu_health", "cuda_probe"] and calls == [1]
+        s.close()

@@ -193,7 +193,7 @@ def ollama_pids(sup: Supervisor) -> set[int]:
 def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
                        recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
                        tap: StatsTap | None, memory: MemoryWatch | None = None,
-                       env: Mapping[str, str] | None = None) -> None:
+                       env: Mapping[str, str] | None = None, registry: ChildRegistry | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import Controller
@@ -203,12 +203,16 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
+    from launcher.resume_probe import PROBE_TIMEOUT, cuda_probe_event
     from launcher.status_socket import StatusServer
 
     container = in_container(env or {})
     # opened and sampled by the poller's thread, started once the controller takes events; reopened at each health
     # check while unavailable only where NVIDIA hardware is present (issue 16: a driver that comes up late)
-    nvml = NvmlSampler(reopen=settings.health_interval > 0 and presence(container=container).any)
+    nvml = NvmlSampler(reopen=settings.health_interval > 0 and presence(container=container).any,
+                       cuda_probe=(lambda: cuda_probe_event(lambda argv, env: registry.run(
+                           argv, env, timeout=PROBE_TIMEOUT, name="cuda-probe"), sup.plan.env))
+                       if registry is not None else None)
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -372,7 +376,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
                                                   ignore=lambda pid: pid == guardian.pid),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
-                                                             closers, tap, memory, ctx.env),
+                                                             closers, tap, memory, ctx.env, registry),
         ),
     )
     holder_.append(supervisor)
