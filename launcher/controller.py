@@ -7,6 +7,7 @@ fed under a lock; verdicts are judged and acted on only in the loop's thread (`t
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,10 @@ from launcher.gpu_health import OK
 from launcher.health_board import HealthBoard, read_boot_id
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
+from launcher.remedy_record import remedy_record
+from launcher.replaced import ReplacedFilter
 from launcher.restarts import RemedyBudget
+from launcher.verdict_log import is_pending, verdict_log
 
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
 DISCOVERY_GRACE = 30.0  # READY waits at most this long after /api/version for the discovery verdict
@@ -30,6 +34,7 @@ UNKNOWN_VERSION_GRACE = 1.0  # ... and this long for a version line (unknown gen
 # shim and /proc settled before those lines waits this long for them (they carry the filter's reading).
 DISCOVERY_LINES_GRACE = 3.0
 GENERATIONS_WITH_START_DISCOVERY = frozenset({"A", "B", "C", "D"})
+ADVICE_LOG_KEYS = ("subject", "cause", "reason", "instruction", "advice", "changes")
 # Memory stays bounded however long Ollama runs: the newest decisions, remedies and advice are kept, and per-runner
 # entries go with their process.
 MAX_DECISIONS = 256
@@ -59,6 +64,8 @@ class Controller:
     decisions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_DECISIONS))
     failed_require_gpu: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _replaced: ReplacedFilter = field(default_factory=ReplacedFilter)
+    wall: Callable[[], float] = time.time  # when a remedy was applied or advised, as status shows it (UTC)
     _dirty: bool = False
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -69,14 +76,15 @@ class Controller:
     # --- events (any thread) --------------------------------------------------------------------------------
 
     def sink(self, event: Event) -> None:
-        """Take one event from any source."""
+        """Take one event from any source (a replaced Ollama's late shim messages are recorded, not judged)."""
         with self._lock:
-            self.board.add(event)
-            self.health.add(event)
-            if event.source == "supervisor" and event.kind == "ollama_started":
-                self._seen.clear()
-                self._decided.clear()
-            self._dirty = True
+            self.health.add(event)  # GPU health is the machine's, whichever Ollama runs
+            if self._replaced.keep(event):
+                self.board.add(event)
+                if event.source == "supervisor" and event.kind == "ollama_started":
+                    self._seen.clear()
+                    self._decided.clear()
+                self._dirty = True
         self.record(event)
 
     # --- the loop's thread ------------------------------------------------------------------------------------
@@ -121,23 +129,23 @@ class Controller:
             return []
         self._late_gpu_done = True
         patch: dict[str, str | None] = {"ogpu_gpu_appeared_boot": self.boot_id}
-        item: dict[str, Any] = {
-            "subject": "discovery", "cause": verdicts.discovery.cause, "reason": "gpu_appeared_after_start",
-            "instruction": "restart Ollama (or ollama-gpu) so that its discovery sees the GPU", "advice": None,
-            "changes": []}
+        reason = "the GPU became available after Ollama started without it"
+        item = remedy_record(subject="discovery", cause=verdicts.discovery.cause, patch=None, before=view.plan.env,
+                             when="when idle", reason=reason, at=time.time(),
+                             instruction="restart Ollama (or ollama-gpu) so that its discovery sees the GPU")
         if self.settings.mode is not Mode.AUTO or generation is None:  # advise; unknown generation: observe only
             self.advised[("discovery", "gpu_appeared")] = item
-            self.log.warning("advice", **item)
+            self.log.warning("advice", subject="discovery", cause=verdicts.discovery.cause, reason=reason,
+                             instruction=item["instruction"])
             return []
         allowed, why = self.budget.allows(patch)
         if not allowed:
             self.log.info("late_gpu_restart_skipped", reason=why)
             return []
         self.budget.record(patch, verdicts.discovery.cause)
-        self.applied.append({"subject": "discovery", "cause": verdicts.discovery.cause, "changes": [],
-                             "when": "when idle", "reason": "the GPU became available after Ollama started"})
+        self.applied.append(item)
         self.log.warning("remedy", subject="discovery", cause=verdicts.discovery.cause, when="when idle",
-                         reason="the GPU became available after Ollama started without it")
+                         reason=reason)
         return [RestartWith(view.plan, "the GPU became available after Ollama started", immediately=False)]
 
     def _forget_gone(self, subjects: set[str]) -> None:
@@ -148,11 +156,8 @@ class Controller:
         self.advised = {k: v for k, v in self.advised.items() if k[0] in subjects or not k[0].startswith("runner ")}
 
     def _emit_verdict(self, subject: str, verdict: Verdict) -> None:
-        level = "info" if verdict.outcome in ("gpu", "cpu_expected") and verdict.cause in ("none",
-                                                                                          "operator_forced_cpu") \
-            else "warning"
-        getattr(self.log, level)("verdict", subject=subject, outcome=verdict.outcome, cause=verdict.cause,
-                                 signals=list(verdict.signals), disagreement=list(verdict.disagreement) or None)
+        level, fields = verdict_log(subject, verdict)
+        getattr(self.log, level)("verdict", **fields)
         self.record(Event("supervisor", "verdict", now(), None, {"subject": subject, **verdict.to_dict()}))
 
     def _act(self, view: View, which: str, subject: str, verdict: Verdict,
@@ -170,17 +175,17 @@ class Controller:
         if decision.action is Action.NOTHING:
             return []
         if decision.action is Action.ADVISE or decision.patch is None:
-            self._advise(subject, decision)
+            self._advise(subject, decision, view.plan.env)
             return []
         return [self._apply(view, subject, decision)]
 
-    def _advise(self, subject: str, decision: Decision) -> None:
+    def _advise(self, subject: str, decision: Decision, before: Mapping[str, str]) -> None:
         plan = decision.plan
-        item = {"subject": subject, "cause": decision.cause, "reason": decision.reason,
-                "instruction": plan.instruction if plan else None, "advice": plan.advice if plan else None,
-                "changes": list(plan.changes) if plan else []}
+        item = remedy_record(subject=subject, cause=decision.cause, patch=plan.patch if plan else None,
+                             before=before, when="advised only", reason=decision.reason, at=self.wall(),
+                             advice=plan.advice if plan else None, instruction=plan.instruction if plan else None)
         if (subject, decision.cause) not in self.advised:
-            self.log.warning("advice", **item)
+            self.log.warning("advice", **{k: item[k] for k in ADVICE_LOG_KEYS})
         self.advised[(subject, decision.cause)] = item
         while len(self.advised) > MAX_ADVISED:
             del self.advised[next(iter(self.advised))]
@@ -190,12 +195,14 @@ class Controller:
         plan = with_patch(view.plan, patch, f"remedy for {decision.cause}")
         immediately = decision.action is Action.APPLY_NOW
         self.budget.record(patch, decision.cause)
-        item = {"subject": subject, "cause": decision.cause, "changes": list(decision.plan.changes)
-                if decision.plan else [], "when": "now" if immediately else "when idle", "reason": decision.reason}
+        item = remedy_record(subject=subject, cause=decision.cause, patch=patch, before=view.plan.env,
+                             when="now" if immediately else "when idle", reason=decision.reason, at=self.wall(),
+                             advice=decision.plan.advice if decision.plan else None,
+                             instruction=decision.plan.instruction if decision.plan else None)
         self.applied.append(item)
-        self.log.warning("remedy", **item)
+        self.log.warning("remedy", **{k: item[k] for k in ("subject", "cause", "changes", "when", "reason")})
         if not immediately:
-            self._advise(subject, decision)
+            self._advise(subject, decision, view.plan.env)
         return RestartWith(plan, f"remedy for {decision.cause}", immediately=immediately)
 
     def _check_require_gpu(self, verdicts: LiveVerdicts, generation: str | None) -> list[Directive]:
@@ -240,8 +247,9 @@ class Controller:
         """The document `ollama-gpu status` prints."""
         verdicts = self.verdicts
         facts = self.board.facts
-        discovery = verdicts.discovery.to_dict() if verdicts else {"outcome": "unknown", "cause": "unknown"}
-        runners = [{"pid": pid, "start_time": st, **v.to_dict()} for (pid, st), v in
+        discovery = {**verdicts.discovery.to_dict(), "pending": is_pending(verdicts.discovery)} if verdicts else {
+            "outcome": "unknown", "cause": "unknown", "pending": True}
+        runners = [{"pid": pid, "start_time": st, **v.to_dict(), "pending": is_pending(v)} for (pid, st), v in
                    (list(verdicts.runners.items())[-MAX_RUNNERS:] if verdicts else [])]
         acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
         what = self._what_to_do(discovery, runners)

@@ -66,8 +66,12 @@ REASONS: Final = (
     "pid_mismatch",  # `pid` contradicts SO_PEERCRED (same PID namespace only)
     "seq_not_increasing",  # `seq` not above the previous accepted message's on this connection
 )
-# Why a connection was closed at accept: counted in ServerStats.rejected.
-REJECTIONS: Final = ("other_uid", "unknown_pid", "too_many_connections", "foreign_peer")
+# Why a connection was closed at accept: counted in ServerStats.rejected. `unverified_peer`: the peer's ancestry
+# could not be read within RECHECK_WINDOW, almost always a short-lived helper of Ollama's (a device probe) that
+# ended and was reaped before its connection was looked at; refused like a foreign peer, but not a finding, so it
+# is logged at debug level (a healthy run under load logs no warning, issue 15 item 6).
+REJECTIONS: Final = ("other_uid", "unknown_pid", "too_many_connections", "foreign_peer", "unverified_peer")
+QUIET_REJECTIONS: Final = frozenset({"unverified_peer"})
 RECHECK_WINDOW: Final = 0.5  # seconds a peer whose ancestry cannot be read yet is looked at again
 
 
@@ -521,8 +525,10 @@ class ShimEventServer:
             ours = self._peer_check(pid)
             if ours:
                 self._register(sock, pid, uid)
-            elif ours is False or t >= give_up:
+            elif ours is False:
                 self._reject(sock, "foreign_peer", pid, uid)
+            elif t >= give_up:
+                self._reject(sock, "unverified_peer", pid, uid)
             else:
                 self._recheck.append((sock, pid, uid, give_up))
 
@@ -619,7 +625,8 @@ class ShimEventServer:
     def _log_once(self, tag: str, event: str, **kw: Any) -> None:
         if tag not in self._logged:
             self._logged.add(tag)
-            log.warning(event, first_of_kind=True, **kw)
+            quiet = kw.get("reason") in QUIET_REJECTIONS
+            (log.debug if quiet else log.warning)(event, first_of_kind=True, **kw)
 
 
 def _private_dir(path: Path) -> None:

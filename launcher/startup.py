@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from launcher.config import Mode, Settings
 from launcher.driverlib import DriverFinding, find_driver, ld_cache
 from launcher.environment import EnvPlan, plan_environment, with_advice, with_patch
 from launcher.remedies import RemedyContext, proactive
+from launcher.remedy_record import remedy_record
 from launcher.restarts import RemedyBudget
 
 
@@ -48,6 +50,8 @@ class Prepared:
     shim: shim_build.Resolved | None
     shim_problem: str | None
     driver: DriverFinding
+    applied: tuple[dict[str, Any], ...] = field(default=())  # pre-start remedies, as `status` shows them
+    advised: tuple[dict[str, Any], ...] = field(default=())  # pre-start fixes reported but not applied (mode)
 
 
 def prepare(
@@ -94,12 +98,21 @@ def prepare(
     from launcher.policy import Action, decide_proactive  # the board's types: only when there is a remedy to weigh
 
     budget = RemedyBudget(settings.dirs.state_file, settings.remedy_max)  # proactive patches are not counted
+    applied: list[dict[str, Any]] = []
+    advised: list[dict[str, Any]] = []
     for decision in decide_proactive(plans, settings.mode, None, budget):
         plan_ = decision.plan
         if plan_ is None:
             continue
-        if decision.action is Action.APPLY_NOW and plan_.patch is not None:
+        apply = decision.action is Action.APPLY_NOW and plan_.patch is not None
+        if apply or decision.action is Action.ADVISE:
+            (applied if apply else advised).append(remedy_record(
+                subject="start", cause=plan_.cause, patch=plan_.patch, before=plan.env,
+                when="before start" if apply else "advised only", reason=decision.reason, at=time.time(),
+                advice=plan_.advice, instruction=plan_.instruction))
+        if apply and plan_.patch is not None:
             plan = with_patch(plan, plan_.patch, f"{plan_.cause}: {plan_.advice}")
         elif decision.action is Action.ADVISE:
             plan = with_advice(plan, f"{plan_.cause}: {', '.join(plan_.changes) or plan_.instruction}")
-    return Prepared(plan=plan, shim=resolved, shim_problem=problem, driver=driver)
+    return Prepared(plan=plan, shim=resolved, shim_problem=problem, driver=driver, applied=tuple(applied),
+                    advised=tuple(advised))

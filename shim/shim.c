@@ -15,7 +15,8 @@
  *            scope), so they are tail-jumped.  A lookup on a real handle is forwarded, and a result that is the
  *            real address of a wrapped driver symbol (resolved on that same handle) is replaced by its wrapper.
  *   dlerror  the dlopen hook has to take the loader's text with the real dlerror(); it keeps a copy and hands it
- *            to the caller's next dlerror() exactly once, so the caller sees what it would have seen.
+ *            to the caller's next dlerror() exactly once, so the caller sees what it would have seen (the text, and
+ *            the errno glibc's dlerror() sets from the loader's error code).
  *   dlclose, dlinfo, dlmopen  forwarded unchanged; they only clear that pending text as glibc would.
  *   cuGetProcAddress{,_v2}  wrapped (never exported): the real call first with the caller's exact arguments, then
  *            *pfn is replaced only when it equals the real address of a wrapped symbol; this also covers the
@@ -122,6 +123,10 @@ static inline void ensure_init(void)
 #define OGPU_ERRBUF 2048
 static OGPU_TLS int tls_pending;
 static OGPU_TLS const char *tls_pending_text;
+/* glibc's dlerror() formats "…: %m" with errno set to the loader's error code (dlfcn/dlerror.c), so a caller's
+ * dlerror() after a failed dlopen of a missing file leaves errno == ENOENT.  The hook's own dlerror() call has that
+ * effect inside our save/restore; the value is kept and set again when the caller takes the text (issue 15). */
+static OGPU_TLS int tls_pending_errno; /* 0: glibc's dlerror() left errno alone */
 static __thread char tls_errbuf[OGPU_ERRBUF]; /* default TLS model: keeps the static TLS use small */
 
 static inline void clear_pending(void) { tls_pending = 0; }
@@ -131,7 +136,9 @@ static inline void clear_pending(void) { tls_pending = 0; }
 static const char *take_dlerror(void)
 {
     dlerror_fn de = atomic_load(&real_dlerror);
+    errno = 0; /* the caller's errno is saved by ogpu_dlopen_done */
     char *e = de ? de() : NULL;
+    tls_pending_errno = errno;
     if (!e)
         return NULL;
     size_t n = strlen(e);
@@ -150,6 +157,8 @@ __attribute__((visibility("default"))) char *dlerror(void)
 {
     if (tls_pending) {
         tls_pending = 0;
+        if (tls_pending_errno)
+            errno = tls_pending_errno; /* what glibc's own dlerror() would have left */
         return (char *)tls_pending_text;
     }
     ensure_init();

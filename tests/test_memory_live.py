@@ -168,15 +168,14 @@ def _text(m: Metrics) -> str:
 class TestStatusText:
     def test_runner_memory_lines(self, capsys: Any) -> None:
         """`ollama-gpu status` prints a runner's memory summary and its advised changes, marked not applied."""
-        from launcher.commands.status import _print
+        from launcher.status_text import render
 
         memory = feed_all(MemoryWatch(Log()), D_PARTIAL)[-1].data
         import json
 
         plain = json.loads(json.dumps(memory))
-        _print({"ollama": {}, "discovery": {"outcome": "gpu", "cause": "none"},
-                "runners": [{"pid": 9, "outcome": "partial_offload", "cause": "insufficient_vram", "memory": plain}]})
-        out = capsys.readouterr().out
-        assert "  memory: 8/17 layers on GPU, short by 1.4 GiB; smallest change that fits: the same model in Q4_K_M" \
+        out = "\n".join(render({"ollama": {}, "discovery": {"outcome": "gpu", "cause": "none"}, "runners": [
+            {"pid": 9, "outcome": "partial_offload", "cause": "insufficient_vram", "memory": plain}]}))
+        assert "  Memory: 8/17 layers on GPU, short by 1.4 GiB; smallest change that fits: the same model in Q4_K_M" \
             in out
-        assert "    advised (not applied): the same model in Q4_K_M -> 17/17 layers, fits" in out
+        assert "    Advised (not applied): the same model in Q4_K_M: 17 of 17 layers, fits." in out

@@ -209,7 +209,8 @@ class TestDirectoriesWeDidNotCreate:
         given = self._dirs(base, 0o755, owner=os.geteuid())
         foreign = Path(given["STATE_DIRECTORY"])
         os.chown(foreign, 65534, 65534)
-        proc = run_cli(["serve"], clean_env(base, {**given, "OGPU_OLLAMA": "/nonexistent/ollama"}))
+        # An Ollama that exists (a missing one is said first, before any directory is looked at: exit 127)
+        proc = run_cli(["serve"], clean_env(base, {**given, "OGPU_OLLAMA": "/bin/true"}))
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [
             f"ollama-gpu: configuration error: {foreign} belongs to uid 65534, not {os.geteuid()}; name a directory "

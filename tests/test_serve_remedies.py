@@ -265,6 +265,6 @@ def test_failed_state_write_is_shown_in_status_15(tmp_path: Path, libs: native.N
     assert [(e["level"], e["path"], e["errno"]) for e in warnings] == [("warning", str(state_file), "EISDIR")]
     text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
                           text=True, timeout=30, check=False).stdout
-    assert f"remedy history not saved: writing {state_file} failed (EISDIR: Is a directory)" in text
+    assert f"Remedy history not saved: writing {state_file} failed (EISDIR: Is a directory)" in text
     assert sorted(p.name for p in state.iterdir()) == [state_file.name]  # no temp file left beside it
     assert run.stop() == 0

@@ -40,6 +40,7 @@ def scenarios(b: NativeBuild) -> dict[str, tuple[list[str | Path], dict[str, str
         "threads": ([b.probe, "threads", "4", "2000"], {}),
         "fork": ([b.probe, "fork", "100", "7", "50"], {}),
         "dlfail": ([b.probe, "dlfail", MISSING, ggml], {"libcuda": str(b.mock_novareserve_dir)}),
+        "dlerrno": ([b.probe, "dlerrno", MISSING, ggml], {"libcuda": str(b.mock_novareserve_dir)}),
         "ggml": ([b.probe, "ggml", ggml], {}),
         "ggml_compute": ([b.probe, "ggml", ggml, "5"], {}),
         "ggml_ollama_style": ([b.probe, "ggml", ggml], {"MOCKGGML_STYLE": "ollama", "MOCKCUDA_DEVICE_COUNT": "2"}),
@@ -234,6 +235,34 @@ class TestEvents:
             {"name": MISSING, "ok": False, "flags": 1, "error": missing_text},
             {"name": MISSING, "ok": False, "flags": 2, "error": missing_text},
         ]
+
+    def test_errno_and_dlerror_after_failed_watched_dlopen_as_without_the_shim_issue_15(
+            self, h: Harness, native: NativeBuild) -> None:
+        """errno after each dl* call (from a sentinel) and dlerror()'s text are glibc's own with OGPU_EVENTS set,
+        while the shim connects and reports the failed loads (its socket and bookkeeping must not leak errno)."""
+        argv = [native.probe, "dlerrno", MISSING, native.ggml_cuda]
+        run = h.run(argv, h.env(libcuda=native.mock_novareserve_dir))
+        bare = h.run(argv, h.env(shim=False, libcuda=native.mock_novareserve_dir), collect=False)
+        assert run.stdout.count("errno") == bare.stdout.count("errno") == 12
+        assert run.outputs == bare.outputs
+        assert f"  text: {MISSING}: cannot open shared object file: No such file or directory" in run.stdout
+        dl = [data(e) for e in run.only() if e.kind == "dlopen"]
+        assert [(d["name"], d["ok"]) for d in dl] == [(MISSING, False), (str(native.ggml_cuda), False),
+                                                      (MISSING, False), ("libcuda.so.1", True)]
+
+    def test_errno_as_without_the_shim_on_the_plain_call_path_issue_15(self, h: Harness,
+                                                                       native: NativeBuild) -> None:
+        """The same with the caller gadget off (paths with '/' take the plain observed call, bare names the tail
+        jump): errno and dlerror() text still glibc's own."""
+        missing = f"/nonexistent-ogpu/{MISSING}"  # a '/' in the name: the plain observed call, and ENOENT
+        argv = [native.probe, "dlerrno", missing, native.ggml_cuda]
+        run = h.run(argv, h.env(libcuda=native.mock_novareserve_dir, OGPU_SHIM_DEBUG="nogadget"))
+        bare = h.run(argv, h.env(shim=False, libcuda=native.mock_novareserve_dir), collect=False)
+        assert "dlerror: errno 2\n" in bare.stdout  # glibc's dlerror() sets errno from the loader's error code
+        assert run.outputs == bare.outputs
+        dl = [data(e) for e in run.only() if e.kind == "dlopen"]
+        assert [(d["name"], d["ok"]) for d in dl] == [(missing, False), (str(native.ggml_cuda), False),
+                                                      (missing, False)]
 
     def test_unresolved_cu_symbol_fails_with_the_shim_as_without(self, h: Harness, native: NativeBuild) -> None:
         """GGML's load failure against a libcuda lacking cuMemAddressReserve is not masked by the shim."""

@@ -123,7 +123,8 @@ class TestForeignPeers:
             assert thread.stats().rejected == {}
 
     def test_an_ancestry_never_readable_is_refused_after_the_window(self, short_dir: Path) -> None:
-        """Still unknown after RECHECK_WINDOW (fake clock): refused as foreign_peer, nothing read."""
+        """Still unknown after RECHECK_WINDOW (fake clock): refused as unverified_peer (a vanished helper, not a
+        finding: debug level), nothing read."""
         clock = [0.0]
         server = ShimEventServer(short_dir / "e.sock", peer_check=lambda _pid: None, clock=lambda: clock[0]).start()
         try:
@@ -136,7 +137,7 @@ class TestForeignPeers:
                 clock[0] = RECHECK_WINDOW
                 assert server.poll(0) == []
                 assert not server.rechecking
-                assert server.stats().rejected == {"foreign_peer": 1}
+                assert server.stats().rejected == {"unverified_peer": 1}
         finally:
             server.close()
 

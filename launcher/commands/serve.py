@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -32,9 +34,10 @@ from launcher.output import Line, SharedStream
 from launcher.paths import UnsafeDirectoryError, current_user, ensure_dirs
 from launcher.port_owner import answering, holder
 from launcher.proctree import TreeWatcher
+from launcher.remedy_record import variable_changes
 from launcher.restarts import CrashBudget
 from launcher.sdnotify import Notifier
-from launcher.startup import Prepared, prepare
+from launcher.startup import Prepared, prepare, resolve_ollama
 from launcher.supervisor import Options, Supervisor, Wiring, exec_off
 from launcher.system import OsSystem
 
@@ -51,6 +54,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "before `serve`: ollama-gpu --mode advise serve.")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="OLLAMA_SERVE_ARGS",
                         help="every other argument: passed to `ollama serve` unchanged")
+
+
+def ollama_missing(path: str) -> tuple[int, str] | None:
+    """(exit code, why) when Ollama cannot be started at all: 127 not found, 126 not executable, as shells say, in
+    the words the spawn itself would have used."""
+    if "/" not in path:
+        return 127, f"cannot start {path}: not found on PATH"
+    if not os.path.exists(path):
+        return 127, f"cannot start {path}: {os.strerror(errno.ENOENT)}"
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return 126, f"cannot start {path}: {os.strerror(errno.EACCES)}"
+    return None
 
 
 class Recorder:
@@ -196,7 +211,7 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
                        env: Mapping[str, str] | None = None, registry: ChildRegistry | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
-    from launcher.controller import Controller
+    from launcher.controller import MAX_APPLIED, Controller
     from launcher.gpu_wait import presence
     from launcher.health_board import HealthBoard, in_container
     from launcher.nvml import NvmlSampler
@@ -245,7 +260,9 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, health=HealthBoard(in_container=container))
+                            remedy_context=remedy_context, health=HealthBoard(in_container=container),
+                            applied=deque(prepared.applied, maxlen=MAX_APPLIED),
+                            advised={(a["subject"], a["cause"]): a for a in prepared.advised})
     pending.attach(controller.sink)
     closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
                               health_every=settings.health_interval, xids=settings.health_interval > 0)
@@ -277,6 +294,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     out, err = SharedStream(sys.stdout.fileno()), SharedStream(sys.stderr.fileno())
     # our lines share stderr with Ollama (SharedStream is the file-like object structlog writes to)
     log = logsetup.configure(settings.log_format, settings.log_level, cast("IO[str]", err))
+    missing = ollama_missing(resolve_ollama(settings.ollama, ctx.env))
+    if missing is not None:  # said before any directory is created or shim compiled (a first try leaves nothing)
+        log.error("ollama_not_started", argv0=settings.ollama, error=missing[1],
+                  hint="install Ollama, or set OGPU_OLLAMA (--ollama) to the path of the ollama binary")
+        return missing[0]
     try:
         ensure_dirs(settings.dirs, os.geteuid())
     except (UnsafeDirectoryError, OSError) as exc:
@@ -334,7 +356,10 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
         log.warning("advice", fix=advice, mode=settings.mode.value)
     for change in prepared.plan.changes:
         if change.key not in ("LD_PRELOAD", "OGPU_EVENTS"):
-            log.info("environment_change", key=change.key, action=change.action, reason=change.reason)
+            entries = {k: v for k, v in variable_changes(ctx.env, {change.key: change.value})[0].items()
+                       if k in ("added", "removed") and v}  # a path list: the directory added, by name
+            log.info("environment_change", key=change.key, action=change.action, value=change.value, **entries,
+                     reason=change.reason)
 
     server = None
     if prepared.plan.shim is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from launcher.commands.context import Context
 from launcher.exitcodes import Exit, VerdictExit, verdict_exit
 from launcher.status import read_status
+from launcher.status_text import render, text
 
 HELP = "show the running supervisor's verdicts, causes, remedies and budgets"
 EPILOG = ("exit codes: 0 every verdict is gpu (degraded included) or cpu_expected; 1 a cpu_fallback, partial_offload "
@@ -28,8 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def overall(status: dict[str, Any]) -> str:
     """The outcome that decides the exit code: the worst of discovery and every runner."""
-    outcomes = [str((status.get("discovery") or {}).get("outcome", "unknown"))]
-    outcomes += [str(r.get("outcome", "unknown")) for r in status.get("runners") or []]
+    discovery = status.get("discovery")
+    outcomes = [str(discovery.get("outcome", "unknown")) if isinstance(discovery, dict) else "unknown"]
+    runners = status.get("runners")
+    outcomes += [str(r.get("outcome", "unknown")) for r in runners if isinstance(r, dict)] \
+        if isinstance(runners, list) else []
     return min(outcomes, key=lambda o: BAD_FIRST.index(o) if o in BAD_FIRST else 0)
 
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         failure = status.get("readiness_failure")  # issue 16: GPU access revoked inside a container
         ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True)) and not failure
         if not args.json:
-            print("ready" if ok else f"not ready: {failure or status.get('what_to_do') or status.get('state')}")
+            print("ready" if ok else
+                  f"not ready: {text(failure or status.get('what_to_do') or status.get('state'), 600)}")
         else:
             json.dump({"ready": ok, "state": status.get("state"), "reason": failure}, sys.stdout)
             sys.stdout.write("\n")
@@ -58,59 +63,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         json.dump(status, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        _print(status)
+        print("\n".join(render(status)))
     return verdict_exit(overall(status))
-
-
-def _print(status: dict[str, Any]) -> None:
-    ollama = status.get("ollama") or {}
-    print(f"ollama: pid {ollama.get('pid')} version {ollama.get('version') or '?'} "
-          f"(generation {ollama.get('generation') or '?'}) on {ollama.get('host')} — {status.get('state')}, "
-          f"mode {status.get('mode')}")
-    for title, verdict in [("discovery", status.get("discovery") or {})] + [
-            (f"runner {r.get('pid')} {r.get('model') or ''}".rstrip(), r) for r in status.get("runners") or []]:
-        print(f"{title}: {verdict.get('outcome', 'unknown')} (cause: {verdict.get('cause', 'unknown')})")
-        for evidence in (verdict.get("evidence") or [])[:5]:
-            print(f"  - {evidence.get('says', '')}: {str(evidence.get('text', ''))[:150]}")
-        _print_memory(verdict.get("memory"))
-    _print_health(status.get("gpu_health"))
-    remedies = status.get("remedies") or {}
-    for item in remedies.get("applied") or []:
-        print(f"remedy applied: {item}")
-    for item in remedies.get("advised") or []:
-        print(f"advice: {item}")
-    budget = remedies.get("budget") or {}
-    if budget:
-        print(f"remedy budget: {budget.get('used', 0)}/{budget.get('max', 0)} used")
-    failed = budget.get("write_error") or {}
-    if failed:
-        print(f"remedy history not saved: writing {failed.get('path')} failed ({failed.get('errno')}: "
-              f"{failed.get('error')}); it is kept in memory until ollama-gpu restarts")
-    if status.get("what_to_do"):
-        print(f"what to do: {status['what_to_do']}")
-
-
-def _print_health(health: object) -> None:
-    """Issue 16: one line per GPU once the first health check ran, then its Xids."""
-    if not isinstance(health, dict):
-        return
-    for gpu in health.get("gpus") or []:
-        if isinstance(gpu, dict):
-            why = f" — {gpu.get('reason')}" if gpu.get("reason") else ""
-            print(f"gpu {gpu.get('index')} {gpu.get('uuid')}: {gpu.get('state')}{why}")
-    for x in health.get("xids") or []:
-        if isinstance(x, dict):
-            print(f"  gpu {x.get('gpu')}: Xid {x.get('xid')} x{x.get('count')}")
-
-
-def _print_memory(memory: object) -> None:
-    """Issue 17: a runner's memory account, in three lines at most, and the changes that would fit it."""
-    if not isinstance(memory, dict):
-        return
-    print(f"  memory: {memory.get('summary', '')}")
-    for c in (memory.get("advice") or [])[:4]:
-        if not isinstance(c, dict):
-            continue
-        layers = f"{c.get('layers')}/{c.get('layers_total')}" if c.get("layers") is not None else "?"
-        fits = "fits" if c.get("fits") else ("still partial" if c.get("fits") is False else "not sized")
-        print(f"    advised (not applied): {c.get('setting')} -> {layers} layers, {fits}")

@@ -8,6 +8,7 @@
  *   probe fork A B C     gpa setup; A launches; fork: the child makes B launches and exits; the parent C more
  *   probe errors N       gpa setup, then N launches (the test makes the mock fail them: MOCKCUDA_FAIL)
  *   probe dlfail MISSING UNRESOLVED   failed dlopens: what dlerror() says, twice each
+ *   probe dlerrno MISSING UNRESOLVED  errno after each dl* call (set to a sentinel before it), and dlerror()'s text
  *   probe ggml PATH [N]  load a GGML backend like load_backend(); with N, run mockggml_compute(N)
  *   probe runpath LIB NAME  dlopen LIB, then LIB dlopens NAME by its own RUNPATH (caller_load)
  *   probe scope LIB      dlopen LIB RTLD_LOCAL; LIB finds its own dependency's symbol with dlsym(RTLD_DEFAULT)
@@ -16,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -306,6 +308,43 @@ static int dlfail_mode(const char *missing, const char *unresolved)
     return 0;
 }
 
+/* errno as the caller sees it after each dl* call.  glibc's dlopen may or may not touch errno on failure; whatever
+ * it leaves must be what the caller gets with the shim too, so each call starts from a sentinel value. */
+#define ERRNO_SENTINEL 4242
+#define AFTER(what, call) \
+    do { \
+        errno = ERRNO_SENTINEL; \
+        call; \
+        printf("%s: errno %d\n", what, errno); \
+    } while (0)
+
+static int dlerrno_mode(const char *missing, const char *unresolved)
+{
+    void *h = NULL;
+    const char *e = NULL;
+    AFTER("dlopen(missing, RTLD_NOW)", h = dlopen(missing, RTLD_NOW));
+    AFTER("dlerror", e = dlerror());
+    show("  text", e);
+    AFTER("dlerror again", e = dlerror());
+    show("  text", e);
+    AFTER("dlopen(unresolved, RTLD_NOW|RTLD_LOCAL)", h = dlopen(unresolved, RTLD_NOW | RTLD_LOCAL));
+    AFTER("dlerror", e = dlerror());
+    show("  text", e);
+    AFTER("dlopen(missing, RTLD_LAZY)", h = dlopen(missing, RTLD_LAZY));
+    AFTER("dlsym(RTLD_DEFAULT, ogpu_no_such_symbol)", (void)dlsym(RTLD_DEFAULT, "ogpu_no_such_symbol"));
+    AFTER("dlerror", e = dlerror());
+    show("  text", e);
+    AFTER("dlopen(libcuda.so.1)", h = dlopen("libcuda.so.1", RTLD_NOW));
+    printf("  handle: %s\n", h ? "ok" : "NULL");
+    if (h) {
+        AFTER("dlsym(libcuda, cuInit)", (void)dlsym(h, "cuInit"));
+        AFTER("dlclose(libcuda)", (void)dlclose(h));
+    }
+    AFTER("dlerror", e = dlerror());
+    show("  text", e);
+    return 0;
+}
+
 static int ggml_mode(const char *path, int compute)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -380,6 +419,8 @@ int main(int argc, char **argv)
         return errors_mode(atoi(argv[2]));
     if (!strcmp(m, "dlfail") && argc == 4)
         return dlfail_mode(argv[2], argv[3]);
+    if (!strcmp(m, "dlerrno") && argc == 4)
+        return dlerrno_mode(argv[2], argv[3]);
     if (!strcmp(m, "ggml") && argc >= 3)
         return ggml_mode(argv[2], argc > 3 ? atoi(argv[3]) : 0);
     if (!strcmp(m, "runpath") && argc == 4)
