@@ -90,13 +90,18 @@ def clean(raw: bytes) -> tuple[str, int | None]:
     text = raw.decode("utf-8", "replace")
     if text.startswith("time=") and text.isprintable():
         return text, None  # a plain slog line, the common case
+    return strip_prefixes(scrub(text))
+
+
+def scrub(text: str) -> str:
+    """A line without its CR, colours and control bytes (a tab becomes a space)."""
     if text.endswith("\r"):
         text = text[:-1]
     if "\x1b" in text:
         text = _ANSI.sub("", text)
     if not text.isprintable():
         text = _CONTROL.sub(" ", text.replace("\t", " "))
-    return strip_prefixes(text)
+    return text
 
 
 class LineSplitter:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Final
 
-from launcher.log_input import prefix_kind, strip_prefixes
+from launcher.log_input import prefix_kind, scrub, strip_prefixes
 
 WINDOW_LINES: Final = 2000  # physical lines read ahead to learn a terminal width
 WINDOW_BYTES: Final = 1 << 20
@@ -34,8 +34,6 @@ MAX_RECORD: Final = 16 * 1024  # nor longer than this many characters
 
 Record = tuple[int, str, "int | None", bool]  # number (first physical line), text, pid, truncated
 
-_ANSI: Final = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")
 
 # What begins a record in any Ollama/GGML log, prefixed or not. Deliberately specific: a wrapped line's tail starts
 # anywhere inside a record, so a loose rule (any word and a colon) would take tails for records.
@@ -200,17 +198,7 @@ def _json_message(text: str) -> tuple[list[str], int | None] | None:
         return None  # null: journalctl leaves out messages over its size limit unless --all
     pid_text = obj.get("_PID") or obj.get("SYSLOG_PID")
     pid = int(pid_text[:9]) if isinstance(pid_text, str) and pid_text.isdigit() else None
-    return [_scrub(part) for part in msg.split("\n")], pid
-
-
-def _scrub(text: str) -> str:
-    if text.endswith("\r"):
-        text = text[:-1]
-    if "\x1b" in text:
-        text = _ANSI.sub("", text)
-    if not text.isprintable():
-        text = _CONTROL.sub(" ", text.replace("\t", " "))
-    return text
+    return [scrub(part) for part in msg.split("\n")], pid
 
 
 class Display:
@@ -230,7 +218,7 @@ class Display:
 def display(raw: bytes, quoted: bool = False) -> Display:
     """Decode and clean one physical line (without its newline); `quoted` as in `strip_markdown`."""
     text = raw.decode("utf-8", "replace")
-    text = _scrub(text)
+    text = scrub(text)
     if text.startswith(("{", "\x1e{")) and '"MESSAGE"' in text:
         got = _json_message(text.lstrip("\x1e"))
         if got is not None:
@@ -331,8 +319,7 @@ class Joiner:
         for number, (raw, cut) in enumerate(lines, 1):  # number is read after the loop
             if raw.startswith(skip):
                 if pend is not None:
-                    if pend.startswith("time=") and pend.find("time=", 5) < 0 and "]: " not in pend \
-                            and pend.find("[GIN", 1) < 0:
+                    if _plain(pend):
                         yield pend_n, pend, pend_pid, pend_cut
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
@@ -348,8 +335,7 @@ class Joiner:
             if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`":
                 # the common case: a plain slog line, a record start that needs no cleaning
                 if pend is not None:
-                    if pend.startswith("time=") and pend.find("time=", 5) < 0 and "]: " not in pend \
-                            and pend.find("[GIN", 1) < 0:
+                    if _plain(pend):
                         yield pend_n, pend, pend_pid, pend_cut
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
@@ -471,6 +457,11 @@ def split_glued(text: str) -> list[str]:
         prev = c
     out.append(text[prev:])
     return out
+
+
+def _plain(text: str) -> bool:
+    """A single slog record needing no finishing: nothing glued on (no second `time=`, `[GIN`, journald prefix)."""
+    return text.startswith("time=") and text.find("time=", 5) < 0 and "]: " not in text and text.find("[GIN", 1) < 0
 
 
 def _finish(number: int, text: str, pid: int | None, truncated: bool) -> list[Record]:

@@ -11,10 +11,8 @@ first `common_memory_breakdown_print` CUDA0 row (`self = model + context + compu
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +24,7 @@ from launcher.fit_advice import advise
 from launcher.memory_account import FIT_TARGET_DEFAULT, MemoryAccount, accounts_of_text
 from launcher.memory_report import report
 from tests.cli_helpers import REPO
+from tests.partial_bench_module import load_run_partial
 
 MIB = 1 << 20
 H100 = REPO / "tests" / "fixtures" / "h100-partial"
@@ -107,13 +106,7 @@ def account(name: str) -> MemoryAccount:
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = REPO / "benchmarks" / "gpu" / "partial" / "run_partial.py"
-    spec = importlib.util.spec_from_file_location("run_partial", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["run_partial"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_run_partial()
 
 
 def test_fixtures_are_the_eight_runs_unedited() -> None:

@@ -6,7 +6,6 @@ turns into, what the baseline's account predicts for each, how a run's log is re
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import tarfile
@@ -19,19 +18,14 @@ import pytest
 from launcher.memory_account import accounts_of_text
 from tests.cli_helpers import REPO
 from tests.memory_logs import D_PARTIAL
+from tests.partial_bench_module import load_run_partial
 
 MIB, GIB = 1 << 20, 1 << 30
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = REPO / "benchmarks" / "gpu" / "partial" / "run_partial.py"
-    spec = importlib.util.spec_from_file_location("run_partial", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["run_partial"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_run_partial()
 
 
 def test_plan_turns_each_advised_change_into_a_run(bench: ModuleType) -> None:
