@@ -194,6 +194,11 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec("OGPU_STOP_GRACE", "10", _seconds(0, 3600),
          "grace period: seconds between TERM and KILL of Ollama's process group on stop"),
     Spec("OGPU_READY_TIMEOUT", "120", _seconds(1, 86400), "seconds to wait for Ollama's /api/version after start"),
+    Spec("OGPU_GPU_WAIT", "30", _seconds(0, 3600),
+         "boot race: seconds to wait for the NVIDIA driver before starting Ollama, on a machine with NVIDIA hardware "
+         "whose driver is not ready yet; 0: never wait"),
+    Spec("OGPU_HEALTH_INTERVAL", "5", _int_range(0, 3600),
+         "seconds between two per-GPU health checks (NVML, in its own thread); 0: no health checks"),
     Spec("OGPU_DRIVER_LIB_DIRS", "", _dir_list,
          "extra directories to search for the driver's libcuda.so.1, ':'-separated, searched first"),
     Spec("OGPU_SHIM", "", _optional_path, "a prebuilt shim library to use instead of compiling one (absolute path)"),
@@ -235,6 +240,8 @@ class Settings:
     remedy_max: int
     stop_grace: float
     ready_timeout: float
+    gpu_wait: float
+    health_interval: int
     driver_lib_dirs: tuple[Path, ...]
     shim: Path | None
     record: Path | None

@@ -13,11 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from launcher.config import Settings
+from launcher.config import Mode, Settings
 from launcher.directives import Directive, Fail, RestartWith, View
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
+from launcher.gpu_health import OK
+from launcher.health_board import HealthBoard, read_boot_id
 from launcher.policy import Action, Decision, Situation, decide
 from launcher.remedies import RemedyContext
 from launcher.remedy_record import remedy_record
@@ -55,6 +57,7 @@ class Controller:
     record: Callable[[Event], None] = lambda _e: None
     remedy_context: Callable[[Mapping[str, str], str | None, bool], RemedyContext] | None = None
     board: Board = field(default_factory=Board)
+    health: HealthBoard = field(default_factory=HealthBoard)
     verdicts: LiveVerdicts | None = None
     applied: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_APPLIED))
     advised: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -67,12 +70,15 @@ class Controller:
     _last_judged: float = 0.0
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
     _decided: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    _late_gpu_done: bool = False
+    boot_id: str = field(default_factory=lambda: read_boot_id())
 
     # --- events (any thread) --------------------------------------------------------------------------------
 
     def sink(self, event: Event) -> None:
         """Take one event from any source (a replaced Ollama's late shim messages are recorded, not judged)."""
         with self._lock:
+            self.health.add(event)  # GPU health is the machine's, whichever Ollama runs
             if self._replaced.keep(event):
                 self.board.add(event)
                 if event.source == "supervisor" and event.kind == "ollama_started":
@@ -110,7 +116,37 @@ class Controller:
             self._decided[subject] = decided
             out.extend(self._act(view, which, subject, verdict, generation))
         out.extend(self._check_require_gpu(verdicts, generation))
+        out.extend(self._late_gpu(view, verdicts, generation))
         return out
+
+    def _late_gpu(self, view: View, verdicts: LiveVerdicts, generation: str | None) -> list[Directive]:
+        """Issue 16: Ollama discovered no GPU, and NVML listed healthy GPUs only later (a driver that came up after
+        Ollama started): restart Ollama once, when idle, so its discovery sees them. Mode auto only, once per boot
+        (the budget keeps the boot id, so a systemd restart does not repeat it)."""
+        if self._late_gpu_done or not self.health.gpus_appeared or self.health.state != OK:
+            return []
+        if verdicts.discovery.outcome not in ("cpu_expected", "cpu_fallback"):
+            return []
+        self._late_gpu_done = True
+        patch: dict[str, str | None] = {"ogpu_gpu_appeared_boot": self.boot_id}
+        reason = "the GPU became available after Ollama started without it"
+        item = remedy_record(subject="discovery", cause=verdicts.discovery.cause, patch=None, before=view.plan.env,
+                             when="when idle", reason=reason, at=time.time(),
+                             instruction="restart Ollama (or ollama-gpu) so that its discovery sees the GPU")
+        if self.settings.mode is not Mode.AUTO or generation is None:  # advise; unknown generation: observe only
+            self.advised[("discovery", "gpu_appeared")] = item
+            self.log.warning("advice", subject="discovery", cause=verdicts.discovery.cause, reason=reason,
+                             instruction=item["instruction"])
+            return []
+        allowed, why = self.budget.allows(patch)
+        if not allowed:
+            self.log.info("late_gpu_restart_skipped", reason=why)
+            return []
+        self.budget.record(patch, verdicts.discovery.cause)
+        self.applied.append(item)
+        self.log.warning("remedy", subject="discovery", cause=verdicts.discovery.cause, when="when idle",
+                         reason=reason)
+        return [RestartWith(view.plan, "the GPU became available after Ollama started", immediately=False)]
 
     def _forget_gone(self, subjects: set[str]) -> None:
         """A runner's entries end once it is no longer among the newest MAX_RUNNERS the board lists."""
@@ -217,6 +253,11 @@ class Controller:
                    (list(verdicts.runners.items())[-MAX_RUNNERS:] if verdicts else [])]
         acceptable = not (self.settings.require_gpu and discovery.get("outcome") != "gpu")
         what = self._what_to_do(discovery, runners)
+        with self._lock:
+            health = self.health.to_dict()
+            not_ready = self.health.readiness_failure()
+        if what == "nothing to do" and health["advice"]:
+            what = health["advice"][0]
         return {
             "running": True, "state": view.state.value, "mode": self.settings.mode.value,
             "ready": view.ready, "discovery_acceptable": acceptable,
@@ -227,6 +268,7 @@ class Controller:
                          "budget": self.budget.summary()},
             "crash_restarts": {"recent": view.crash_recent, "max": view.crash_max},
             "restarts": view.restarts, "what_to_do": what,
+            "gpu_health": health, "readiness_failure": not_ready,
         }
 
     def _what_to_do(self, discovery: Mapping[str, Any], runners: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from launcher import __version__
 from launcher.events import Event
+from launcher.gpu_health import STATES as HEALTH_STATES
 from launcher.lifecycle import State
 from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
@@ -86,6 +87,8 @@ class Metrics:
         self._layers: dict[str, tuple[int, int]] = {}  # model -> (layers on GPU, layers on CPU)
         self._shortfall: dict[str, int] = {}
         self._nvml_up: int | None = None
+        self._health: dict[str, str] = {}  # GPU label -> health state (issue 16)
+        self._xids: Counter[tuple[str, int]] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -200,6 +203,18 @@ class Metrics:
                 self._gpu_total[label] = gpu["memory_total"]
             if isinstance(gpu.get("memory_used"), int):
                 self._gpu_used[label] = gpu["memory_used"]
+
+    def _on_gpu_health(self, event: Event) -> None:
+        """`nvml/gpu_health` (issue 16): each GPU's state, as of the latest change."""
+        for gpu in event.data.get("gpus") or ():
+            index, state = gpu.get("index"), gpu.get("state")
+            if isinstance(index, int) and state in HEALTH_STATES:
+                self._health[self._gpu_label.get(index, str(index))] = state
+
+    def _on_xid(self, event: Event) -> None:
+        index, xid = event.data.get("index"), event.data.get("xid")
+        if isinstance(index, int) and isinstance(xid, int):
+            self._xids[(self._gpu_label.get(index, str(index)), xid)] += 1
 
     def _on_nvml_down(self, event: Event) -> None:
         self._nvml_up = 0
@@ -368,6 +383,16 @@ class Metrics:
         for gpu, value in sorted(self._gpu_total.items()):
             total.add_metric((gpu,), value)
         yield total
+        health = GaugeMetricFamily(f"{p}_gpu_health", "1 for a GPU's current health state (ok, degraded, lost, "
+                                   "driver_mismatch, access_denied, absent), 0 for the others", labels=("gpu", "state"))
+        for gpu, current in sorted(self._health.items()):
+            for state in HEALTH_STATES:
+                health.add_metric((gpu, state), 1 if state == current else 0)
+        yield health
+        xids = CounterMetricFamily(f"{p}_xid", "Xid errors NVML reported, per GPU and Xid", labels=("gpu", "xid"))
+        for (gpu, xid), count in sorted(self._xids.items()):
+            xids.add_metric((gpu, str(xid)), count)
+        yield xids
 
 
     def _memory_families(self) -> Iterator[Metric]:
@@ -397,6 +422,8 @@ _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("nvml", "unavailable"): Metrics._on_nvml_down,
     ("nvml", "sample_failed"): Metrics._on_nvml_down,
     ("nvml", "memory"): Metrics._on_memory,
+    ("nvml", "gpu_health"): Metrics._on_gpu_health,
+    ("nvml", "xid"): Metrics._on_xid,
     ("log", "memory_account"): Metrics._on_memory_account,
     ("supervisor", "state"): Metrics._on_state,
     ("supervisor", "ready"): Metrics._on_ready,

@@ -13,10 +13,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from launcher.events import Event, now
 from launcher.log import get as get_logger
+from launcher.resume import ResumeWatch
+
+if TYPE_CHECKING:
+    from launcher.gpu_health import HealthChecker
 
 log = get_logger(__name__)
 
@@ -145,6 +149,12 @@ class Nvml:
                 code = getattr(exc, "value", None)
                 return NvmlFailure(code if isinstance(code, int) else None, _safe_str(exc))
             return NvmlFailure(None, f"{type(exc).__name__}: {exc}")
+
+    def call(self, name: str, *args: Any) -> Any:
+        """The choke point for other NVML readers (the health check): the result, or an NvmlFailure."""
+        if not self._open:
+            return NvmlFailure(None, "NVML is not open")
+        return self._call(name, *args)
 
     def open(self) -> NvmlState:
         """Initialise NVML and read the machine: driver, CUDA version, every GPU."""
@@ -289,6 +299,10 @@ class NvmlSampler:
     ns_inode: int | None = None  # tests pin the namespace; None reads /proc
     state: NvmlState | None = None
     failed: bool = False
+    checker: HealthChecker | None = None  # set by the first health check
+    reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
+    resume: ResumeWatch = field(default_factory=ResumeWatch)  # the BOOTTIME − MONOTONIC seam (tests fake it)
+    cuda_probe: Callable[[], Event] | None = None  # after a resume: cuInit in a child (launcher.resume_probe)
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -321,6 +335,40 @@ class NvmlSampler:
             "pids_comparable": comparable,
             "failures": list(reading.failures),
         })]
+
+    def health(self) -> list[Event]:
+        """The periodic health check (launcher.gpu_health): a `gpu_health` event when a GPU's health changed.
+        Memory sampling that stopped when NVML failed resumes once every GPU reads ok again."""
+        if self.state is None:
+            return []
+        slept = self.resume.check()
+        if slept is not None:
+            log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
+            probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
+            return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3)}),
+                    *self._health(force=True), *probed]
+        return self._health()
+
+    def _health(self, force: bool = False) -> list[Event]:
+        assert self.state is not None
+        if not self.state.available:
+            if not self.reopen:
+                return []
+            opened = self.nvml.open()
+            if not opened.available:
+                return []
+            self.state = opened
+            log.info("nvml_available_now", count=len(opened.gpus), driver=opened.driver_version)
+            return [Event("nvml", "gpus", self.clock(), None, opened.to_dict()), *self._health()]
+        if self.checker is None:
+            from launcher.gpu_health import HealthChecker
+
+            self.checker = HealthChecker(self.nvml, self.state.gpus, clock=self.clock)
+        events = self.checker.check(force=force)
+        if self.failed and self.checker.healthy:
+            self.failed = False
+            log.info("nvml_sampling_resumed")
+        return events
 
     def close(self) -> None:
         """Shut NVML down."""

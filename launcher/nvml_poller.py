@@ -1,6 +1,8 @@
 """NVML off the supervisor's loop: a daemon thread opens NVML once, then samples every `interval` seconds and hands
-the events to the board's sink (thread-safe). An NVML call that hangs in the driver then holds this thread only:
-forwarding, status, signals and the systemd watchdog go on."""
+the events to the board's sink (thread-safe); every `health_every` samples it also runs the per-GPU health check
+(launcher.gpu_health), and once NVML is open a second thread waits on NVML's Xid/ECC event set.
+An NVML call that hangs in the driver then holds these threads only: forwarding, status, signals and the systemd
+watchdog go on."""
 
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ log = get_logger(__name__)
 class NvmlPoller:
     """Runs an NvmlSampler in its own thread."""
 
-    def __init__(self, sampler: NvmlSampler, sink: Callable[[Event], None], interval: float = 1.0) -> None:
+    def __init__(self, sampler: NvmlSampler, sink: Callable[[Event], None], interval: float = 1.0,
+                 health_every: int = 0, xids: bool = False) -> None:
         self.sampler = sampler
         self._sink = sink
         self._interval = interval
+        self._health_every = health_every  # 0: no health checks
+        self._xids = xids
+        self._watcher: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ollama-gpu-nvml", daemon=True)
 
@@ -33,11 +39,36 @@ class NvmlPoller:
     def _run(self) -> None:
         try:
             self._hand(self.sampler.start())
+            if self._health_every:
+                self._health()
+                if self._xids:
+                    self._start_watcher()
+            ticks = 0
             while not self._stop.wait(self._interval):
                 self._hand(self.sampler.sample())
+                ticks += 1
+                if self._health_every and ticks % self._health_every == 0:
+                    self._health()
         except Exception as exc:  # our bug: NVML stops being sampled, nothing else does
             log.error("internal_error", where="nvml", error=type(exc).__name__, detail=str(exc)[:300],
                       action="NVML no longer sampled; Ollama keeps running")
+
+    def _health(self) -> None:
+        """One health check; our bug in it ends health checks only, never memory sampling."""
+        try:
+            self._hand(self.sampler.health())
+        except Exception as exc:
+            self._health_every = 0
+            log.error("internal_error", where="gpu_health", error=type(exc).__name__, detail=str(exc)[:300],
+                      action="GPU health no longer checked; Ollama keeps running")
+
+    def _start_watcher(self) -> None:
+        checker = getattr(self.sampler, "checker", None)
+        if checker is None or self._stop.is_set():
+            return
+        from launcher.gpu_health import XidWatcher
+
+        self._watcher = XidWatcher(self.sampler.nvml, checker, self._sink).start()
 
     def _hand(self, events: list[Event]) -> None:
         for event in events:
@@ -50,7 +81,9 @@ class NvmlPoller:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if self._watcher is not None:  # it leaves its wait within a second; the process exit need not wait for it
+            self._watcher.close(min(timeout, 0.1))
+        if not self._thread.is_alive() and (self._watcher is None or not self._watcher.alive):
             self.sampler.close()
 
     @property

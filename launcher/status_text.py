@@ -13,7 +13,8 @@ MAX_EVIDENCE: Final = 5
 MAX_TEXT: Final = 150
 # "memory" (every runner's memory account) is shown under each runner that has one.
 KNOWN_KEYS: Final = frozenset({"running", "state", "mode", "ready", "discovery_acceptable", "ollama", "discovery",
-                               "runners", "remedies", "crash_restarts", "restarts", "what_to_do", "memory"})
+                               "runners", "remedies", "crash_restarts", "restarts", "what_to_do", "memory",
+                               "gpu_health", "readiness_failure"})
 MAX_MEMORY_ADVICE: Final = 4
 DEVICE_COLUMNS: Final = (("device", "device"), ("state", "state"), ("uuid", "UUID"), ("pci_bus_id", "bus id"),
                          ("name", "name"), ("weights_mib", "weights MiB"), ("nvml_bytes", "NVML MiB"),
@@ -103,6 +104,28 @@ def _verdict(title: str, verdict: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _health(health: Mapping[str, Any], not_ready: Any) -> list[str]:
+    """Issue 16: each GPU's health once the first check ran, its Xids, the probe after a resume, the advice."""
+    gpus = _items(health.get("gpus"))
+    if not gpus:
+        return []
+    out = [f"GPU health: {text(health.get('state'))}" + (" (degraded)." if health.get("degraded") else ".")]
+    out += table(["GPU", "UUID", "state", "why"],
+                 [[g.get("index"), g.get("uuid"), g.get("state"), g.get("reason")] for g in gpus])
+    for x in _items(health.get("xids")):
+        out.append(f"  Xid {text(x.get('xid'))} on GPU {text(x.get('gpu'))}: {text(x.get('count'))} time(s).")
+    probe = _mapping(health.get("cuda_probe"))
+    if probe:
+        said = "CUDA initialises" if probe.get("ok") else f"CUDA fails: {text(probe.get('error'), 300)}"
+        out.append(f"  After the last resume: {said}.")
+    advice = health.get("advice")
+    for line in advice if isinstance(advice, (list, tuple)) else []:
+        out.append(f"  Advice: {text(line, 600)}")
+    if not_ready:
+        out.append(f"  Not ready: {text(not_ready, 400)}")
+    return out
+
+
 def _memory(memory: Any) -> list[str]:
     """A runner's memory account (why a model did not fit) and the changes that would make it fit, not applied."""
     if not isinstance(memory, Mapping):
@@ -175,6 +198,7 @@ def render(status: Mapping[str, Any]) -> list[str]:
         title = f"Runner {text(runner.get('pid'))}" + (f" ({text(runner.get('model'))})" if runner.get("model")
                                                        else "")
         out += _verdict(title, runner)
+    out += _health(_mapping(status.get("gpu_health")), status.get("readiness_failure"))
     out += _remedies(_mapping(status.get("remedies")))
     crash = _mapping(status.get("crash_restarts"))
     if crash or status.get("restarts") is not None:

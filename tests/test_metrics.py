@@ -212,6 +212,24 @@ class TestSeries:
         assert value(s, "ollama_gpu_dropped_events_total", where="metrics", reason="unreadable_event") == 1
         assert value(s, "ollama_gpu_gpu_memory_used_bytes", gpu="0") == 7  # no UUID known: the index
 
+    def test_gpu_health_and_xids(self) -> None:
+        """Issue 16: one gpu_health series per (GPU, state), 1 on the current state; Xids counted per GPU and Xid;
+        the GPU label is its UUID once known."""
+        metrics = Metrics()
+        for event in health_events():
+            metrics.observe(event)
+        s = parse_registry(metrics)
+        assert value(s, "ollama_gpu_gpu_health", gpu="GPU-a", state="lost") == 1
+        assert value(s, "ollama_gpu_gpu_health", gpu="GPU-a", state="ok") == 0
+        assert len(series(s, "ollama_gpu_gpu_health")) == 6
+        assert value(s, "ollama_gpu_xid_total", gpu="GPU-a", xid="79") == 2
+
+    def test_an_unknown_health_state_is_not_a_label(self) -> None:
+        """A state outside the six is ignored, never a new label value."""
+        metrics = Metrics()
+        metrics.observe(Event("nvml", "gpu_health", 0.0, None, {"gpus": [{"index": 0, "state": "on fire"}]}))
+        assert series(parse_registry(metrics), "ollama_gpu_gpu_health") == []
+
     def test_event_server_drops(self) -> None:
         """The shim event server's drop and reject counters appear per reason."""
         from launcher.shim_events import ServerStats
@@ -239,6 +257,15 @@ class TestSeries:
                 if "byte" in sample.name:
                     assert sample.name.endswith(("_bytes", "_bytes_total")), sample.name
                 assert "pid" not in sample.labels
+
+
+def health_events() -> list[Event]:
+    """GPU 0 (GPU-a) fine, then lost after two Xid 79."""
+    xid = Event("nvml", "xid", 2.0, None, {"index": 0, "uuid": "GPU-a", "xid": 79, "critical": True})
+    return [Event("nvml", "gpus", 0.0, None, {"gpus": [{"index": 0, "uuid": "GPU-a"}]}),
+            Event("nvml", "gpu_health", 1.0, None, {"gpus": [{"index": 0, "uuid": "GPU-a", "state": "ok"}]}),
+            xid, xid,
+            Event("nvml", "gpu_health", 3.0, None, {"gpus": [{"index": 0, "uuid": "GPU-a", "state": "lost"}]})]
 
 
 def parse_registry(metrics: Metrics) -> Samples:
@@ -353,7 +380,7 @@ class TestAlertRules:
 
         rules = yaml.safe_load((REPO / "docs" / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
         metrics = Metrics()
-        for event in fallback_then_recovery(blob):
+        for event in [*fallback_then_recovery(blob), *health_events()]:
             metrics.observe(event)
         exported = {name for name, _labels in parse_registry(metrics)}
         named = {name for rule in rules for name in re.findall(r"ollama_gpu_\w+", rule["expr"])}

@@ -63,3 +63,47 @@ class TestNvmlPoller:
         wait_for(lambda: sampler.samples >= 1, what="the failing sample")
         poller.close()
         assert [e.kind for e in got] == ["gpus"] and sampler.closed
+
+
+class HealthSampler(FakeSampler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def health(self) -> list[Event]:
+        self.checks += 1
+        return [Event("nvml", "gpu_health", 0.0, None, {"gpus": []})] if self.checks == 1 else []
+
+
+class TestHealthChecks:
+    def test_health_runs_every_n_samples_in_the_thread(self) -> None:
+        """Issue 16: one check right after NVML opens, then one every `health_every` samples; only changes are
+        handed on."""
+        sampler, got = HealthSampler(), []
+        poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01, health_every=3).start()
+        wait_for(lambda: sampler.samples >= 9, what="nine samples")
+        poller.close()
+        assert sampler.checks >= 3 and sampler.checks <= sampler.samples // 3 + 2
+        assert [e.kind for e in got].count("gpu_health") == 1
+
+    def test_no_health_checks_unless_asked(self) -> None:
+        """health_every=0 (the default): the sampler's health() is never called."""
+        sampler = HealthSampler()
+        poller = NvmlPoller(cast(Any, sampler), lambda _e: None, interval=0.01).start()
+        wait_for(lambda: sampler.samples >= 3, what="three samples")
+        poller.close()
+        assert sampler.checks == 0
+
+
+class BrokenHealth(FakeSampler):
+    def health(self) -> list[Event]:
+        raise RuntimeError("bug in the health check")
+
+
+def test_a_broken_health_check_leaves_memory_sampling_alone() -> None:
+    """Our bug in the health check stops health checks, not the memory samples."""
+    sampler, got = BrokenHealth(), []
+    poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01, health_every=1).start()
+    wait_for(lambda: sampler.samples >= 5, what="samples after the broken check")
+    poller.close()
+    assert [e.kind for e in got].count("memory") >= 4

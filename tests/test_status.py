@@ -143,6 +143,28 @@ class TestText:
         out = render({"discovery": {"outcome": "unknown", "cause": "unknown", "pending": True}})
         assert "Discovery: pending (no conclusive evidence yet; outcome unknown)." in out
 
+    def test_gpu_health_is_a_table_with_the_advice(self) -> None:
+        """Issue 16: each GPU's health as a row, Xids, the probe after a resume, the advice and a readiness failure,
+        in words."""
+        out = render({"gpu_health": {
+            "state": "lost", "degraded": True, "advice": ["GPU 1 (GPU-b): exclude it"],
+            "gpus": [{"index": 0, "uuid": "GPU-a", "state": "ok", "reason": ""},
+                     {"index": 1, "uuid": "GPU-b", "state": "lost", "reason": "GPU is lost"}],
+            "xids": [{"gpu": 1, "xid": 79, "count": 2}],
+            "cuda_probe": {"ok": False, "error": "cuInit returned 999"}}, "readiness_failure": "restart it"})
+        text_out = "\n".join(out)
+        assert "GPU health: lost (degraded)." in out and "Xid 79 on GPU 1: 2 time(s)." in text_out
+        assert "CUDA fails: cuInit returned 999" in text_out and "Not ready: restart it" in text_out
+        assert not PY_REPR.search(text_out)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.fixed_dictionaries({}, optional={"gpus": JSON, "advice": JSON, "xids": JSON, "cuda_probe": JSON,
+                                               "state": JSON, "degraded": JSON}))
+    def test_any_health_document_renders_as_words(self, health: dict[str, Any]) -> None:
+        """A damaged gpu_health part never raises and never prints a Python repr."""
+        out = "\n".join(render({"gpu_health": health, "readiness_failure": health.get("state")}))
+        assert not PY_REPR.search(out), out
+
     @settings(max_examples=200, deadline=None)
     @given(st.dictionaries(st.sampled_from(sorted(KNOWN_KEYS | {"extra"})), JSON, max_size=8))
     def test_any_document_renders_as_words(self, doc: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""`python -m benchmarks.supervisor [--idle-seconds 60] [--others 300] [--mb 512] [--runs 5]`: print a table.
+"""`python -m benchmarks.supervisor [--idle-seconds 60] [--others 300] [--mb 512] [--runs 5] [--nvml-dir D]`:
+print a table.
 
 What it measures, each with the server alone and under `ollama-gpu serve`:
 - start latency: from exec to the first 200 of /api/version, median of --runs (target: ≤ 100 ms added);
@@ -96,10 +97,14 @@ def start_latency(tmp: Path, supervised: bool) -> float:
     return elapsed
 
 
-def idle(tmp: Path, seconds: float, others: int) -> tuple[float, float]:
+def idle(tmp: Path, seconds: float, others: int, nvml_dir: Path | None = None,
+         settings: tuple[str, ...] = ()) -> tuple[float, float]:
     sleepers = [subprocess.Popen(["sleep", str(seconds + 60)]) for _ in range(others)]
     port = free_port()
-    proc = subprocess.Popen(command(True, tmp), env=base_env(tmp, port, FAKE_CHILDREN="2"), stdout=subprocess.DEVNULL,
+    extra = {"FAKE_CHILDREN": "2", **dict(kv.split("=", 1) for kv in settings)}
+    if nvml_dir is not None:  # a libnvidia-ml.so.1 (e.g. tests/native's mock) so NVML sampling and health checks run
+        extra["LD_LIBRARY_PATH"] = f"{nvml_dir}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+    proc = subprocess.Popen(command(True, tmp), env=base_env(tmp, port, **extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         while not answers(port):
@@ -145,7 +150,24 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=300)
     parser.add_argument("--mb", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nvml-dir", type=Path, default=None,
+                        help="a directory holding a libnvidia-ml.so.1 for the idle run (NVML sampling and the GPU "
+                             "health checks then run; tests/native builds a mock one)")
+    parser.add_argument("--idle-only", action="store_true", help="measure idle CPU and RSS only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the idle run, e.g. OGPU_HEALTH_INTERVAL=0 (repeatable)")
     opts = parser.parse_args()
+    if opts.idle_only:
+        tmp = Path(tempfile.mkdtemp(prefix="ogpu-bench-"))
+        try:
+            cpu, rss = idle(tmp, opts.idle_seconds, opts.others, opts.nvml_dir, tuple(opts.set))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        nvml = f", NVML from {opts.nvml_dir}" if opts.nvml_dir else ", no NVML"
+        nvml += "".join(f", {kv}" for kv in opts.set)
+        print(f"idle CPU over {opts.idle_seconds:g}s, {opts.others} other processes{nvml}: {cpu:.2f} % of a core "
+              f"(target <= 0.5); peak RSS {rss:.1f} MiB")
+        return
     tmp = Path(tempfile.mkdtemp(prefix="ogpu-bench-"))
     try:
         start_latency(tmp, True)  # compiles and caches the shim: start-up afterwards is the steady state
@@ -153,7 +175,7 @@ def main() -> None:
         bare = statistics.median(p[0] for p in pairs) * 1000
         supervised = statistics.median(p[1] for p in pairs) * 1000
         added = [1000 * (s - b) for b, s in pairs]
-        cpu, rss = idle(tmp, opts.idle_seconds, opts.others)
+        cpu, rss = idle(tmp, opts.idle_seconds, opts.others, opts.nvml_dir)
         raw = throughput(tmp, opts.mb, False)
         fwd = throughput(tmp, opts.mb, True)
     finally:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -206,17 +207,27 @@ def ollama_pids(sup: Supervisor) -> set[int]:
 
 def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings, prepared: Prepared,
                        recorder: Recorder, pending: PendingSink, log: Any, closers: list[Callable[[], None]],
-                       tap: StatsTap | None, memory: MemoryWatch | None = None) -> None:
+                       tap: StatsTap | None, memory: MemoryWatch | None = None,
+                       env: Mapping[str, str] | None = None, registry: ChildRegistry | None = None) -> None:
     """Right after Ollama started: the board, the policy, NVML, the status socket and metrics (their imports and
     setup cost start-up time that Ollama does not have to wait for)."""
     from launcher.controller import MAX_APPLIED, Controller
+    from launcher.gpu_wait import presence
+    from launcher.health_board import HealthBoard, in_container
     from launcher.nvml import NvmlSampler
     from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
+    from launcher.resume_probe import PROBE_TIMEOUT, cuda_probe_event
     from launcher.status_socket import StatusServer
 
-    nvml = NvmlSampler()  # opened and sampled by the poller's thread, started once the controller takes events
+    container = in_container(env or {})
+    # opened and sampled by the poller's thread, started once the controller takes events; reopened at each health
+    # check while unavailable only where NVIDIA hardware is present (issue 16: a driver that comes up late)
+    nvml = NvmlSampler(reopen=settings.health_interval > 0 and presence(container=container).any,
+                       cuda_probe=(lambda: cuda_probe_event(lambda argv, env: registry.run(
+                           argv, env, timeout=PROBE_TIMEOUT, name="cuda-probe"), sup.plan.env))
+                       if registry is not None else None)
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -249,11 +260,13 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context,
+                            remedy_context=remedy_context, health=HealthBoard(in_container=container),
                             applied=deque(prepared.applied, maxlen=MAX_APPLIED),
                             advised={(a["subject"], a["cause"]): a for a in prepared.advised})
     pending.attach(controller.sink)
-    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL).start().close)
+    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
+                              health_every=settings.health_interval, xids=settings.health_interval > 0)
+                   .start().close)
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
@@ -306,6 +319,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         lock.release()
 
 
+def _wait_for_driver(settings: Settings, env: Mapping[str, str], log: Any) -> None:
+    """Issue 16, boot race: before Ollama's discovery, give a driver that is still loading OGPU_GPU_WAIT seconds."""
+    from launcher.gpu_wait import nvml_probe, presence, wait_for_gpu
+    from launcher.health_board import in_container
+
+    container = in_container(env)
+    result = wait_for_gpu(settings.gpu_wait, lambda: presence(container=container), nvml_probe(), time.monotonic,
+                          time.sleep)
+    if result.waited and result.ready:
+        log.info("gpu_driver_ready", waited=round(result.waited, 1))
+    elif result.waited:
+        log.warning("gpu_driver_not_ready", waited=round(result.waited, 1),
+                    consequence="Ollama starts now and may find no GPU",
+                    action="check `nvidia-smi` and the driver service; raise OGPU_GPU_WAIT if it is only slow")
+
+
 def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notifier: Notifier, out: SharedStream,
                err: SharedStream, log: Any) -> int:
     if answering(settings.host):
@@ -318,6 +347,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
         log.warning("no_subreaper", problem="PR_SET_CHILD_SUBREAPER failed",
                     consequence="orphaned runners are reaped by init, not by us")
 
+    _wait_for_driver(settings, ctx.env, log)
     holder_: list[Supervisor] = []
     registry = ChildRegistry(on_orphan=lambda orphan: holder_[0].on_orphan(orphan) if holder_ else None)
     guardian = GuardianKeeper(registry, log)  # before Ollama exists: it must never run unguarded
@@ -371,7 +401,7 @@ def _supervise(args: argparse.Namespace, ctx: Context, settings: Settings, notif
             make_watcher=lambda root: TreeWatcher(root, shim_path, settings.dirs.events_socket if server else None,
                                                   ignore=lambda pid: pid == guardian.pid),
             after_first_spawn=lambda sup: _attach_controller(sup, slot, settings, prepared, recorder, pending, log,
-                                                             closers, tap, memory),
+                                                             closers, tap, memory, ctx.env, registry),
         ),
     )
     holder_.append(supervisor)

@@ -50,11 +50,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                   file=sys.stderr)
         return Exit.NOT_RUNNING
     if args.ready:
-        ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True))
+        failure = status.get("readiness_failure")  # issue 16: GPU access revoked inside a container
+        ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True)) and not failure
         if not args.json:
-            print("ready" if ok else f"not ready: {text(status.get('what_to_do') or status.get('state'), 600)}")
+            print("ready" if ok else
+                  f"not ready: {text(failure or status.get('what_to_do') or status.get('state'), 600)}")
         else:
-            json.dump({"ready": ok, "state": status.get("state")}, sys.stdout)
+            json.dump({"ready": ok, "state": status.get("state"), "reason": failure}, sys.stdout)
             sys.stdout.write("\n")
         return Exit.OK if ok else VerdictExit.BAD
     if args.json:

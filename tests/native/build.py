@@ -1,4 +1,5 @@
-"""Build the native test doubles (mock libcuda.so.1, fake libggml-cuda.so, probes) and the shim, once per source hash.
+"""Build the native test doubles (mock libcuda.so.1, mock libnvidia-ml.so.1, fake libggml-cuda.so, probes) and the
+shim, once per source hash.
 
 Everything lands in `<tmp>/ogpu-native-<uid>/<hash>/`, built in a private temporary directory and renamed into place,
 so concurrent test sessions are safe and a rerun with unchanged sources compiles nothing. Later issues reuse
@@ -24,7 +25,7 @@ HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent.parent
 SHIM_SRC: Final = REPO / "shim"
 CFLAGS: Final = ("-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror")
-SOURCES: Final = ("mockcuda.c", "mockggml_cuda.c", "probe.c", "probe_direct.c", "helpers.c", "build.py")
+SOURCES: Final = ("mockcuda.c", "mocknvml.c", "mockggml_cuda.c", "probe.c", "probe_direct.c", "helpers.c", "build.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class NativeBuild:
     root: Path
     shim: Path  # libollama_gpu_shim.so
     mock_dir: Path  # holds libcuda.so.1
+    mock_nvml_dir: Path  # holds libnvidia-ml.so.1 (mocknvml.c, scripted by MOCKNVML_STATE)
     mock_novareserve_dir: Path  # libcuda.so.1 without cuMemAddressReserve
     mock_stub_dir: Path  # .../stubs/libcuda.so.1 that is always a stub (error 34), like the CUDA toolkit's
     ggml_cuda: Path  # libggml-cuda.so (DT_NEEDED libcuda.so.1)
@@ -83,6 +85,7 @@ def layout(root: Path) -> NativeBuild:
         root=root,
         shim=root / "shim" / "libollama_gpu_shim.so",
         mock_dir=root / "mock",
+        mock_nvml_dir=root / "mock-nvml",
         mock_novareserve_dir=root / "mock-novareserve",
         mock_stub_dir=root / "mock-stub" / "stubs",
         ggml_cuda=root / "ggml" / "libggml-cuda.so",
@@ -116,7 +119,8 @@ def _build_all(b: NativeBuild) -> None:
     cc = shlex.split(_cc())
     src = HERE
     lib = [*cc, *CFLAGS, "-shared", "-fPIC"]
-    for d in (b.mock_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent, b.libcaller.parent / "deps"):
+    for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent,
+              b.libcaller.parent / "deps"):
         d.mkdir(parents=True, exist_ok=True)
     soname = "-Wl,-soname,libcuda.so.1"
     _run([*lib, soname, "-o", str(b.mock_dir / "libcuda.so.1"), str(src / "mockcuda.c"), "-lpthread"], src)
@@ -124,6 +128,8 @@ def _build_all(b: NativeBuild) -> None:
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_ALWAYS_STUB", "-o", str(b.mock_stub_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
+    _run([*lib, "-Wl,-soname,libnvidia-ml.so.1", "-o", str(b.mock_nvml_dir / "libnvidia-ml.so.1"),
+          str(src / "mocknvml.c")], src)
     cuda = ["-L", str(b.mock_dir), "-l:libcuda.so.1"]
     _run([*lib, "-o", str(b.ggml_cuda), str(src / "mockggml_cuda.c"), *cuda, "-ldl"], src)
     _run([*cc, *CFLAGS, "-o", str(b.probe), str(src / "probe.c"), "-ldl", "-lpthread"], src)
