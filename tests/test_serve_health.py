@@ -57,8 +57,8 @@ def test_a_healthy_run_has_one_health_event_and_nothing_else(tmp_path: Path, lib
         assert run.generate().get("done") is True
         status = health(run, "ok")
         first = next(e.t for e in recorded(tmp_path) if e.kind == "gpu_health")
-        wait_for(lambda: sum(1 for e in recorded(tmp_path) if e.kind == "memory" and e.t > first + 3.5),
-                 what="three more health intervals")
+        wait_for(lambda: sum(1 for e in recorded(tmp_path) if e.kind == "memory" and e.t > first + 2.2),
+                 what="two more health intervals")
         events = recorded(tmp_path)
         assert [e.data["gpus"][0]["state"] for e in events if e.kind == "gpu_health"] == ["ok"]
         assert status["gpu_health"]["advice"] == [] and status["restarts"] == run.status()[1]["restarts"]
