@@ -8,11 +8,9 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,16 +57,6 @@ def fuzz_pool(seed: int = 14, size: int = 2000) -> list[bytes]:
             body = {"v": 1, "pid": pid, "seq": seq, "t_ns": seq, **rng.choice(kinds)(pid, seq)}
             pool.append(json.dumps(body).encode())
     return pool
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path (sun_path holds 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ogpu-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
