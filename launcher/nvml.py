@@ -33,15 +33,26 @@ ERROR_FUNCTION_NOT_FOUND: Final = 13
 ERROR_GPU_IS_LOST: Final = 15
 ERROR_LIB_RM_VERSION_MISMATCH: Final = 18
 
-# Why NVML is unavailable, by return code: (stable reason label, cause from the vocabulary or None).
-UNAVAILABLE: Final[Mapping[int, tuple[str, str | None]]] = {
-    ERROR_LIBRARY_NOT_FOUND: ("libnvidia-ml not found (no NVIDIA driver user-space libraries)", None),
-    ERROR_DRIVER_NOT_LOADED: ("the NVIDIA kernel driver is not loaded", None),
-    ERROR_NO_PERMISSION: ("no permission to open the NVIDIA device nodes", "permission_denied"),
-    ERROR_LIB_RM_VERSION_MISMATCH: ("Driver/library version mismatch: the driver was updated and the old kernel "
-                                    "module is still loaded", "driver_library_mismatch"),
-    ERROR_GPU_IS_LOST: ("a GPU fell off the bus", "gpu_lost"),
+# Why NVML is unavailable, by return code: a stable reason label (the cause comes from the NVML error-code table).
+UNAVAILABLE: Final[Mapping[int, str]] = {
+    ERROR_LIBRARY_NOT_FOUND: "libnvidia-ml not found (no NVIDIA driver user-space libraries)",
+    ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
+    ERROR_NO_PERMISSION: "no permission to open the NVIDIA device nodes",
+    ERROR_LIB_RM_VERSION_MISMATCH: "Driver/library version mismatch: the driver was updated and the old kernel module "
+                                   "is still loaded",
+    ERROR_GPU_IS_LOST: "a GPU fell off the bus",
 }
+
+
+def unavailable(failure: NvmlFailure) -> tuple[str, str | None]:
+    """(reason, cause) of an NVML failure: our label or NVML's own text, and the cause its code implies."""
+    from launcher.error_codes import code_cause
+
+    code = failure.code
+    return UNAVAILABLE.get(code if code is not None else -1, failure.text), \
+        code_cause("nvml", code) if code is not None else None
+
+
 MIG_ENABLED: Final = 1  # NVML_DEVICE_MIG_ENABLE
 INIT_PID_NS_INODE: Final = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the initial (host) PID namespace
 
@@ -165,14 +176,14 @@ class Nvml:
                 return NvmlState(False, reason=f"pynvml is not installed ({exc})")
         result = self._call("nvmlInit")
         if isinstance(result, NvmlFailure):
-            reason, cause = UNAVAILABLE.get(result.code or -1, (result.text, None))
+            reason, cause = unavailable(result)
             return NvmlState(False, reason=reason, cause=cause, code=result.code)
         self._open = True
         driver = self._call("nvmlSystemGetDriverVersion")
         cuda = self._call("nvmlSystemGetCudaDriverVersion")
         count = self._call("nvmlDeviceGetCount")
         if isinstance(count, NvmlFailure):
-            reason, cause = UNAVAILABLE.get(count.code or -1, (count.text, None))
+            reason, cause = unavailable(count)
             return NvmlState(False, reason=f"GPU count unreadable: {reason}", cause=cause, code=count.code)
         gpus: list[Gpu] = []
         self.handles = []
@@ -322,7 +333,7 @@ class NvmlSampler:
         reading = self.nvml.read_memory()
         if isinstance(reading, NvmlFailure):
             self.failed = True
-            reason, cause = UNAVAILABLE.get(reading.code or -1, (reading.text, None))
+            reason, cause = unavailable(reading)
             log.warning("nvml_sample_failed", reason=reason, code=reading.code)
             return [Event("nvml", "sample_failed", self.clock(), None,
                           {"reason": reason, "cause": cause, "code": reading.code})]

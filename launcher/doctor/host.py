@@ -31,7 +31,7 @@ EXECS_FROM_TMP: Final = frozenset({"0", "A"})
 
 # --- check: NVML and driver ----------------------------------------------------------------------------------------
 
-# Fixes for the NVML failures that are causes (launcher.nvml.UNAVAILABLE).
+# Fixes for the NVML failures that are causes (their codes in launcher.error_codes.NVML).
 NVML_FIXES: Final = {
     "driver_library_mismatch": "reboot (sudo reboot), or reload the driver's kernel modules: sudo rmmod nvidia_uvm "
                                "nvidia_drm nvidia_modeset nvidia && sudo modprobe nvidia nvidia_uvm",
