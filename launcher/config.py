@@ -199,6 +199,9 @@ SPECS: Final[tuple[Spec, ...]] = (
          "whose driver is not ready yet; 0: never wait"),
     Spec("OGPU_HEALTH_INTERVAL", "5", _int_range(0, 3600),
          "seconds between two per-GPU health checks (NVML, in its own thread); 0: no health checks"),
+    Spec("OGPU_MAY_RELOAD_UVM", "false", _bool,
+         "after a resume broke nvidia_uvm (cuInit 999): reload it (modprobe -r, modprobe) when Ollama is idle and "
+         "nothing holds the GPU, then restart Ollama once; needs root; false: advise the commands only"),
     Spec("OGPU_DRIVER_LIB_DIRS", "", _dir_list,
          "extra directories to search for the driver's libcuda.so.1, ':'-separated, searched first"),
     Spec("OGPU_SHIM", "", _optional_path, "a prebuilt shim library to use instead of compiling one (absolute path)"),
@@ -242,6 +245,7 @@ class Settings:
     ready_timeout: float
     gpu_wait: float
     health_interval: int
+    may_reload_uvm: bool
     driver_lib_dirs: tuple[Path, ...]
     shim: Path | None
     record: Path | None

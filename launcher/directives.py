@@ -43,4 +43,11 @@ class Fail:
     code: int
 
 
-Directive = RestartWith | Fail
+@dataclass(frozen=True, slots=True)
+class ReloadUvm:
+    """Reload nvidia_uvm (in the NVML thread, launcher.uvm_reload) for the resume `key`, then re-probe CUDA."""
+
+    key: str
+
+
+Directive = RestartWith | Fail | ReloadUvm

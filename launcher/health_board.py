@@ -17,6 +17,7 @@ from typing import Any, Final
 from launcher import causes
 from launcher.events import Event
 from launcher.gpu_health import ABSENT, ACCESS_DENIED, CAUSE, DEGRADED, DRIVER_MISMATCH, LOST, OK
+from launcher.resume_cuda import ResumeCuda, break_advice
 
 # Worst first: the one state a summary line names.
 SEVERITY: Final = (ACCESS_DENIED, DRIVER_MISMATCH, LOST, ABSENT, DEGRADED, OK)
@@ -32,15 +33,23 @@ class HealthBoard:
     nvml_was_unavailable: bool = False
     gpus_appeared: bool = False  # NVML listed GPUs after it had been unavailable (the boot race, a late driver)
     resumes: list[dict[str, Any]] = field(default_factory=list)  # the newest few host resumes: {t, slept}
-    cuda_probe: dict[str, Any] | None = None  # the CUDA init probe after the latest resume
+    cuda: ResumeCuda = field(default_factory=ResumeCuda)  # cuInit before and after each resume, reloads of uvm
+    may_reload_uvm: bool = False  # OGPU_MAY_RELOAD_UVM: the advice says whether ollama-gpu reloads nvidia_uvm
+
+    @property
+    def cuda_probe(self) -> dict[str, Any] | None:
+        """The newest CUDA init probe (after a resume or a reload), with its change from before."""
+        return self.cuda.probe
 
     def add(self, event: Event) -> bool:
         """Take an event; True when it was a health event (others are ignored)."""
-        if event.source == "supervisor" and event.kind == "cuda_probe":
-            self.cuda_probe = _thaw(event.data)
+        if self.cuda.add(event) and event.source == "shim":
+            return False  # a shim event is the board's too; here it only tells what cuInit returned
+        if event.source == "supervisor" and event.kind in ("cuda_probe", "uvm_reload"):
             return True
         if event.source == "supervisor" and event.kind == "resumed":
-            self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept")}]
+            self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept"),
+                                                 "gap": event.data.get("gap")}]
             return True
         if event.source != "nvml":
             return False
@@ -77,13 +86,13 @@ class HealthBoard:
     def advice(self) -> list[str]:
         """One line per unhealthy state: what happened and what the operator does (never a restart by us)."""
         out: list[str] = []
-        probe = self.cuda_probe
-        if probe is not None and not probe.get("ok"):
-            cause = probe.get("cause")
-            row = causes.CAUSES_BY_LABEL.get(str(cause)) if cause else None
-            steps = " ".join(step.text for step in row.steps) if row is not None else ""
-            out.append(f"after the host resumed, CUDA fails ({probe.get('error')}): "
-                       f"{row.advice + ' ' + steps if row is not None else 'run `ollama-gpu doctor --probe`'}")
+        broken = self.cuda.broken
+        if broken is not None:
+            row = causes.CAUSES_BY_LABEL.get(str(broken.get("cause"))) if broken.get("cause") else None
+            row_text = row.advice + " " + " ".join(step.text for step in row.steps) if row is not None else ""
+            line = break_advice(self.cuda, self.may_reload_uvm, row_text)
+            if line:
+                out.append(line)
         bad = self.unhealthy()
         for state in SEVERITY:
             which = [g for g in bad if g.get("state") == state]
@@ -118,8 +127,8 @@ class HealthBoard:
         return {"state": self.state, "gpus": sorted(self.gpus.values(), key=lambda g: int(g.get("index", 0))),
                 "xids": [{"gpu": i, "xid": x, "count": n} for (i, x), n in sorted(self.xids.items())],
                 "advice": self.advice(),
-                "degraded": self.state not in (None, OK) or bool(self.cuda_probe and not self.cuda_probe.get("ok")),
-                "cuda_probe": self.cuda_probe,
+                "degraded": self.state not in (None, OK) or self.cuda.broken is not None,
+                "cuda_probe": self.cuda_probe, "resume_break": self.cuda.broken, "uvm_reload": self.cuda.reload,
                 "in_container": self.in_container, "resumes": list(self.resumes)}
 
 

@@ -314,6 +314,8 @@ class NvmlSampler:
     reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
     resume: ResumeWatch = field(default_factory=ResumeWatch)  # the BOOTTIME − MONOTONIC seam (tests fake it)
     cuda_probe: Callable[[], Event] | None = None  # after a resume: cuInit in a child (launcher.resume_probe)
+    # OGPU_MAY_RELOAD_UVM: reload nvidia_uvm for a resume key, given NVML's process lists (launcher.uvm_reload)
+    uvm_reload: Callable[[str, MemoryReading | NvmlFailure], list[Event]] | None = None
 
     def start(self) -> list[Event]:
         """Open NVML and describe the machine."""
@@ -356,7 +358,9 @@ class NvmlSampler:
         if slept is not None:
             log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
             probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
-            return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3)}),
+            gap = self.resume.last  # names this resume within the boot (a once-per-resume remedy keys on it)
+            return [Event("supervisor", "resumed", self.clock(), None, {
+                        "slept": round(slept, 3), "gap": round(gap) if gap is not None else None}),
                     *self._health(force=True), *probed]
         return self._health()
 
@@ -380,6 +384,15 @@ class NvmlSampler:
             self.failed = False
             log.info("nvml_sampling_resumed")
         return events
+
+    def reload_uvm(self, key: str) -> list[Event]:
+        """The controller asked for nvidia_uvm to be reloaded after the resume `key`: with NVML's process lists (a
+        failure when NVML cannot give them, and then nothing is unloaded)."""
+        if self.uvm_reload is None:
+            return []
+        reading = self.nvml.read_memory() if self.state is not None and self.state.available else \
+            NvmlFailure(None, "NVML is unavailable")
+        return self.uvm_reload(key, reading)
 
     def close(self) -> None:
         """Shut NVML down."""

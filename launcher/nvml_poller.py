@@ -28,6 +28,8 @@ class NvmlPoller:
         self._health_every = health_every  # 0: no health checks
         self._xids = xids
         self._watcher: Any = None
+        self._reload: str | None = None  # a resume key whose nvidia_uvm reload the controller asked for
+        self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ollama-gpu-nvml", daemon=True)
 
@@ -49,6 +51,7 @@ class NvmlPoller:
                 ticks += 1
                 if self._health_every and ticks % self._health_every == 0:
                     self._health()
+                self._reload_if_asked()
         except Exception as exc:  # our bug: NVML stops being sampled, nothing else does
             log.error("internal_error", where="nvml", error=type(exc).__name__, detail=str(exc)[:300],
                       action="NVML no longer sampled; Ollama keeps running")
@@ -61,6 +64,22 @@ class NvmlPoller:
             self._health_every = 0
             log.error("internal_error", where="gpu_health", error=type(exc).__name__, detail=str(exc)[:300],
                       action="GPU health no longer checked; Ollama keeps running")
+
+    def request_uvm_reload(self, key: str) -> None:
+        """Any thread: reload nvidia_uvm for the resume `key` at the next tick, in this thread (launcher.uvm_reload)."""
+        with self._reload_lock:
+            self._reload = key
+
+    def _reload_if_asked(self) -> None:
+        with self._reload_lock:
+            key, self._reload = self._reload, None
+        if key is None:
+            return
+        try:
+            self._hand(self.sampler.reload_uvm(key))
+        except Exception as exc:  # our bug: the reload is advised instead, nothing else changes
+            log.error("internal_error", where="uvm_reload", error=type(exc).__name__, detail=str(exc)[:300],
+                      action="nvidia_uvm not reloaded; the advice stands")
 
     def _start_watcher(self) -> None:
         checker = getattr(self.sampler, "checker", None)

@@ -117,7 +117,9 @@ def _health(health: Mapping[str, Any], not_ready: Any) -> list[str]:
     probe = _mapping(health.get("cuda_probe"))
     if probe:
         said = "CUDA initialises" if probe.get("ok") else f"CUDA fails: {text(probe.get('error'), 300)}"
-        out.append(f"  After the last resume: {said}.")
+        moment = "reload of nvidia_uvm" if probe.get("after") == "uvm_reload" else "resume"
+        change = f" (cuInit {text(probe.get('change'))})" if probe.get("change") else ""
+        out.append(f"  After the last {moment}: {said}{change}.")
     advice = health.get("advice")
     for line in advice if isinstance(advice, (list, tuple)) else []:
         out.append(f"  Advice: {text(line, 600)}")

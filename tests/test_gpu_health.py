@@ -272,33 +272,58 @@ class TestResume:
 
 
 class TestResumeProbe:
-    """After a resume, the CUDA init probe (doctor's) in a child, against the mock driver."""
+    """After a resume, doctor's CUDA init probe in a child under the shim, against the mock driver."""
 
-    def probe(self, libs: Any, **env: str) -> Event:
+    def probe(self, libs: Any, short_dir: Path, **env: str) -> tuple[Event, list[Event]]:
+        """The probe with Ollama's environment (the shim preloaded, OGPU_EVENTS at Ollama's socket, served here)."""
         from launcher.children import ChildRegistry
         from launcher.resume_probe import cuda_probe_event
+        from launcher.shim_events import ShimEventServer
+        from tests.native.build import native_build
 
+        shim = native_build().shim
+        ollamas = ShimEventServer(short_dir / "ollama.sock").start()
         registry = ChildRegistry()
-        full = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(libs.driver_dir), "LD_PRELOAD": "/nonexistent.so",
-                "OGPU_EVENTS": "/nonexistent.sock", **env}
-        return cuda_probe_event(lambda argv, e: registry.run(argv, e, timeout=30, name="cuda-probe"), full)
+        full = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(libs.driver_dir), "LD_PRELOAD": str(shim),
+                "OGPU_EVENTS": str(short_dir / "ollama.sock"), **env}
+        try:
+            event = cuda_probe_event(lambda argv, e, timeout: registry.run(argv, e, timeout=timeout,
+                                                                           name="cuda-probe"), full, shim)
+            return event, ollamas.poll(0.2)
+        finally:
+            ollamas.close()
 
-    def test_a_healthy_driver(self, libs: Any) -> None:
-        """cuInit 0 and the mock's device: ok, no cause."""
-        data = self.probe(libs).data
-        assert data["ok"] is True and data["devices"] == 1 and data["cause"] is None
+    def test_a_healthy_driver(self, libs: Any, short_dir: Path) -> None:
+        """cuInit 0 and the mock's device: ok, no cause; the shim inside the probe saw cuInit 0, and told its own
+        socket, not Ollama's."""
+        event, heard = self.probe(libs, short_dir)
+        data = event.data
+        assert data["ok"] is True and data["devices"] == 1 and data["cause"] is None and data["cu_init"] == 0
+        assert list(data["shim_cu_init"]) == [0] and data["shim"] and heard == []
 
-    def test_cuinit_999_after_resume_is_uvm_not_loaded(self, libs: Any) -> None:
-        """The mock driver returning 999 (nvidia_uvm broken by the suspend): uvm_not_loaded, and the advice gives
-        the exact commands; readiness is not touched."""
-        event = self.probe(libs, MOCKCUDA_INIT_ERROR="999")
+    def test_cuinit_999_after_resume_is_uvm_not_loaded(self, libs: Any, short_dir: Path, tmp_path: Path) -> None:
+        """The mock driver's state file says 999 (nvidia_uvm broken by the suspend): uvm_not_loaded, and the advice
+        gives the exact commands; readiness is not touched."""
+        state = tmp_path / "cuda.state"
+        state.write_text("init_error=999\n")
+        event, _heard = self.probe(libs, short_dir, MOCKCUDA_STATE=str(state))
         assert event.data["ok"] is False and event.data["cause"] == "uvm_not_loaded"
+        assert event.data["cu_init"] == 999 and list(event.data["shim_cu_init"]) == [999]
         board = HealthBoard(in_container=True)
         board.add(health_event((0, UUID0, "ok")))
         board.add(event)
         [line] = board.advice()
         assert "rmmod nvidia_uvm && sudo modprobe nvidia_uvm" in line and board.to_dict()["degraded"] is True
+        assert "OGPU_MAY_RELOAD_UVM=1" in line
         assert board.readiness_failure() is None
+
+    def test_the_state_file_is_read_at_each_cuinit(self, libs: Any, short_dir: Path, tmp_path: Path) -> None:
+        """The same environment, the file rewritten between two probes: 999, then ok again (a reload)."""
+        state = tmp_path / "cuda.state"
+        state.write_text("init_error=999\n")
+        assert self.probe(libs, short_dir, MOCKCUDA_STATE=str(state))[0].data["cu_init"] == 999
+        state.write_text("init_error=0\n")
+        assert self.probe(libs, short_dir, MOCKCUDA_STATE=str(state))[0].data["ok"] is True
 
     def test_the_probe_runs_only_after_a_resume(self, script: NvmlScript) -> None:
         """The sampler calls the probe on a resume, never on an ordinary health check."""

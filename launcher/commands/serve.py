@@ -21,7 +21,7 @@ from launcher import shim_events
 from launcher.children import ChildRegistry, set_subreaper
 from launcher.commands.context import Context
 from launcher.config import Mode, Settings, log_warnings
-from launcher.directives import Directive, View
+from launcher.directives import Directive, ReloadUvm, View
 from launcher.driverlib import DriverFinding
 from launcher.environment import EnvPlan
 from launcher.events import Event, now
@@ -156,13 +156,24 @@ class PendingSink:
 
 class ControllerSlot:
     """The supervisor's policy from its construction on: empty until the controller is built right after the first
-    spawn (its imports and setup cost start-up time that Ollama does not have to wait for)."""
+    spawn (its imports and setup cost start-up time that Ollama does not have to wait for). A ReloadUvm directive
+    goes to the NVML thread (`reload_uvm`), the others to the supervisor."""
 
     def __init__(self) -> None:
         self.controller: Controller | None = None
+        self.reload_uvm: Callable[[str], None] | None = None
 
     def tick(self, view: View, now: float) -> Sequence[Directive]:
-        return self.controller.tick(view, now) if self.controller is not None else ()
+        if self.controller is None:
+            return ()
+        out = []
+        for directive in self.controller.tick(view, now):
+            if isinstance(directive, ReloadUvm):
+                if self.reload_uvm is not None:
+                    self.reload_uvm(directive.key)
+                continue
+            out.append(directive)
+        return out
 
     def ready_gate(self, since_answer: float) -> bool:
         return self.controller.ready_gate(since_answer) if self.controller is not None else True
@@ -218,16 +229,26 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     from launcher.nvml_poller import NvmlPoller
     from launcher.remedies import RemedyContext
     from launcher.restarts import RemedyBudget
-    from launcher.resume_probe import PROBE_TIMEOUT, cuda_probe_event
+    from launcher.resume_probe import cuda_probe_event
     from launcher.status_socket import StatusServer
+    from launcher.uvm_reload import reload_events
 
     container = in_container(env or {})
+    cuda_probe = uvm_reload = None
+    if registry is not None:  # children (the probe, modprobe) through the child registry, from the NVML thread
+        def child(name: str) -> Callable[[Sequence[str], Mapping[str, str], float], tuple[int | None, str, str]]:
+            return lambda argv, child_env, timeout: registry.run(argv, child_env, timeout=timeout, name=name)
+
+        def cuda_probe(after: str = "resume") -> Event:  # doctor's probe, under the shim Ollama runs with
+            return cuda_probe_event(child("cuda-probe"), sup.plan.env, sup.plan.shim, after=after)
+
+        def uvm_reload(key: str, reading: Any) -> list[Event]:  # modprobe with our own environment (its PATH)
+            return reload_events(key, reading, child("modprobe"), env or os.environ,
+                                 lambda: cuda_probe("uvm_reload"))
     # opened and sampled by the poller's thread, started once the controller takes events; reopened at each health
     # check while unavailable only where NVIDIA hardware is present (issue 16: a driver that comes up late)
     nvml = NvmlSampler(reopen=settings.health_interval > 0 and presence(container=container).any,
-                       cuda_probe=(lambda: cuda_probe_event(lambda argv, env: registry.run(
-                           argv, env, timeout=PROBE_TIMEOUT, name="cuda-probe"), sup.plan.env))
-                       if registry is not None else None)
+                       cuda_probe=cuda_probe, uvm_reload=uvm_reload)
     budget = RemedyBudget.load(settings.dirs.state_file, settings.remedy_max)
     if budget.load_error:
         log.warning("state_file_unreadable", path=str(settings.dirs.state_file), error=budget.load_error,
@@ -260,13 +281,15 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
             each(event)
 
     controller = Controller(settings=settings, budget=budget, log=log, record=record,
-                            remedy_context=remedy_context, health=HealthBoard(in_container=container),
+                            remedy_context=remedy_context,
+                            health=HealthBoard(in_container=container, may_reload_uvm=settings.may_reload_uvm),
                             applied=deque(prepared.applied, maxlen=MAX_APPLIED),
                             advised={(a["subject"], a["cause"]): a for a in prepared.advised})
     pending.attach(controller.sink)
-    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
-                              health_every=settings.health_interval, xids=settings.health_interval > 0)
-                   .start().close)
+    poller = NvmlPoller(nvml, controller.sink, NVML_INTERVAL, health_every=settings.health_interval,
+                        xids=settings.health_interval > 0).start()
+    closers.append(poller.close)
+    slot.reload_uvm = poller.request_uvm_reload
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(

@@ -7,7 +7,7 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -183,36 +183,60 @@ class ProbeRun:
     shim: str | None  # the shim that was preloaded, None when none could be
 
 
+# Runs a probe's argv with an environment and a timeout: (exit code, stdout, stderr); code None when it timed out.
+ProbeExec = Callable[[Sequence[str], Mapping[str, str], float], tuple[int | None, str, str]]
+
+
+def shim_env(env: Mapping[str, str], shim: Path | None, socket_path: Path | None,
+             extra_libs: Sequence[Path] = ()) -> dict[str, str]:
+    """`env` (Ollama's) with the shim preloaded first and OGPU_EVENTS at `socket_path`; our other OGPU_ keys
+    dropped; extra library dirs first."""
+    out = {k: v for k, v in env.items() if not k.startswith("OGPU_")}
+    if extra_libs:
+        old = [p for p in out.get("LD_LIBRARY_PATH", "").split(":") if p]
+        out["LD_LIBRARY_PATH"] = ":".join([*map(str, extra_libs), *old])
+    if shim is not None:
+        rest = [p for p in re.split(r"[ :]", out.get("LD_PRELOAD", "")) if p and Path(p) != shim]
+        out["LD_PRELOAD"] = " ".join([str(shim), *rest])
+        if socket_path is not None:
+            out["OGPU_EVENTS"] = str(socket_path)
+    return out
+
+
 def probe_env(ctx: Ctx, shim: Path | None, socket_path: Path | None, extra_libs: Sequence[Path] = ()) -> dict[str, str]:
     """Ollama's environment with the shim preloaded and OGPU_EVENTS at our server; extra library dirs first."""
-    env = {k: v for k, v in ctx.env.items() if not k.startswith("OGPU_")}
-    if extra_libs:
-        old = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
-        env["LD_LIBRARY_PATH"] = ":".join([*map(str, extra_libs), *old])
-    if shim is not None:
-        rest = [p for p in re.split(r"[ :]", env.get("LD_PRELOAD", "")) if p and Path(p) != shim]
-        env["LD_PRELOAD"] = " ".join([str(shim), *rest])
-        if socket_path is not None:
-            env["OGPU_EVENTS"] = str(socket_path)
-    return env
+    return shim_env(ctx.env, shim, socket_path, extra_libs)
+
+
+def run_under_shim(run: ProbeExec, python: str, env: Mapping[str, str], shim: Path | None, script: str,
+                   args: Sequence[str] = (), extra_libs: Sequence[Path] = (),
+                   timeout: float = PROBE_TIMEOUT) -> ProbeRun:
+    """Run one probe script in a child under `shim` (None: without it) with a private event server, so what the
+    shim reports from inside the probe is the probe's alone. Doctor and serve's resume check both come here."""
+    with tempfile.TemporaryDirectory(prefix="ogpu-probe-") as tmp:
+        sock = Path(tmp) / "events" / "probe.sock"
+        server = _event_server(sock) if shim is not None else None
+        try:
+            code, stdout, stderr = run([python, "-I", "-S", "-c", script, *args],
+                                       shim_env(env, shim, sock if server else None, extra_libs), timeout)
+            events = drain(server) if server is not None else []
+        finally:
+            if server is not None:
+                server.close()
+    return ProbeRun(_last_json(stdout), code, stderr, tuple(_event_dict(e) for e in events),
+                    str(shim) if shim else None)
 
 
 def run_probe(ctx: Ctx, script: str, args: Sequence[str], extra_libs: Sequence[Path] = ()) -> ProbeRun:
     """Run one probe script under the shim (when it passed its preflight) with a private event server."""
     resolved, _why = resolve_shim(ctx)
     shim = resolved.path if resolved is not None and resolved.ok else None
-    with tempfile.TemporaryDirectory(prefix="ogpu-doctor-") as tmp:
-        sock = Path(tmp) / "events" / "probe.sock"
-        server = _event_server(sock) if shim is not None else None
-        try:
-            done = ctx.runner([ctx.python, "-I", "-S", "-c", script, *args],
-                              env=probe_env(ctx, shim, sock if server else None, extra_libs), timeout=PROBE_TIMEOUT)
-            events = drain(server) if server is not None else []
-        finally:
-            if server is not None:
-                server.close()
-    return ProbeRun(_last_json(done.stdout), done.returncode, done.stderr, tuple(_event_dict(e) for e in events),
-                    str(shim) if shim else None)
+
+    def run(argv: Sequence[str], env: Mapping[str, str], timeout: float) -> tuple[int | None, str, str]:
+        done = ctx.runner(argv, env=env, timeout=timeout)
+        return done.returncode, done.stdout, done.stderr
+
+    return run_under_shim(run, ctx.python, ctx.env, shim, script, args, extra_libs)
 
 
 def _event_server(sock: Path) -> ShimEventServer | None:

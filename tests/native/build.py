@@ -25,7 +25,8 @@ HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent.parent
 SHIM_SRC: Final = REPO / "shim"
 CFLAGS: Final = ("-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror")
-SOURCES: Final = ("mockcuda.c", "mocknvml.c", "mockggml_cuda.c", "probe.c", "probe_direct.c", "helpers.c", "build.py")
+SOURCES: Final = ("mockcuda.c", "mocknvml.c", "fakeboot.c", "mockggml_cuda.c", "probe.c", "probe_direct.c",
+                   "helpers.c", "build.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class NativeBuild:
     mock_nvml_dir: Path  # holds libnvidia-ml.so.1 (mocknvml.c, scripted by MOCKNVML_STATE)
     mock_novareserve_dir: Path  # libcuda.so.1 without cuMemAddressReserve
     mock_stub_dir: Path  # .../stubs/libcuda.so.1 that is always a stub (error 34), like the CUDA toolkit's
+    fakeboot: Path  # libfakeboot.so: preloaded, adds FAKEBOOT_FILE's seconds to CLOCK_BOOTTIME (a scripted resume)
     ggml_cuda: Path  # libggml-cuda.so (DT_NEEDED libcuda.so.1)
     probe: Path
     probe_direct: Path  # linked against libcuda.so.1
@@ -88,6 +90,7 @@ def layout(root: Path) -> NativeBuild:
         mock_nvml_dir=root / "mock-nvml",
         mock_novareserve_dir=root / "mock-novareserve",
         mock_stub_dir=root / "mock-stub" / "stubs",
+        fakeboot=root / "fakeboot" / "libfakeboot.so",
         ggml_cuda=root / "ggml" / "libggml-cuda.so",
         probe=root / "probe",
         probe_direct=root / "probe_direct",
@@ -120,7 +123,7 @@ def _build_all(b: NativeBuild) -> None:
     src = HERE
     lib = [*cc, *CFLAGS, "-shared", "-fPIC"]
     for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent,
-              b.libcaller.parent / "deps"):
+              b.libcaller.parent / "deps", b.fakeboot.parent):
         d.mkdir(parents=True, exist_ok=True)
     soname = "-Wl,-soname,libcuda.so.1"
     _run([*lib, soname, "-o", str(b.mock_dir / "libcuda.so.1"), str(src / "mockcuda.c"), "-lpthread"], src)
@@ -130,6 +133,7 @@ def _build_all(b: NativeBuild) -> None:
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, "-Wl,-soname,libnvidia-ml.so.1", "-o", str(b.mock_nvml_dir / "libnvidia-ml.so.1"),
           str(src / "mocknvml.c")], src)
+    _run([*lib, "-o", str(b.fakeboot), str(src / "fakeboot.c"), "-ldl"], src)
     cuda = ["-L", str(b.mock_dir), "-l:libcuda.so.1"]
     _run([*lib, "-o", str(b.ggml_cuda), str(src / "mockggml_cuda.c"), *cuda, "-ldl"], src)
     _run([*cc, *CFLAGS, "-o", str(b.probe), str(src / "probe.c"), "-ldl", "-lpthread"], src)

@@ -10,6 +10,12 @@
  *                           unset; default 1.
  *   MOCKCUDA_DRIVER_VERSION what cuDriverGetVersion reports (default 13000).
  *   MOCKCUDA_INIT_ERROR     cuInit returns this CUresult (e.g. 999, 100, 803) and the driver stays uninitialised.
+ *   MOCKCUDA_STATE          a file of `key=value` lines re-read by every cuInit, so a test changes the driver of a
+ *                           process tree that is already running (the environment is fixed at spawn, a file is not;
+ *                           write a temporary file and rename it over).  Keys:
+ *                             init_error=<code>  cuInit returns it, as MOCKCUDA_INIT_ERROR (which wins when set);
+ *                                                999 after a scripted suspend/resume broke nvidia_uvm, 0 or no key
+ *                                                once it is reloaded.  A missing file means no key.
  *   MOCKCUDA_STUB=1         behave like the toolkit's stubs/libcuda.so: every call returns 34
  *                           (CUDA_ERROR_STUB_LIBRARY). Built with -DMOCKCUDA_ALWAYS_STUB the library is a stub
  *                           whatever the environment (tests put it in a `stubs/` directory, first on the path).
@@ -240,6 +246,23 @@ static int driver_version(void)
     return v ? atoi(v) : 13000;
 }
 
+/* MOCKCUDA_STATE's init_error, re-read at every call (0: none, or no file). */
+static int state_init_error(void)
+{
+    const char *path = getenv("MOCKCUDA_STATE");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (!f)
+        return 0;
+    int code = 0;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "init_error=", 11) == 0)
+            code = atoi(line + 11);
+    }
+    fclose(f);
+    return code;
+}
+
 EXPORT CUresult cuInit(unsigned int flags)
 {
     if (stub_mode())
@@ -249,6 +272,9 @@ EXPORT CUresult cuInit(unsigned int flags)
     const char *e = getenv("MOCKCUDA_INIT_ERROR");
     if (e && atoi(e) != 0)
         return atoi(e);
+    int scripted = state_init_error();
+    if (scripted != 0)
+        return scripted;
     pthread_mutex_lock(&init_lock);
     if (!atomic_load(&initialised)) {
         parse_devices();

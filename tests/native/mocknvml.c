@@ -13,7 +13,8 @@
  *   ecc<i>=<n>         volatile double-bit (uncorrected) ECC errors of GPU i [0]
  *   xids=<g>:<xid>,... events delivered, in order, by nvmlEventSetWait_v2 to a set that registered GPU g
  *   events=<code>      nvmlDeviceRegisterEvents's return code [0] (3 = not supported)
- * Handles are pointers into a static table, so they stay valid across re-reads; process lists are always empty.
+ *   procs<i>=<pid>,... compute processes running on GPU i (NVML's pids, 1 GiB each) [none]: a process holding the GPU
+ * Handles are pointers into a static table, so they stay valid across re-reads; graphics process lists are empty.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAXDEV 16
 #define MAXXID 64
+#define MAXPROC 8
 
 enum { OK = 0, UNINIT = 1, INVALID_ARG = 2, NOT_SUPPORTED = 3, NOT_FOUND = 6, INSUFFICIENT = 7, TIMEOUT = 10 };
 
@@ -35,6 +37,8 @@ struct state {
     unsigned long long ecc[MAXDEV];
     char driver[80];
     int nxid, xid_gpu[MAXXID], xid[MAXXID];
+    int nproc[MAXDEV];
+    unsigned proc[MAXDEV][MAXPROC];
 };
 
 static void read_state(struct state *s)
@@ -63,6 +67,13 @@ static void read_state(struct state *s)
         else if (sscanf(k, "gpu%d", &i) == 1 && i >= 0 && i < MAXDEV) s->gpu[i] = atoi(v);
         else if (sscanf(k, "absent%d", &i) == 1 && i >= 0 && i < MAXDEV) s->absent[i] = atoi(v);
         else if (sscanf(k, "ecc%d", &i) == 1 && i >= 0 && i < MAXDEV) s->ecc[i] = strtoull(v, NULL, 10);
+        else if (sscanf(k, "procs%d", &i) == 1 && i >= 0 && i < MAXDEV) {
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", v);
+            char *save = NULL;
+            for (char *tok = strtok_r(buf, ",", &save); tok && s->nproc[i] < MAXPROC; tok = strtok_r(NULL, ",", &save))
+                s->proc[i][s->nproc[i]++] = (unsigned)strtoul(tok, NULL, 10);
+        }
         else if (strcmp(k, "xids") == 0) {
             char buf[1024];
             snprintf(buf, sizeof buf, "%s", v);
@@ -267,16 +278,33 @@ EXPORT int nvmlDeviceGetMigMode(void *h, unsigned *current, unsigned *pending)
     return OK;
 }
 
-EXPORT int nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned *count, void *infos)
+struct procinfo { unsigned pid; unsigned long long used; unsigned gi, ci; }; /* nvmlProcessInfo_v2_t (= v3) */
+EXPORT int nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned *count, struct procinfo *infos)
+{
+    DEVICE_PROLOGUE(h);
+    unsigned n = (unsigned)s.nproc[idx];
+    if (n == 0) {
+        *count = 0;
+        return OK;
+    }
+    if (!infos || *count < n) { /* pynvml asks for the size first */
+        *count = n;
+        return INSUFFICIENT;
+    }
+    for (unsigned k = 0; k < n; k++) {
+        infos[k].pid = s.proc[idx][k];
+        infos[k].used = 1ull << 30;
+        infos[k].gi = infos[k].ci = 0xFFFFFFFFu;
+    }
+    *count = n;
+    return OK;
+}
+EXPORT int nvmlDeviceGetGraphicsRunningProcesses_v3(void *h, unsigned *count, struct procinfo *infos)
 {
     (void)infos;
     DEVICE_PROLOGUE(h);
     *count = 0;
     return OK;
-}
-EXPORT int nvmlDeviceGetGraphicsRunningProcesses_v3(void *h, unsigned *count, void *infos)
-{
-    return nvmlDeviceGetComputeRunningProcesses_v3(h, count, infos);
 }
 
 /* errorType 1 = NVML_MEMORY_ERROR_TYPE_UNCORRECTED, counterType 0 = NVML_VOLATILE_ECC */
