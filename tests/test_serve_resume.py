@@ -29,7 +29,7 @@ UVM_COMMANDS = "sudo rmmod nvidia_uvm && sudo modprobe nvidia_uvm"
 class Host:
     """The scripted host: the driver's cuInit answer, NVML's state, the time asleep, and a fake modprobe."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, unload_fails: bool = False) -> None:
         self.cuda = tmp / "cuda.state"
         self.cuda.write_text("", encoding="utf-8")
         self.nvml = NvmlScript(tmp / "nvml.state")
@@ -40,9 +40,10 @@ class Host:
         self.bin.mkdir()
         self.modprobe_log = tmp / "modprobe.log"
         modprobe = self.bin / "modprobe"
+        refuse = "if [ \"$1\" = -r ]; then echo 'modprobe: FATAL: Module nvidia_uvm is in use.' >&2; exit 1; fi\n"
         modprobe.write_text(  # logs its arguments; loading nvidia_uvm "repairs" the driver, as a real reload would
             "#!/bin/sh\n"
-            f"echo \"$*\" >> '{self.modprobe_log}'\n"
+            f"echo \"$*\" >> '{self.modprobe_log}'\n" + (refuse if unload_fails else "") +
             f"if [ \"$1\" = nvidia_uvm ]; then printf 'init_error=0\\n' > '{self.cuda}.tmp' && "
             f"mv '{self.cuda}.tmp' '{self.cuda}'; fi\n", encoding="utf-8")
         modprobe.chmod(0o755)
@@ -213,5 +214,28 @@ def test_a_process_holding_the_gpu_stops_the_reload(tmp_path: Path, libs: native
         assert f"pid {holder.pid} (sleep)" in line and UVM_COMMANDS in line
         assert host.modprobe_calls() == [] and status["restarts"] == 0
         assert any(e["event"] == "uvm_reload_skipped" for e in warnings(run))
+    finally:
+        assert run.stop() == 0
+
+
+def test_a_failed_reload_is_reported_and_not_retried(tmp_path: Path, libs: native.NativeLibs,
+                                                     cache_dir: Path) -> None:
+    """`modprobe -r nvidia_uvm` fails: its stderr is in status and the advice, the load is not tried, nothing is
+    restarted, and later ticks do not try again."""
+    host = Host(tmp_path, unload_fails=True)
+    run = start(tmp_path, libs, cache_dir, host, OGPU_MAY_RELOAD_UVM="1")
+    try:
+        host.suspend_and_resume(breaks_uvm=True)
+        status = run.wait_status(lambda s: (s["gpu_health"].get("uvm_reload") or {}).get("outcome") == "failed",
+                                 "the reload failed")
+        reload = status["gpu_health"]["uvm_reload"]
+        assert (reload["step"], reload["exit"]) == ("modprobe -r nvidia_uvm", 1)
+        assert reload["stderr"] == "modprobe: FATAL: Module nvidia_uvm is in use."
+        [line] = status["gpu_health"]["advice"]
+        assert "Module nvidia_uvm is in use" in line and "not retried" in line and UVM_COMMANDS in line
+        failed_at = recorded(tmp_path, "uvm_reload")[-1].t
+        wait_for(lambda: sum(1 for e in recorded(tmp_path, "memory") if e.t > failed_at) >= 3,
+                 what="more NVML ticks after the failure")
+        assert host.modprobe_calls() == ["-r nvidia_uvm"] and run.status()[1]["restarts"] == 0
     finally:
         assert run.stop() == 0
