@@ -314,6 +314,7 @@ class NvmlSampler:
     reopen: bool = False  # NVML unavailable at start on a machine with NVIDIA hardware: try again at each check
     resume: ResumeWatch = field(default_factory=ResumeWatch)  # the BOOTTIME − MONOTONIC seam (tests fake it)
     cuda_probe: Callable[[], Event] | None = None  # after a resume: cuInit in a child (launcher.resume_probe)
+    checked_at: float | None = None  # when the last health check ran (a resume happened after it)
     # OGPU_MAY_RELOAD_UVM: reload nvidia_uvm for a resume key, given NVML's process lists (launcher.uvm_reload)
     uvm_reload: Callable[[str, MemoryReading | NvmlFailure], list[Event]] | None = None
 
@@ -354,14 +355,18 @@ class NvmlSampler:
         Memory sampling that stopped when NVML failed resumes once every GPU reads ok again."""
         if self.state is None:
             return []
+        since, self.checked_at = self.checked_at, self.clock()
         slept = self.resume.check()
         if slept is not None:
             log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
-            probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
             gap = self.resume.last  # names this resume within the boot (a once-per-resume remedy keys on it)
-            return [Event("supervisor", "resumed", self.clock(), None, {
-                        "slept": round(slept, 3), "gap": round(gap) if gap is not None else None}),
-                    *self._health(force=True), *probed]
+            # `since`: the previous check, before which the host had not slept yet (what cuInit gave up to then is
+            # the "before" the probe is compared with)
+            resumed = Event("supervisor", "resumed", self.checked_at, None, {
+                "slept": round(slept, 3), "gap": round(gap) if gap is not None else None, "since": since})
+            health = self._health(force=True)
+            probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
+            return [resumed, *health, *probed]
         return self._health()
 
     def _health(self, force: bool = False) -> list[Event]:

@@ -8,13 +8,15 @@ No clock, no OS: replayable like the board.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from launcher.events import Event
 
 UVM: Final = "uvm_not_loaded"
+MAX_INITS: Final = 64  # the newest cuInit results kept, with their times (enough to find the one before a resume)
 
 
 def said(code: int | None) -> str:
@@ -34,7 +36,8 @@ class ResumeCuda:
     """The newest cuInit result, the one before the latest resume, and the break that resume caused (if any)."""
 
     last_init: int | None = None  # newest cuInit result from Ollama's processes or a probe
-    before: int | None = None  # last_init when the latest resume was seen
+    before: int | None = None  # the newest result from before the latest resume
+    inits: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_INITS))  # (t, result)
     gap: float | None = None  # BOOTTIME − MONOTONIC at the latest resume: names that resume within the boot
     probe: dict[str, Any] | None = None  # the newest probe (after a resume or a reload), with its change
     broken: dict[str, Any] | None = None  # the resume's break, until cuInit works again: cause, error, change, gap
@@ -48,11 +51,16 @@ class ResumeCuda:
             result = event.data.get("result")
             if isinstance(result, int):
                 self.last_init = result
+                self.inits.append((event.t, result))
                 if result == 0:
                     self.broken = None  # CUDA works again (an operator's reload, a new discovery)
             return True
         if kind == ("supervisor", "resumed"):
-            self.before = self.last_init
+            # The host slept some time after the previous check (`since`): a runner that started between the wake
+            # and this check already saw the resume, so it is not "before".
+            since = event.data.get("since")
+            cut = float(since) if isinstance(since, (int, float)) else event.t
+            self.before = next((r for t, r in reversed(self.inits) if t <= cut), None)
             gap = event.data.get("gap")
             self.gap = float(gap) if isinstance(gap, (int, float)) else None
             return True
@@ -71,6 +79,7 @@ class ResumeCuda:
         before = self.before if after == "resume" else self.last_init
         text, news = change(before, ok, code)
         self.probe = {**_plain(data), "before": said(before), "change": text, "news": news}
+        self.inits.append((t, 0 if ok else code if code is not None else -1))  # a later resume's "before"
         if ok:
             if after == "uvm_reload" and self.broken is not None:
                 self.fixed_by_reload = str(data.get("key") or "")

@@ -250,6 +250,25 @@ class TestResume:
         assert s.health() == []
         s.close()
 
+    def test_the_resume_says_since_when_and_which(self, script: NvmlScript) -> None:
+        """The resumed event carries the previous check's time (the host slept after it) and the sleep total that
+        names this resume within the boot; it comes before the probe's event."""
+        from launcher.resume import ResumeWatch
+
+        gap, clock = FakeGap(), FakeGap()
+        s = NvmlSampler(nvml=Nvml(mock_pynvml()), clock=clock, ns_inode=1, resume=ResumeWatch(gap),
+                        cuda_probe=lambda: Event("supervisor", "cuda_probe", 30.0, None, {"ok": True}))
+        s.start()
+        clock.value = 10.0
+        s.health()
+        gap.value += 600
+        clock.value = 20.0
+        events = s.health()
+        resumed = events[0]
+        assert [e.kind for e in events] == ["resumed", "gpu_health", "cuda_probe"]
+        assert (resumed.t, resumed.data["since"], resumed.data["gap"]) == (20.0, 10.0, 612)
+        s.close()
+
     def test_a_resume_that_broke_the_gpu_is_seen_at_once(self, script: NvmlScript) -> None:
         """The resume's fresh reading shows a GPU lost while the host slept."""
         from launcher.resume import ResumeWatch

@@ -85,6 +85,20 @@ class TestResumeCuda:
         state = self.fold(cu_init(0), resumed(), cu_init(999, t=2.5), probe(False, 999))
         assert state.broken is not None and state.broken["change"] == "ok→999"
 
+    def test_a_runner_between_the_wake_and_the_check_is_after(self) -> None:
+        """A runner that got 999 after the previous check (`since`) but before the resume was noticed already saw
+        the resume: the baseline is the result before `since`."""
+        state = self.fold(cu_init(0, t=1.0), cu_init(999, t=3.0),
+                          Event("supervisor", "resumed", 4.0, None, {"slept": 60.0, "gap": 60, "since": 2.0}),
+                          probe(False, 999, t=4.5))
+        assert state.broken is not None and state.broken["change"] == "ok→999"
+
+    def test_the_previous_probe_is_a_baseline(self) -> None:
+        """No runner since: the probe after an earlier resume is what cuInit gave before the next one."""
+        state = self.fold(resumed(gap=100.0, t=2.0), probe(True, 0, t=3.0), resumed(gap=200.0, t=10.0),
+                          probe(False, 999, t=11.0))
+        assert state.broken is not None and state.broken["change"] == "ok→999"
+
     def test_cuda_working_again_ends_the_break(self) -> None:
         """A runner's cuInit 0 after the break (an operator's reload, a new discovery) ends it."""
         state = self.fold(cu_init(0), resumed(), probe(False, 999), cu_init(0, t=9.0))
