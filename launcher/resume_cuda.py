@@ -56,11 +56,14 @@ class ResumeCuda:
                     self.broken = None  # CUDA works again (an operator's reload, a new discovery)
             return True
         if kind == ("supervisor", "resumed"):
-            # The host slept some time after the previous check (`since`): a runner that started between the wake
-            # and this check already saw the resume, so it is not "before".
+            # The host slept some time after the previous check (`since`): a runner that failed between then and
+            # this check may have done so after the wake, so it is not "before"; one that succeeded there still
+            # shows CUDA worked (before the sleep, or after the wake).
             since = event.data.get("since")
             cut = float(since) if isinstance(since, (int, float)) else event.t
-            self.before = next((r for t, r in reversed(self.inits) if t <= cut), None)
+            earlier = next((r for t, r in reversed(self.inits) if t <= cut), None)
+            window_ok = any(r == 0 for t, r in self.inits if cut < t <= event.t)
+            self.before = 0 if window_ok else earlier
             gap = event.data.get("gap")
             self.gap = float(gap) if isinstance(gap, (int, float)) else None
             return True

@@ -93,6 +93,18 @@ class TestResumeCuda:
                           probe(False, 999, t=4.5))
         assert state.broken is not None and state.broken["change"] == "ok→999"
 
+    def test_a_success_between_the_check_and_the_notice_counts(self) -> None:
+        """A runner that got cuInit 0 after the previous check: CUDA worked then, so ok is the baseline."""
+        state = self.fold(cu_init(0, t=3.0),
+                          Event("supervisor", "resumed", 4.0, None, {"slept": 60.0, "gap": 60, "since": 2.0}),
+                          probe(True, 0, t=4.5))
+        assert state.probe is not None and state.probe["change"] == "ok→ok"
+
+    def test_nothing_before_is_unknown(self) -> None:
+        """No cuInit seen before the resume (no shim): unknown→999 is still news."""
+        state = self.fold(resumed(), probe(False, 999))
+        assert state.broken is not None and state.broken["change"] == "unknown→999"
+
     def test_the_previous_probe_is_a_baseline(self) -> None:
         """No runner since: the probe after an earlier resume is what cuInit gave before the next one."""
         state = self.fold(resumed(gap=100.0, t=2.0), probe(True, 0, t=3.0), resumed(gap=200.0, t=10.0),
