@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from launcher.config import Mode, Settings
-from launcher.directives import Directive, Fail, ReloadUvm, RestartWith, View
+from launcher.directives import Directive, Fail, RestartWith, View
 from launcher.environment import with_patch
 from launcher.events import Event, now
 from launcher.evidence import Board, LiveVerdicts, Verdict
@@ -26,8 +26,7 @@ from launcher.remedies import RemedyContext
 from launcher.remedy_record import remedy_record
 from launcher.replaced import ReplacedFilter
 from launcher.restarts import RemedyBudget
-from launcher.resume_cuda import COMMANDS, UVM
-from launcher.uvm_policy import UvmStep, uvm_step
+from launcher.uvm_policy import UvmRemedy
 from launcher.verdict_log import is_pending, verdict_log
 
 JUDGE_INTERVAL = 0.05  # seconds between two judgements while events keep arriving
@@ -76,7 +75,7 @@ class Controller:
     _late_gpu_done: bool = False
     boot_id: str = field(default_factory=lambda: read_boot_id())
     root: bool = field(default_factory=lambda: os.geteuid() == 0)  # modprobe needs root (OGPU_MAY_RELOAD_UVM)
-    _uvm: dict[str, str] = field(default_factory=dict)  # resume key -> advised | reloading | done
+    _uvm: UvmRemedy | None = None  # built at the first tick (tests set boot_id and root before it)
 
     # --- events (any thread) --------------------------------------------------------------------------------
 
@@ -126,54 +125,12 @@ class Controller:
         return out
 
     def _resume_uvm(self, view: View, generation: str | None) -> list[Directive]:
-        """Issue 16: a resume broke nvidia_uvm (cuInit ok→999): advise the commands once; with OGPU_MAY_RELOAD_UVM
-        (auto mode, root, budget) reload it when idle (ReloadUvm, done in the NVML thread, which first checks that
-        nothing holds the GPU), and once the re-probe finds CUDA working, restart Ollama when idle so its discovery
-        sees the GPU. Once per resume: the key (boot id, sleep total) is in the persisted budget."""
+        """Issue 16: a resume that broke nvidia_uvm (launcher.uvm_policy.UvmRemedy)."""
+        if self._uvm is None:
+            self._uvm = UvmRemedy(self.settings, self.budget, self.log, self.boot_id, self.root, self.wall)
         with self._lock:
-            cuda = self.health.cuda
-            broken, reload, probe, fixed = cuda.broken, cuda.reload, cuda.probe, cuda.fixed_by_reload
-        out: list[Directive] = []
-        for key in [k for k, stage in self._uvm.items() if stage == "reloading"]:
-            if fixed == key:
-                self._uvm[key] = "done"
-                reason = "nvidia_uvm reloaded after the resume and CUDA works again"
-                self.log.warning("remedy", subject="resume", cause=UVM, when="when idle",
-                                 reason=f"{reason}: restarting Ollama so that its discovery sees the GPU")
-                out.append(RestartWith(view.plan, reason, immediately=False))
-            elif (reload is not None and reload.get("key") == key and reload.get("outcome") != "reloaded") or \
-                    (probe is not None and probe.get("after") == "uvm_reload" and probe.get("key") == key):
-                self._uvm[key] = "done"  # held, failed, or CUDA still failing: the advice says which
-        if broken is None or broken.get("cause") != UVM:
-            self.advised.pop(("resume", UVM), None)
-            return out
-        key = f"{self.boot_id}@{broken.get('gap')}"
-        stage = self._uvm.get(key)
-        if stage in ("reloading", "done"):
-            return out
-        patch: dict[str, str | None] = {"ogpu_uvm_reload": key}
-        step, why = uvm_step(may_reload=self.settings.may_reload_uvm, mode=self.settings.mode,
-                             generation=generation, root=self.root, budget=self.budget.allows(patch),
-                             runner_alive=view.runner_alive)
-        if stage is None:
-            self._uvm[key] = "advised"
-            item = remedy_record(subject="resume", cause=UVM, patch=None, before=view.plan.env,
-                                 when="advised only" if step is UvmStep.ADVISE else "when idle", reason=why,
-                                 at=self.wall(), advice=f"cuInit went {broken.get('change')} after the host resumed",
-                                 instruction=f"run {COMMANDS}, then restart ollama-gpu")
-            self.advised[("resume", UVM)] = item
-            self.log.warning("advice", subject="resume", cause=UVM, reason=why, advice=item["advice"],
-                             instruction=item["instruction"])
-        if step is not UvmStep.RELOAD:
-            return out
-        self.budget.record(patch, UVM)
-        self._uvm[key] = "reloading"
-        self.applied.append(remedy_record(subject="resume", cause=UVM, patch=None, before=view.plan.env,
-                                          when="when idle", reason=why, at=self.wall(),
-                                          instruction="modprobe -r nvidia_uvm; modprobe nvidia_uvm; restart Ollama"))
-        self.log.warning("remedy", subject="resume", cause=UVM, when="when idle", reason=why)
-        out.append(ReloadUvm(key))
-        return out
+            cuda = replace(self.health.cuda)  # a consistent snapshot: the NVML thread's events keep arriving
+        return self._uvm.tick(view, generation, cuda, self.advised, self.applied)
 
     def _late_gpu(self, view: View, verdicts: LiveVerdicts, generation: str | None) -> list[Directive]:
         """Issue 16: Ollama discovered no GPU, and NVML listed healthy GPUs only later (a driver that came up after
