@@ -76,6 +76,9 @@ class ResumeCuda:
         return False
 
     def _probe(self, data: Mapping[str, Any], t: float) -> None:
+        if data.get("ok") is None:  # the probe could not run: shown, judged not
+            self.probe = {**_plain(data), "before": said(self.before), "change": "unknown", "news": False}
+            return
         ok = data.get("ok") is True
         code = data.get("cu_init") if isinstance(data.get("cu_init"), int) else None
         after = str(data.get("after") or "resume")

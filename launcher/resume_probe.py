@@ -24,11 +24,18 @@ HEALTHY = ("ok", "warn")  # doctor's row: cuInit 0 and devices (warn: a context 
 
 def cuda_probe_event(run: Runner, env: Mapping[str, str], shim: Path | None, after: str = "resume",
                      clock: Callable[[], float] = now, python: str = sys.executable) -> Event:
-    """Run doctor's cuInit probe under `shim`; a `cuda_probe` event: whether CUDA works, cuInit's code, the device
-    count, the cause and doctor's finding when it does not, and what the shim saw cuInit return inside the probe."""
+    """Run doctor's cuInit probe under `shim`; a `cuda_probe` event: whether CUDA works (None: the probe could not
+    run), cuInit's code, the device count, the cause and doctor's finding when it does not, and what the shim saw
+    cuInit return inside the probe."""
     from launcher.doctor.probes import CUINIT_PROBE, _cuinit_row, run_under_shim
 
-    probe = run_under_shim(run, python, env, shim, CUINIT_PROBE, timeout=PROBE_TIMEOUT)
+    try:
+        probe = run_under_shim(run, python, env, shim, CUINIT_PROBE, timeout=PROBE_TIMEOUT)
+    except OSError as exc:  # it could not start (no temporary directory, no interpreter): says nothing of CUDA
+        return Event("supervisor", "cuda_probe", clock(), None, {
+            "after": after, "exit": None, "ok": None, "cu_init": None, "devices": 0, "cause": None,
+            "error": f"the probe could not run: {exc}"[:300], "shim": str(shim) if shim else None,
+            "shim_cu_init": []})
     row = _cuinit_row(probe)
     result = probe.result or {}
     shim_inits = [e.get("result") for e in probe.events if e.get("kind") == "cu_init"]

@@ -116,7 +116,8 @@ def _health(health: Mapping[str, Any], not_ready: Any) -> list[str]:
         out.append(f"  Xid {text(x.get('xid'))} on GPU {text(x.get('gpu'))}: {text(x.get('count'))} time(s).")
     probe = _mapping(health.get("cuda_probe"))
     if probe:
-        said = "CUDA initialises" if probe.get("ok") else f"CUDA fails: {text(probe.get('error'), 300)}"
+        said = "CUDA initialises" if probe.get("ok") else text(probe.get("error"), 300) if probe.get("ok") is None \
+            else f"CUDA fails: {text(probe.get('error'), 300)}"
         moment = "reload of nvidia_uvm" if probe.get("after") == "uvm_reload" else "resume"
         change = f" (cuInit {text(probe.get('change'))})" if probe.get("change") else ""
         out.append(f"  After the last {moment}: {said}{change}.")

@@ -111,6 +111,13 @@ class TestResumeCuda:
                           probe(False, 999, t=11.0))
         assert state.broken is not None and state.broken["change"] == "ok→999"
 
+    def test_a_probe_that_could_not_run_judges_nothing(self) -> None:
+        """The probe did not start (ok None): shown in status, no break, the baseline unchanged."""
+        state = self.fold(cu_init(0), resumed(), Event("supervisor", "cuda_probe", 3.0, None, {
+            "after": "resume", "ok": None, "error": "the probe could not run: [Errno 2] No such file"}))
+        assert state.broken is None and state.probe is not None and state.probe["change"] == "unknown"
+        assert state.last_init == 0
+
     def test_cuda_working_again_ends_the_break(self) -> None:
         """A runner's cuInit 0 after the break (an operator's reload, a new discovery) ends it."""
         state = self.fold(cu_init(0), resumed(), probe(False, 999), cu_init(0, t=9.0))
@@ -167,6 +174,19 @@ class TestAdvice:
             board.add(event)
         [line] = board.advice()
         assert COMMANDS in line and board.to_dict()["degraded"] is True and board.to_dict()["resume_break"]
+
+
+class TestProbeEvent:
+    def test_a_probe_that_cannot_start_is_an_event_not_a_traceback(self, tmp_path: Path) -> None:
+        """The child cannot be spawned: a cuda_probe event with ok None and the reason."""
+        from launcher.resume_probe import cuda_probe_event
+
+        def cannot(argv: Sequence[str], env: Mapping[str, str], timeout: float) -> tuple[int | None, str, str]:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+        event = cuda_probe_event(cannot, {"PATH": "/usr/bin"}, None, clock=lambda: 5.0)
+        assert (event.kind, event.data["ok"], event.t) == ("cuda_probe", None, 5.0)
+        assert "could not run" in event.data["error"]
 
 
 class TestUvmStep:

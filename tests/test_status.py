@@ -157,6 +157,22 @@ class TestText:
         assert "CUDA fails: cuInit returned 999" in text_out and "Not ready: restart it" in text_out
         assert not PY_REPR.search(text_out)
 
+    def test_the_probe_line_says_which_moment_and_the_change(self) -> None:
+        """Issue 16: the probe after a resume shows cuInit's change; after a reload it says so; a probe that could
+        not run says that, not that CUDA fails."""
+        gpus = [{"index": 0, "uuid": "GPU-a", "state": "ok", "reason": ""}]
+
+        def line(probe: dict[str, Any]) -> str:
+            return next(x for x in render({"gpu_health": {"state": "ok", "gpus": gpus, "cuda_probe": probe}})
+                        if "After the last" in x)
+
+        assert line({"ok": False, "error": "cuInit returned 999", "change": "ok→999", "after": "resume"}) == \
+            "  After the last resume: CUDA fails: cuInit returned 999 (cuInit ok→999)."
+        assert line({"ok": True, "change": "999→ok", "after": "uvm_reload"}) == \
+            "  After the last reload of nvidia_uvm: CUDA initialises (cuInit 999→ok)."
+        assert line({"ok": None, "error": "the probe could not run: no /tmp", "after": "resume"}) == \
+            "  After the last resume: the probe could not run: no /tmp."
+
     @settings(max_examples=200, deadline=None)
     @given(st.fixed_dictionaries({}, optional={"gpus": JSON, "advice": JSON, "xids": JSON, "cuda_probe": JSON,
                                                "state": JSON, "degraded": JSON}))
