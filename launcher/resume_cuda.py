@@ -38,9 +38,10 @@ class ResumeCuda:
     last_init: int | None = None  # newest cuInit result from Ollama's processes or a probe
     before: int | None = None  # the newest result from before the latest resume
     inits: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_INITS))  # (t, result)
-    gap: float | None = None  # BOOTTIME − MONOTONIC at the latest resume: names that resume within the boot
+    resume: str | None = None  # names the latest resume within the boot: the host's sleep total (BOOTTIME −
+    # MONOTONIC, whole seconds) when the event has it, else the monotonic time it was seen
     probe: dict[str, Any] | None = None  # the newest probe (after a resume or a reload), with its change
-    broken: dict[str, Any] | None = None  # the resume's break, until cuInit works again: cause, error, change, gap
+    broken: dict[str, Any] | None = None  # the resume's break, until cuInit works again: cause, error, change, resume
     reload: dict[str, Any] | None = None  # the newest reload of nvidia_uvm: outcome, holders, stderr
     fixed_by_reload: str | None = None  # the reload key whose re-probe found CUDA working again
 
@@ -65,7 +66,7 @@ class ResumeCuda:
             window_ok = any(r == 0 for t, r in self.inits if cut < t <= event.t)
             self.before = 0 if window_ok else earlier
             gap = event.data.get("gap")
-            self.gap = float(gap) if isinstance(gap, (int, float)) else None
+            self.resume = str(round(gap)) if isinstance(gap, (int, float)) else f"t{event.t:.0f}"
             return True
         if kind == ("supervisor", "cuda_probe"):
             self._probe(event.data, event.t)
@@ -96,7 +97,7 @@ class ResumeCuda:
             self.last_init = code
         if after == "resume" and news:
             self.broken = {"cause": data.get("cause"), "error": data.get("error"), "change": text,
-                           "gap": self.gap, "t": t}
+                           "resume": self.resume, "t": t}
 
 
 def _plain(value: Any) -> Any:

@@ -68,7 +68,7 @@ class UvmRemedy:
         if broken is None or broken.get("cause") != UVM:
             advised.pop(("resume", UVM), None)
             return out
-        key = f"{self.boot_id}@{broken.get('gap')}"
+        key = f"{self.boot_id}@{broken.get('resume')}"
         stage = self.stages.get(key)
         if stage in ("reloading", "done"):
             return out
