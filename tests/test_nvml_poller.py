@@ -107,3 +107,41 @@ def test_a_broken_health_check_leaves_memory_sampling_alone() -> None:
     wait_for(lambda: sampler.samples >= 5, what="samples after the broken check")
     poller.close()
     assert [e.kind for e in got].count("memory") >= 4
+
+
+class ReloadingSampler(FakeSampler):
+    """A sampler whose nvidia_uvm reload records the key and the thread it ran in."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.reloads: list[tuple[str, str]] = []
+        self.reload_fails = fail
+
+    def reload_uvm(self, key: str) -> list[Event]:
+        self.reloads.append((key, threading.current_thread().name))
+        if self.reload_fails:
+            raise RuntimeError("our bug")
+        return [Event("supervisor", "uvm_reload", 0.0, None, {"key": key, "outcome": "held"})]
+
+
+class TestUvmReloadRequest:
+    def test_a_request_runs_once_in_the_nvml_thread(self) -> None:
+        """request_uvm_reload from another thread: the reload runs once, in the NVML thread, its events reach the
+        sink."""
+        sampler, got = ReloadingSampler(), []
+        poller = NvmlPoller(cast(Any, sampler), got.append, interval=0.01).start()
+        poller.request_uvm_reload("boot@100")
+        wait_for(lambda: [e for e in got if e.kind == "uvm_reload"], what="the reload's event")
+        wait_for(lambda: sampler.samples >= 5, what="more ticks")
+        poller.close()
+        assert sampler.reloads == [("boot@100", "ollama-gpu-nvml")]
+
+    def test_our_bug_in_a_reload_ends_only_the_reload(self) -> None:
+        """A reload that raises is logged; sampling goes on."""
+        sampler = ReloadingSampler(fail=True)
+        poller = NvmlPoller(cast(Any, sampler), lambda _e: None, interval=0.01).start()
+        poller.request_uvm_reload("k")
+        wait_for(lambda: sampler.reloads, what="the reload")
+        before = sampler.samples
+        wait_for(lambda: sampler.samples >= before + 3, what="sampling after the failure")
+        poller.close()

@@ -445,3 +445,19 @@ class TestController:
                              probe(True, 0, after="uvm_reload", t=5.1, key="boot-1@100")])
         out = self.feed(c, clock, [resumed(gap=900.0, t=20.0), probe(False, 999, t=21.0)])
         assert out == [ReloadUvm("boot-1@900")]
+
+
+class TestControllerSlot:
+    def test_a_reload_goes_to_the_nvml_thread_and_the_rest_to_the_supervisor(self) -> None:
+        """serve's slot hands ReloadUvm to the NVML poller and passes every other directive on."""
+        from launcher.commands.serve import ControllerSlot
+
+        class Deciding:
+            def tick(self, _view: View, _now: float) -> list[Any]:
+                return [ReloadUvm("boot-1@100"), RestartWith(PLAN, "a remedy", immediately=False)]
+
+        slot, asked = ControllerSlot(), []
+        slot.controller = Deciding()  # type: ignore[assignment]
+        slot.reload_uvm = asked.append
+        out = slot.tick(view(), 1.0)
+        assert asked == ["boot-1@100"] and [type(d) for d in out] == [RestartWith]
