@@ -354,9 +354,10 @@ class NvmlSampler:
             return []
         slept = self.resume.check()
         if slept is not None:
-            log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
+            log.info("host_resumed", slept=round(slept, 1), via=self.resume.via, action="checking the GPUs again")
             probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
-            return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3)}),
+            return [Event("supervisor", "resumed", self.clock(), None, {"slept": round(slept, 3),
+                                                                         "via": self.resume.via}),
                     *self._health(force=True), *probed]
         return self._health()
 

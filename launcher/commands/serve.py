@@ -264,9 +264,15 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
                             applied=deque(prepared.applied, maxlen=MAX_APPLIED),
                             advised={(a["subject"], a["cause"]): a for a in prepared.advised})
     pending.attach(controller.sink)
-    closers.append(NvmlPoller(nvml, controller.sink, NVML_INTERVAL,
-                              health_every=settings.health_interval, xids=settings.health_interval > 0)
-                   .start().close)
+    poller = NvmlPoller(nvml, controller.sink, NVML_INTERVAL, health_every=settings.health_interval,
+                        xids=settings.health_interval > 0).start()
+    closers.append(poller.close)
+    if settings.health_interval > 0 and registry is not None:  # logind's PrepareForSleep, where it is reachable
+        from launcher.logind import start_listener
+
+        listener = start_listener(env or {}, registry, poller.host_resumed)
+        if listener is not None:
+            closers.append(listener.close)
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
