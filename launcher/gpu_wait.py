@@ -36,15 +36,24 @@ class Presence:
 
 
 def presence(root: Path = Path("/"), container: bool = False) -> Presence:
-    """Read /sys, /dev and /proc under `root`; unreadable entries are absent. In a container the host's PCI devices
-    are no evidence (a container without the GPU runtime sees them and never gets a driver): nodes and driver only."""
-    pci = []
+    """Read /dev, /proc and /sys under `root`; unreadable entries are absent. A loaded driver with its device nodes
+    costs three stat calls: the PCI scan, which only matters while the driver is missing, is skipped (`pci` is then
+    empty). In a container the host's PCI devices are no evidence (a container without the GPU runtime sees them and
+    never gets a driver): nodes and driver only."""
+    nodes = (root / "dev" / "nvidiactl").exists() or (root / "dev" / "nvidia0").exists()
+    driver = (root / "proc" / "driver" / "nvidia" / "version").exists()
+    if (nodes and driver) or container:
+        return Presence((), nodes, driver)
+    return Presence(nvidia_functions(root), nodes, driver)
+
+
+def nvidia_functions(root: Path = Path("/")) -> tuple[str, ...]:
+    """The NVIDIA display/3D PCI functions under `root`/sys/bus/pci/devices (0000:01:00.0, ...)."""
     try:
-        if container:
-            raise OSError("PCI devices are the host's")
         devices = sorted((root / "sys" / "bus" / "pci" / "devices").iterdir())
     except OSError:
-        devices = []
+        return ()
+    pci = []
     for dev in devices:
         try:
             vendor = (dev / "vendor").read_text().strip()
@@ -53,8 +62,7 @@ def presence(root: Path = Path("/"), container: bool = False) -> Presence:
             continue
         if vendor == NVIDIA_VENDOR and klass[:6] in DISPLAY_CLASSES:
             pci.append(dev.name)
-    nodes = (root / "dev" / "nvidiactl").exists() or (root / "dev" / "nvidia0").exists()
-    return Presence(tuple(pci), nodes, (root / "proc" / "driver" / "nvidia" / "version").exists())
+    return tuple(pci)
 
 
 @dataclass(frozen=True, slots=True)
