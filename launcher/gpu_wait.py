@@ -75,10 +75,12 @@ class WaitResult:
 
 
 def wait_for_gpu(timeout: float, look: Callable[[], Presence], nvml_ready: Callable[[], bool],
-                 clock: Callable[[], float], sleep: Callable[[float], None]) -> WaitResult:
+                 clock: Callable[[], float], sleep: Callable[[float], None],
+                 on_wait: Callable[[Presence], None] = lambda _p: None) -> WaitResult:
     """Wait until the driver is loaded and its device nodes exist (then, only if we had to wait, until NVML lists a
-    GPU), at most `timeout` seconds. A machine that is ready at once costs a few stat calls and no NVML; one with
-    no NVIDIA hardware or driver, or OGPU_GPU_WAIT=0, is not delayed at all."""
+    GPU), at most `timeout` seconds; `on_wait` hears what was seen when a wait begins. A machine that is ready at
+    once costs a few stat calls and no NVML; one with no NVIDIA hardware or driver, or OGPU_GPU_WAIT=0, is not
+    delayed at all."""
     first = look()
     if first.driver and first.nodes:
         return WaitResult(True, 0.0, "the driver is loaded")
@@ -86,6 +88,7 @@ def wait_for_gpu(timeout: float, look: Callable[[], Presence], nvml_ready: Calla
         return WaitResult(False, 0.0, "OGPU_GPU_WAIT=0")
     if not first.any:
         return WaitResult(False, 0.0, "no NVIDIA hardware or driver on this machine")
+    on_wait(first)
     start = clock()
     while True:
         now = look()

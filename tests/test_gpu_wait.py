@@ -58,8 +58,9 @@ class TestWaitForGpu:
         def look() -> Presence:
             return LOADED if clock.t - start >= 3 else HARDWARE
 
-        result = wait_for_gpu(30, look, lambda: clock.t - start >= 4, clock, clock.sleep)
-        assert result.ready and result.waited == 4.0
+        seen: list[Presence] = []
+        result = wait_for_gpu(30, look, lambda: clock.t - start >= 4, clock, clock.sleep, on_wait=seen.append)
+        assert result.ready and result.waited == 4.0 and seen == [HARDWARE]
 
     def test_the_wait_is_bounded(self) -> None:
         """A driver that never comes: give up after the timeout, not a poll later."""

@@ -332,7 +332,10 @@ def _wait_for_driver(settings: Settings, env: Mapping[str, str], log: Any) -> No
 
     container = in_container(env)
     result = wait_for_gpu(settings.gpu_wait, lambda: presence(container=container), nvml_probe(), time.monotonic,
-                          time.sleep)
+                          time.sleep, on_wait=lambda seen: log.info(
+                              "gpu_driver_waiting", up_to=settings.gpu_wait, pci_functions=len(seen.pci),
+                              device_nodes=seen.nodes, driver_loaded=seen.driver,
+                              meaning="NVIDIA hardware without a ready driver: Ollama starts once it is up"))
     if result.waited and result.ready:
         log.info("gpu_driver_ready", waited=round(result.waited, 1))
     elif result.waited:
