@@ -38,6 +38,7 @@ class NativeBuild:
     mock_nvml_dir: Path  # holds libnvidia-ml.so.1 (mocknvml.c, scripted by MOCKNVML_STATE)
     mock_novareserve_dir: Path  # libcuda.so.1 without cuMemAddressReserve
     mock_stub_dir: Path  # .../stubs/libcuda.so.1 that is always a stub (error 34), like the CUDA toolkit's
+    mock_fabric_dir: Path  # libcuda.so.1 whose cuInit returns 802 (NVSwitch fabric manager not running) by default
     ggml_cuda: Path  # libggml-cuda.so (DT_NEEDED libcuda.so.1)
     probe: Path
     probe_direct: Path  # linked against libcuda.so.1
@@ -88,6 +89,7 @@ def layout(root: Path) -> NativeBuild:
         mock_nvml_dir=root / "mock-nvml",
         mock_novareserve_dir=root / "mock-novareserve",
         mock_stub_dir=root / "mock-stub" / "stubs",
+        mock_fabric_dir=root / "mock-fabric",
         ggml_cuda=root / "ggml" / "libggml-cuda.so",
         probe=root / "probe",
         probe_direct=root / "probe_direct",
@@ -119,14 +121,16 @@ def _build_all(b: NativeBuild) -> None:
     cc = shlex.split(_cc())
     src = HERE
     lib = [*cc, *CFLAGS, "-shared", "-fPIC"]
-    for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent,
-              b.libcaller.parent / "deps"):
+    for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.mock_fabric_dir,
+              b.ggml_cuda.parent, b.libcaller.parent / "deps"):
         d.mkdir(parents=True, exist_ok=True)
     soname = "-Wl,-soname,libcuda.so.1"
     _run([*lib, soname, "-o", str(b.mock_dir / "libcuda.so.1"), str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_NO_VA_RESERVE", "-o", str(b.mock_novareserve_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_ALWAYS_STUB", "-o", str(b.mock_stub_dir / "libcuda.so.1"),
+          str(src / "mockcuda.c"), "-lpthread"], src)
+    _run([*lib, soname, "-DMOCKCUDA_INIT_ERROR_DEFAULT=802", "-o", str(b.mock_fabric_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, "-Wl,-soname,libnvidia-ml.so.1", "-o", str(b.mock_nvml_dir / "libnvidia-ml.so.1"),
           str(src / "mocknvml.c")], src)

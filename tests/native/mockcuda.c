@@ -10,6 +10,8 @@
  *                           unset; default 1.
  *   MOCKCUDA_DRIVER_VERSION what cuDriverGetVersion reports (default 13000).
  *   MOCKCUDA_INIT_ERROR     cuInit returns this CUresult (e.g. 999, 100, 803) and the driver stays uninitialised.
+ *                           Built with -DMOCKCUDA_INIT_ERROR_DEFAULT=n, n when the variable is unset (a failing
+ *                           driver a test swaps in under a running process tree whose environment is fixed).
  *   MOCKCUDA_STUB=1         behave like the toolkit's stubs/libcuda.so: every call returns 34
  *                           (CUDA_ERROR_STUB_LIBRARY). Built with -DMOCKCUDA_ALWAYS_STUB the library is a stub
  *                           whatever the environment (tests put it in a `stubs/` directory, first on the path).
@@ -247,6 +249,10 @@ EXPORT CUresult cuInit(unsigned int flags)
     if (flags != 0)
         return INVALID_VALUE;
     const char *e = getenv("MOCKCUDA_INIT_ERROR");
+#ifdef MOCKCUDA_INIT_ERROR_DEFAULT
+    if (!e)
+        return MOCKCUDA_INIT_ERROR_DEFAULT;
+#endif
     if (e && atoi(e) != 0)
         return atoi(e);
     pthread_mutex_lock(&init_lock);
