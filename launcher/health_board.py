@@ -33,11 +33,15 @@ class HealthBoard:
     gpus_appeared: bool = False  # NVML listed GPUs after it had been unavailable (the boot race, a late driver)
     resumes: list[dict[str, Any]] = field(default_factory=list)  # the newest few host resumes: {t, slept}
     cuda_probe: dict[str, Any] | None = None  # the CUDA init probe after the latest resume
+    resume_signal: dict[str, Any] | None = None  # logind's listener: {via, tool, state}; None: the clock gap only
 
     def add(self, event: Event) -> bool:
         """Take an event; True when it was a health event (others are ignored)."""
         if event.source == "supervisor" and event.kind == "cuda_probe":
             self.cuda_probe = _thaw(event.data)
+            return True
+        if event.source == "supervisor" and event.kind == "resume_signal":
+            self.resume_signal = _thaw(event.data)
             return True
         if event.source == "supervisor" and event.kind == "resumed":
             self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept")}]
@@ -120,7 +124,8 @@ class HealthBoard:
                 "advice": self.advice(),
                 "degraded": self.state not in (None, OK) or bool(self.cuda_probe and not self.cuda_probe.get("ok")),
                 "cuda_probe": self.cuda_probe,
-                "in_container": self.in_container, "resumes": list(self.resumes)}
+                "in_container": self.in_container, "resumes": list(self.resumes),
+                "resume_signal": self.resume_signal}
 
 
 def _thaw(value: Any) -> Any:

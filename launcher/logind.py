@@ -132,6 +132,7 @@ class Backoff:
     """When to start a dead listener again: 1 s, doubling up to a minute; None (give up) after GIVE_UP_AFTER quick
     failures in a row. A child that ran STEADY seconds resets the count."""
 
+    first: float = BACKOFF_FIRST
     quick: int = 0
 
     def after_exit(self, lived: float) -> float | None:
@@ -139,7 +140,7 @@ class Backoff:
         self.quick = 0 if lived >= STEADY else self.quick + 1
         if self.quick >= GIVE_UP_AFTER:
             return None
-        return min(BACKOFF_FIRST * 2 ** max(self.quick - 1, 0), BACKOFF_MAX)
+        return min(self.first * 2 ** max(self.quick - 1, 0), BACKOFF_MAX)
 
 
 @dataclass
@@ -152,7 +153,9 @@ class SleepListener:
     registry: ChildRegistry
     on_resume: Callable[[], None]
     on_sleep: Callable[[], None] = lambda: None
+    on_state: Callable[[str], None] = lambda _state: None  # "listening" at the first start, "given_up" at the end
     clock: Callable[[], float] = time.monotonic
+    backoff: Backoff = field(default_factory=Backoff)
     bad: int = 0  # unreadable PrepareForSleep lines, over every child
     starts: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -173,7 +176,7 @@ class SleepListener:
         return self
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = self.backoff
         try:
             while not self._stop.is_set():
                 started = self.clock()
@@ -182,6 +185,7 @@ class SleepListener:
                     return
                 delay = backoff.after_exit(self.clock() - started)
                 if delay is None:
+                    self.on_state("given_up")
                     log.info("logind_listener_given_up", tool=self.tool, exit=code, said=last, failures=backoff.quick,
                              consequence="resumes are found by the clock gap alone, at the next health check")
                     return
@@ -215,6 +219,7 @@ class SleepListener:
         if self.starts == 1:
             log.info("logind_listening", tool=self.tool, signal="PrepareForSleep",
                      meaning="a resume is checked the moment logind announces it")
+            self.on_state("listening")
         parser = SleepParser(gdbus=self.tool == "gdbus")
         with os.fdopen(data_r, "rb") as stream:
             self._read(stream, parser)
@@ -242,7 +247,8 @@ class SleepListener:
                 self.on_resume()
 
     def _end_child(self) -> None:
-        """Close our end of the control pipe (the shell then kills the tool) and reap the shell."""
+        """Close our end of the control pipe: the shell kills the tool, waits for it and exits; reap the shell (so
+        the tool is gone too). A tool that ignores SIGTERM gets SIGKILL with its group after a second."""
         with self._lock:
             child, control = self._child, self._control
             self._child, self._control = None, -1
@@ -256,13 +262,9 @@ class SleepListener:
             self.registry.wait(child, timeout=1.0)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop: kill the tool's group, reap it, end the thread."""
+        """Stop: end the tool (above), then the thread, which sees the tool's output end."""
         self._stop.set()
-        with self._lock:
-            child = self._child
-        if child is not None and not child.done.is_set():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGTERM)
+        self._end_child()
         if self._thread is not None:
             self._thread.join(timeout)
         self._end_child()
@@ -271,11 +273,15 @@ class SleepListener:
 
 
 def start_listener(env: Mapping[str, str], registry: ChildRegistry, on_resume: Callable[[], None],
+                   on_state: Callable[[str, str], None] = lambda _state, _tool: None,
                    which: Callable[..., str | None] = shutil.which) -> SleepListener | None:
-    """Listen for PrepareForSleep where a system bus and a tool are there; else one debug line and None."""
+    """Listen for PrepareForSleep where a system bus and a tool are there; else one debug line and None.
+    `on_state(state, tool)` hears "listening" once the tool first runs and "given_up" if it stops trying."""
     found = find_tool(env, which)
     if isinstance(found, str):
         log.debug("logind_not_followed", reason=found, fallback="resumes are found by the clock gap")
         return None
-    return SleepListener(found, tool_env(env), registry, on_resume).start()
+    tool = os.path.basename(found[0])
+    return SleepListener(found, tool_env(env), registry, on_resume,
+                         on_state=lambda state: on_state(state, tool)).start()
 

@@ -261,6 +261,29 @@ class TestSleepListener:
         assert "the bus went away" in exited[0]["said"]
         assert tool.alive() == []
 
+    def test_a_tool_that_keeps_failing_is_given_up_and_said_so(self, tmp_path: Path) -> None:
+        """A tool that exits at once every time (no bus access): restarted, then one given_up line and state after
+        GIVE_UP_AFTER runs. (The delays, 1 + 2 + 4 + 8 s, are TestBackoff's; here they are zero.)"""
+        import structlog
+
+        tool = FakeTool(tmp_path)
+        tool.path.write_text('#!/bin/sh\necho $$ >> "${0%/*}/pids"\n'
+                             'echo "Error connecting: Could not connect: Permission denied" >&2\nexit 1\n')
+        states: list[str] = []
+        found = find_tool(tool.env(alone=True))
+        assert isinstance(found, tuple)
+        with structlog.testing.capture_logs() as logs:
+            listener = SleepListener(found, tool_env(tool.env(alone=True)), ChildRegistry(), lambda: None,
+                                     on_state=states.append, backoff=Backoff(first=0.0)).start()
+            try:
+                wait_for(lambda: "given_up" in states, what="given up")
+            finally:
+                listener.close()
+        assert states == ["listening", "given_up"] and len(tool.pids()) == GIVE_UP_AFTER
+        assert [e["event"] for e in logs if e["event"].startswith("logind_listener")] == \
+            ["logind_listener_exited"] * (GIVE_UP_AFTER - 1) + ["logind_listener_given_up"]
+        assert "Permission denied" in logs[-1]["said"] and tool.alive() == []
+
     def test_no_listener_outlives_a_killed_supervisor(self, tmp_path: Path) -> None:
         """SIGKILL the process that runs the listener: the wrapper sees its pipe close and ends the tool."""
         tool = FakeTool(tmp_path)

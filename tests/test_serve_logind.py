@@ -6,6 +6,8 @@ and nothing is said above debug; the listener never outlives serve."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.logind_double import FakeTool
@@ -46,6 +48,10 @@ def test_logind_resume_checks_the_gpus_at_once_and_only_once(tmp_path: Path, lib
         status = run.status()[1]
         assert len(status["gpu_health"]["resumes"]) == 1 and status["restarts"] == restarts
         assert status["gpu_health"]["advice"] == []
+        assert status["gpu_health"]["resume_signal"] == {"via": "logind", "tool": "gdbus", "state": "listening"}
+        text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
+                              text=True, timeout=30, check=False).stdout
+        assert "Resumes: announced by logind (gdbus), and the clock gap." in text
         assert warnings(run.serve.err) == []
         assert tool.argv()[0].endswith("monitor --system --dest org.freedesktop.login1 --object-path "
                                        "/org/freedesktop/login1")
@@ -69,5 +75,6 @@ def test_without_a_system_bus_nothing_is_started_nor_said(tmp_path: Path, libs: 
         assert tool.argv() == []
         assert [e for e in run.serve.events() if "logind" in str(e.get("event")) and e.get("level") != "debug"] == []
         assert warnings(run.serve.err) == []
+        assert run.status()[1]["gpu_health"]["resume_signal"] is None
     finally:
         assert run.serve.stop() == 0

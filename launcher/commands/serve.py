@@ -270,7 +270,9 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
     if settings.health_interval > 0 and registry is not None:  # logind's PrepareForSleep, where it is reachable
         from launcher.logind import start_listener
 
-        listener = start_listener(env or {}, registry, poller.host_resumed)
+        listener = start_listener(env or {}, registry, poller.host_resumed, on_state=lambda state, tool: (
+            controller.sink(Event("supervisor", "resume_signal", now(), None,
+                                  {"via": "logind", "tool": tool, "state": state}))))
         if listener is not None:
             closers.append(listener.close)
     slot.controller = controller
