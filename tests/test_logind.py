@@ -308,3 +308,45 @@ class TestSleepListener:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+class WakeSampler:
+    """A sampler whose health check the poller runs; its resume watch is the real one on a fake gap."""
+
+    def __init__(self) -> None:
+        self.resume = ResumeWatch(FakeGap(), clock=FakeClock())
+        self.reported: list[float] = []
+        self.state = "open"
+
+    def start(self) -> list[object]:
+        return []
+
+    def sample(self) -> list[object]:
+        return []
+
+    def health(self) -> list[object]:
+        slept = self.resume.check()
+        if slept is not None:
+            self.reported.append(slept)
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+class TestPollerWake:
+    def test_host_resumed_runs_the_check_at_once_and_once(self) -> None:
+        """With an hour between samples, host_resumed() still has the NVML thread check at once; one report."""
+        from typing import Any, cast
+
+        from launcher.nvml_poller import NvmlPoller
+
+        sampler = WakeSampler()
+        poller = NvmlPoller(cast(Any, sampler), lambda _e: None, interval=3600, health_every=1).start()
+        try:
+            wait_for(lambda: sampler.resume.last is not None, what="the first check")
+            poller.host_resumed()
+            wait_for(lambda: sampler.reported, timeout=5, what="the check after the signal")
+            assert sampler.reported == [0.0] and sampler.resume.via == "logind"
+        finally:
+            poller.close()
