@@ -269,6 +269,7 @@ class Controller:
             "crash_restarts": {"recent": view.crash_recent, "max": view.crash_max},
             "restarts": view.restarts, "what_to_do": what,
             "gpu_health": health, "readiness_failure": not_ready,
+            "restart_container": not_ready,  # today the one readiness failure is one a container restart fixes
         }
 
     def _what_to_do(self, discovery: Mapping[str, Any], runners: list[dict[str, Any]]) -> str:

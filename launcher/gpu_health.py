@@ -12,6 +12,8 @@ longer enumerated). Checks run in the NVML thread, never in the supervisor's loo
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,37 @@ EVENT_DBE: Final = 0x4  # nvmlEventTypeDoubleBitEccError
 ECC_UNCORRECTED: Final = 1  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 ECC_VOLATILE: Final = 0  # NVML_VOLATILE_ECC: since the driver loaded
 
+# The control node every CUDA and NVML client opens first. NVML keeps the descriptors it opened at start, so a
+# device cgroup revoked later (a host `systemctl daemon-reload` under the systemd cgroup driver) or nodes taken away
+# do not fail its calls; only a fresh open() shows what a new runner will meet. Opening the control node is what
+# every `nvidia-smi` does; it starts no GPU and holds nothing (closed at once).
+DEVICE_NODES: Final = ("/dev/nvidiactl",)
+DENIED_ERRNOS: Final = frozenset({errno.EPERM, errno.EACCES})
+GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV})
+
+
+def open_errno(path: str) -> int:
+    """0 when `path` opens read-write (closed at once), else the errno."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    os.close(fd)
+    return 0
+
+
+def node_failure(nodes: Sequence[str], opener: Callable[[str], int]) -> NvmlFailure | None:
+    """The first node that no longer opens, as the failure NVML would give a new client: denied → NVML's
+    "Unknown Error" (what `nvidia-smi` prints in a container whose device access was revoked), gone → driver not
+    loaded. Other errnos (EBUSY, EINTR…) say nothing about access and are ignored."""
+    for path in nodes:
+        code = opener(path)
+        if code in DENIED_ERRNOS:
+            return NvmlFailure(ERROR_UNKNOWN, f"open({path}): {os.strerror(code)}")
+        if code in GONE_ERRNOS:
+            return NvmlFailure(ERROR_DRIVER_NOT_LOADED, f"open({path}): {os.strerror(code)}")
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class GpuHealth:
@@ -119,6 +152,9 @@ class HealthChecker:
     clock: Callable[[], float] = now
     last: tuple[GpuHealth, ...] | None = None
     xids: dict[str, list[int]] = field(default_factory=dict)
+    nodes: Sequence[str] | None = None  # the device nodes that opened at the first check (None: not yet looked)
+    candidates: Sequence[str] = DEVICE_NODES
+    opener: Callable[[str], int] = open_errno
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, force: bool = False) -> list[Event]:
@@ -141,7 +177,9 @@ class HealthChecker:
             return events + self._publish(self._read())
 
     def _read(self) -> tuple[GpuHealth, ...]:
-        system = self.nvml.call("nvmlSystemGetDriverVersion")
+        if self.nodes is None:  # only nodes that opened at start are watched (a container may have none)
+            self.nodes = tuple(n for n in self.candidates if self.opener(n) == 0)
+        system: Any = node_failure(self.nodes, self.opener) or self.nvml.call("nvmlSystemGetDriverVersion")
         out = []
         for gpu in self.gpus:
             if gpu.uuid is None:

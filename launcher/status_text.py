@@ -14,7 +14,7 @@ MAX_TEXT: Final = 150
 # "memory" (every runner's memory account) is shown under each runner that has one.
 KNOWN_KEYS: Final = frozenset({"running", "state", "mode", "ready", "discovery_acceptable", "ollama", "discovery",
                                "runners", "remedies", "crash_restarts", "restarts", "what_to_do", "memory",
-                               "gpu_health", "readiness_failure"})
+                               "gpu_health", "readiness_failure", "restart_container"})
 MAX_MEMORY_ADVICE: Final = 4
 DEVICE_COLUMNS: Final = (("device", "device"), ("state", "state"), ("uuid", "UUID"), ("pci_bus_id", "bus id"),
                          ("name", "name"), ("weights_mib", "weights MiB"), ("nvml_bytes", "NVML MiB"),

@@ -77,11 +77,11 @@ class TestShape:
         """Readiness is `ollama-gpu status --ready` (discovery's verdict: a pod with no model loaded gets ready)."""
         (container,) = one("DaemonSet")["spec"]["template"]["spec"]["containers"]
         assert container["readinessProbe"]["exec"]["command"] == ["ollama-gpu", "status", "--ready"]
-        live = container["livenessProbe"]["httpGet"]
-        assert live["port"] == "metrics"
+        # liveness restarts the container, readiness never does: revoked GPU access must fail liveness (issue 16)
+        assert container["livenessProbe"]["exec"]["command"] == ["ollama-gpu", "status", "--live"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         settings = {k: v for k, v, _ in read_env_file(env_file, required=True)}
-        assert settings["OGPU_METRICS_ADDR"].endswith(f":{ports['metrics']}")  # liveness needs the metrics server
+        assert settings["OGPU_METRICS_ADDR"].endswith(f":{ports['metrics']}")  # the Service scrapes it
 
     def test_configmap_is_our_env_file(self, tmp_path: Path, env_file: Path) -> None:
         """The ConfigMap's key is mounted as /etc/ollama-gpu/ollama-gpu.env and loads as valid configuration."""

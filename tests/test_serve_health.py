@@ -42,8 +42,8 @@ def health(run: Run, state: str) -> dict[str, Any]:
     return run.wait_status(lambda s: (s.get("gpu_health") or {}).get("state") == state, f"gpu health {state}")
 
 
-def ready(run: Run) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "--ready"], env=run.env,
+def ready(run: Run, probe: str = "--ready") -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "status", probe], env=run.env,
                           capture_output=True, text=True, timeout=30, check=False)
     return proc.returncode, proc.stdout
 
@@ -71,20 +71,24 @@ def test_a_healthy_run_has_one_health_event_and_nothing_else(tmp_path: Path, lib
 def test_revoked_access_in_a_container_fails_readiness(tmp_path: Path, libs: native.NativeLibs,
                                                        cache_dir: Path) -> None:
     """NVML "Unknown Error" (999) inside a Kubernetes pod: access_denied, `status --ready` exits 1 naming the
-    container restart; the supervisor restarts nothing itself. Access back: ready again."""
+    container restart, and so does `status --live` (the probe that makes the kubelet restart the container); the
+    supervisor restarts nothing itself. Access back: ready and alive again."""
     run, script = start(tmp_path, libs, cache_dir, KUBERNETES_SERVICE_HOST="10.0.0.1")
     try:
         health(run, "ok")
+        assert ready(run, "--live") == (0, "alive\n")
         restarts = run.status()[1]["restarts"]
         script.set(count=1, all=999)
         status = health(run, "access_denied")
         code, out = ready(run)
         assert code == 1 and "restart the container" in out, out
+        code, out = ready(run, "--live")
+        assert code == 1 and out.startswith("restart the container: GPU access lost inside the container"), out
         assert status["gpu_health"]["gpus"][0]["cause"] == "container_gpu_access_lost"
         assert status["restarts"] == restarts
         script.set(count=1)
         health(run, "ok")
-        assert ready(run)[0] == 0
+        assert ready(run)[0] == 0 and ready(run, "--live")[0] == 0
     finally:
         assert run.serve.stop() == 0
 
@@ -100,6 +104,7 @@ def test_driver_mismatch_is_advised_and_readiness_stays_up(tmp_path: Path, libs:
         status = health(run, "driver_mismatch")
         assert status["gpu_health"]["degraded"] is True and "reboot" in status["what_to_do"]
         assert ready(run)[0] == 0 and status["restarts"] == restarts
+        assert ready(run, "--live")[0] == 0  # a container restart cannot fix a host driver: never asked for
         text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
                               text=True, timeout=30, check=False).stdout
         assert "driver_mismatch" in text

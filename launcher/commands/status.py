@@ -1,4 +1,4 @@
-"""`ollama-gpu status [--json] [--ready]`: what the running supervisor knows, from its status socket."""
+"""`ollama-gpu status [--json] [--ready | --live]`: what the running supervisor knows, from its status socket."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from launcher.status_text import render, text
 HELP = "show the running supervisor's verdicts, causes, remedies and budgets"
 EPILOG = ("exit codes: 0 every verdict is gpu (degraded included) or cpu_expected; 1 a cpu_fallback, partial_offload "
           "or crash; 3 no supervisor answers for this OLLAMA_HOST, or the outcome is still unknown. With --ready: 0 "
-          "ready, 1 not ready, 3 not running.")
+          "ready, 1 not ready, 3 not running. With --live: 0 the supervisor answers, 1 only a restart of the container "
+          "can fix what happened (GPU access revoked), 3 not running.")
 BAD_FIRST = ("crash", "cpu_fallback", "partial_offload", "unknown", "cpu_expected", "gpu")
 
 
@@ -23,8 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `status`."""
     parser.epilog = EPILOG
     parser.add_argument("--json", action="store_true", help="print the whole status as one JSON object")
-    parser.add_argument("--ready", action="store_true",
-                        help="health check: exit 0 when Ollama answers and the discovery verdict is acceptable")
+    probe = parser.add_mutually_exclusive_group()
+    probe.add_argument("--ready", action="store_true",
+                       help="readiness check: exit 0 when Ollama answers and the discovery verdict is acceptable")
+    probe.add_argument("--live", action="store_true",
+                       help="liveness check: exit 0 while the supervisor answers, 1 when only restarting the "
+                            "container can fix it (its GPU access was revoked)")
 
 
 def overall(status: dict[str, Any]) -> str:
@@ -49,6 +54,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             print(f"no ollama-gpu supervisor answers for {ctx.settings.host.netloc} (socket {path})",
                   file=sys.stderr)
         return Exit.NOT_RUNNING
+    if args.live:  # issue 16: a readiness probe restarts nothing; the liveness probe is what restarts a container
+        failure = status.get("restart_container")
+        if args.json:
+            json.dump({"alive": not failure, "state": status.get("state"), "reason": failure}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(f"restart the container: {text(failure, 600)}" if failure else "alive")
+        return VerdictExit.BAD if failure else Exit.OK
     if args.ready:
         failure = status.get("readiness_failure")  # issue 16: GPU access revoked inside a container
         ok = bool(status.get("ready")) and bool(status.get("discovery_acceptable", True)) and not failure

@@ -774,6 +774,231 @@ def sigkill(stack: Stack, sc: Scenario) -> None:
 RELEASE_S = 5.0  # seconds after the 1 s budget for the driver to release a killed runner's memory
 
 
+# --- issue 16: GPU health after start on the real driver ------------------------------------------------------------
+
+# Covers every /dev/nvidia* character node, in the calling mount namespace only, with the same device number made on
+# a `nodev` tmpfs: open() then fails with EACCES, as it fails (EPERM) for a container whose device cgroup a host
+# `systemctl daemon-reload` revoked. The GPU, its settings and the modules are untouched; the namespace is private.
+COVER = r"""
+d=$(mktemp -d /tmp/ogpu-revoke.XXXXXX) || exit 1
+mount -t tmpfs -o nodev,size=64k ogpu-revoke "$d" || exit 1
+n=0
+for f in /dev/nvidia*; do
+  [ -c "$f" ] || continue
+  b=${f##*/}
+  mknod "$d/$b" c $((0x$(stat -c %t "$f"))) $((0x$(stat -c %T "$f"))) && mount --bind "$d/$b" "$f" && n=$((n+1))
+done
+echo "covered $n"
+"""
+UNCOVER = r"""for f in /dev/nvidia*; do umount "$f" 2>/dev/null; done; echo uncovered"""
+
+# In a private mount namespace: a long-lived NVML session (opened before the nodes are covered, as the supervisor's
+# is), read again after covering them, against a fresh open() of the control node and a fresh `nvidia-smi`.
+NVML_UNDER_COVER = r"""
+import json, subprocess, sys
+from launcher.gpu_health import HealthChecker
+from launcher.nvml import Nvml
+nvml = Nvml(); state = nvml.open()
+def states(c):
+    ev = c.check(force=True)
+    return [(g["state"], g["reason"]) for g in ev[0].data["gpus"]] if ev else None
+nvml_only = HealthChecker(nvml, state.gpus, candidates=())
+with_nodes = HealthChecker(nvml, state.gpus)
+out = {"before": {"nvml_only": states(nvml_only), "with_nodes": states(with_nodes), "watched": with_nodes.nodes}}
+out["cover"] = subprocess.run(["sh", "-c", sys.argv[1]], capture_output=True, text=True).stdout.strip()
+smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+out["after"] = {"nvml_only": states(nvml_only), "with_nodes": states(with_nodes),
+                "nvidia_smi": [smi.returncode, (smi.stdout + smi.stderr).strip()[:300]]}
+nvml.close()
+print(json.dumps(out))
+"""
+
+
+def health_nvml(stack: Stack, sc: Scenario) -> None:
+    """The health check and NVML's Xid/ECC event set against the real driver: what registers, what one check and
+    one memory sample cost in CPU, what the event wait costs while nothing happens; then, in a private mount
+    namespace, whether a long-lived NVML session notices device nodes taken away (and whether our open() does)."""
+    from launcher.gpu_health import HealthChecker, XidWatcher
+    from launcher.nvml import Nvml, NvmlFailure, NvmlSampler
+
+    sampler = NvmlSampler(nvml=Nvml())
+    sampler.start()
+    state = sampler.state
+    if not sc.check("NVML opens on the real driver", state is not None and state.available,
+                    getattr(state, "reason", None)):
+        sampler.close()
+        return
+    assert state is not None
+    sc.got.append(f"driver {state.driver_version}, {len(state.gpus)} GPU(s)")
+    checker = HealthChecker(sampler.nvml, state.gpus)
+    first = checker.check()
+    got = [g["state"] for g in first[0].data["gpus"]] if first else []
+    sc.check("first check: every GPU ok, the control node watched", got and set(got) == {"ok"}
+             and checker.nodes == ("/dev/nvidiactl",), f"{got} nodes={checker.nodes}")
+    masks = []
+    for index, handle in sampler.nvml.handles:
+        supported = sampler.nvml.call("nvmlDeviceGetSupportedEventTypes", handle)
+        masks.append(f"GPU{index}: {supported if isinstance(supported, NvmlFailure) else hex(int(supported))}")
+    sc.got.append("supported event types " + ", ".join(masks))
+    events: list[Event] = []
+    watcher = XidWatcher(sampler.nvml, checker, events.append).start()
+    wait_for(lambda: watcher.registered or not watcher.alive, 10, 0.05)
+    sc.check("the Xid/ECC event set registers on every GPU", watcher.registered == len(state.gpus),
+             f"registered {watcher.registered}/{len(state.gpus)}")
+    n = 200
+    c0 = time.thread_time()
+    for _ in range(n):
+        checker.check()
+    per_check = (time.thread_time() - c0) / n
+    c0 = time.thread_time()
+    for _ in range(n):
+        sampler.sample()
+    per_sample = (time.thread_time() - c0) / n
+    p0, w0 = time.process_time(), time.monotonic()
+    time.sleep(10)  # the watcher waits in nvmlEventSetWait_v2 (1 s at a time); nothing else runs in this process
+    idle = (time.process_time() - p0) / (time.monotonic() - w0)
+    watcher.close()
+    sampler.close()
+    sc.metrics.update(check_us=round(per_check * 1e6, 1), sample_us=round(per_sample * 1e6, 1),
+                      check_pct_core_5s=round(per_check / 5 * 100, 4),
+                      check_cpu_s_per_hour_5s=round(per_check * 3600 / 5, 3),
+                      event_wait_pct_core=round(idle * 100, 4))
+    sc.check("no health change and no Xid while idle", not [e for e in events if e.kind in ("gpu_health", "xid")],
+             [e.kind for e in events])
+    sc.check("health checks at the default 5 s cost under 0.05 % of a core", per_check / 5 < 0.0005,
+             f"{per_check * 1e6:.0f} us per check")
+    if shutil.which("unshare") is None:
+        sc.notes.append("unshare missing: the covered-node part did not run")
+        return
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", NVML_UNDER_COVER,
+                           COVER], capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    try:
+        cover = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        sc.check("covered-node run printed its result", False, (done.stderr or done.stdout)[-400:])
+        return
+    sc.got.append(f"covered: {json.dumps(cover)[:600]}")
+    after = cover["after"]
+    sc.check("with the nodes covered, the fresh open() makes every GPU access_denied",
+             after["with_nodes"] and {s for s, _ in after["with_nodes"]} == {"access_denied"}, after["with_nodes"])
+    sc.check("a fresh nvidia-smi fails there too (what a new runner meets)", after["nvidia_smi"][0] != 0,
+             after["nvidia_smi"])
+    sc.notes.append("long-lived NVML session alone after covering: "
+                    f"{after['nvml_only']} (the reason the check also opens /dev/nvidiactl)")
+
+
+def supervisor_cpu(srv: Server, seconds: float) -> float:
+    """% of one core the supervisor process used over `seconds` of wall time."""
+    proc = psutil.Process(srv.proc.pid)
+    t0, c0 = time.monotonic(), sum(proc.cpu_times()[:2])
+    time.sleep(seconds)
+    return (sum(proc.cpu_times()[:2]) - c0) / (time.monotonic() - t0) * 100
+
+
+def health_idle(stack: Stack, sc: Scenario) -> None:
+    """A healthy run with health checks on (the defaults: every 5 s, Xid events) and a model on the GPU, idle: one
+    gpu_health event (ok), no health warning, no restart; the supervisor's idle CPU, with checks on and off."""
+    idle_s = float(os.environ.get("HEALTH_IDLE_S", "45"))
+    for label, extra in (("on", {}), ("off", {"OGPU_HEALTH_INTERVAL": "0"})):
+        srv = Server(stack, f"health-idle-{label}", extra)
+        try:
+            sc.check(f"{label}: ready", srv.wait_ready(READY_S))
+            if label == "on":
+                runner = loaded_runner(srv, sc, stack.models["tiny"])
+                if runner is not None:
+                    rv = wait_verdict(srv, f"runner {runner.pid}", settled)
+                    sc.check("on: the runner is on the GPU", rv is not None and vtext(rv).startswith("gpu/"), vtext(rv))
+                time.sleep(3)
+            sc.metrics[f"idle_cpu_pct_{label}"] = round(supervisor_cpu(srv, idle_s), 3)
+            sc.metrics[f"rss_mib_{label}"] = round(psutil.Process(srv.proc.pid).memory_info().rss / 2**20, 1)
+            if label != "on":
+                continue
+            health = [e for e in srv.events() if e.kind == "gpu_health"]
+            sc.got.append(f"gpu_health events: {[[g['state'] for g in e.data['gpus']] for e in health]}")
+            sc.check("on: exactly one gpu_health event, every GPU ok", len(health) == 1
+                     and {g["state"] for g in health[0].data["gpus"]} == {"ok"}, len(health))
+            lines = srv.our_lines()
+            warned = [e.get("event") for e in lines if e.get("level") in ("warning", "error")]
+            sc.check("on: no warning or error line", not warned, warned)
+            events = {e.get("event") for e in lines}
+            sc.got.append("nvml events: " + ("unavailable" if "nvml_events_unavailable" in events else "registered"))
+            sc.check("on: no restart", not of_kind(srv.events(), "supervisor", "restarted"))
+            st = srv.status() or {}
+            sc.check("on: status gpu_health ok, no advice", (st.get("gpu_health") or {}).get("state") == "ok"
+                     and not (st.get("gpu_health") or {}).get("advice"), st.get("gpu_health"))
+        finally:
+            srv.stop()
+    on = sc.metrics.get("idle_cpu_pct_on")
+    sc.check("idle supervisor CPU with health checks on <= 0.5 % of a core", on is not None and on <= 0.5, on)
+
+
+def ready_exit(srv: Server) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "--ready"], env=srv.env,
+                          capture_output=True, text=True, timeout=20, check=False, cwd=srv.dir)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def revoked_access(stack: Stack, sc: Scenario) -> None:
+    """A container (KUBERNETES_SERVICE_HOST) whose device access is taken away while a runner is on the GPU: serve
+    runs in its own mount namespace, where the /dev/nvidia* nodes are then covered (nodev). The health check says
+    access_denied, `status --ready` fails naming the container restart, a new runner falls back to the CPU; with
+    the nodes back, health is ok and ready again. Nothing on the GPU or the host is changed."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        sc.check("unshare and nsenter present", False)
+        return
+    srv = Server(stack, "revoked-access", {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "OGPU_HEALTH_INTERVAL": "1"},
+                 prefix=["unshare", "--mount", "--propagation", "private"])
+    covered = False
+    try:
+        sc.check("ready", srv.wait_ready(READY_S))
+        runner = loaded_runner(srv, sc, stack.models["tiny"])
+        if runner is not None:
+            rv = wait_verdict(srv, f"runner {runner.pid}", settled)
+            sc.check("the first runner is on the GPU", rv is not None and vtext(rv).startswith("gpu/"), vtext(rv))
+        sc.check("ready before", ready_exit(srv)[0] == 0)
+        cover = subprocess.run(["nsenter", "--target", str(srv.proc.pid), "--mount", "sh", "-c", COVER],
+                               capture_output=True, text=True, timeout=30, check=False)
+        covered = cover.returncode == 0
+        sc.got.append(f"cover: {(cover.stdout + cover.stderr).strip()[:200]}")
+        if not sc.check("device nodes covered in serve's namespace", covered and "covered 0" not in cover.stdout,
+                        cover.stderr[-300:]):
+            return
+        t0 = time.monotonic()
+
+        def denied() -> dict[str, Any] | None:
+            st = srv.status() or {}
+            return st if (st.get("gpu_health") or {}).get("state") == "access_denied" else None
+        st = wait_for(denied, 15, 0.2)
+        sc.metrics["access_denied_after_s"] = round(time.monotonic() - t0, 2) if st else -1
+        sc.check("status: access_denied, cause container_gpu_access_lost", st is not None and
+                 {g.get("cause") for g in st["gpu_health"]["gpus"]} == {"container_gpu_access_lost"},
+                 (st or {}).get("gpu_health"))
+        code, text = ready_exit(srv)
+        sc.got.append(f"status --ready: {code} {text[:200]}")
+        sc.check("status --ready exits 1 naming the container restart", code == 1 and "restart the container" in text,
+                 text)
+        second = loaded_runner(srv, sc, stack.models["tiny"], num_ctx=4096)  # another num_ctx: a new runner
+        if second is not None:
+            rv = wait_verdict(srv, f"runner {second.pid}", decided)
+            sc.got.append(f"new runner {vtext(rv)}")
+            inits = [e.data for e in shim_of(srv.events(), second.pid) if e.kind == "cu_init"]
+            sc.got.append(f"new runner cuInit: {inits[:2]}")
+            sc.check("the new runner is not on the GPU", rv is not None and not vtext(rv).startswith("gpu/"),
+                     vtext(rv))
+        sc.check("no restart by us", not of_kind(srv.events(), "supervisor", "restarted"))
+        undo = subprocess.run(["nsenter", "--target", str(srv.proc.pid), "--mount", "sh", "-c", UNCOVER],
+                              capture_output=True, text=True, timeout=30, check=False)
+        covered = undo.returncode != 0
+        back = wait_for(lambda: (srv.status() or {}).get("gpu_health", {}).get("state") == "ok", 15, 0.2)
+        sc.check("nodes back: health ok and ready again", bool(back) and ready_exit(srv)[0] == 0)
+    finally:
+        if covered and srv.alive():
+            subprocess.run(["nsenter", "--target", str(srv.proc.pid), "--mount", "sh", "-c", UNCOVER],
+                           capture_output=True, timeout=30, check=False)
+        srv.stop()
+
+
 def _running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -802,14 +1027,21 @@ SCENARIOS: list[tuple[str, Callable[[Stack, Scenario], None], str, str]] = [
      "device_filter_hides_gpu -> 1 restart -> both"),
     ("sigkill", sigkill, "the supervisor SIGKILLed with a real runner loaded: its tree is gone within 1 s",
      "0 processes left, GPU memory released"),
+    ("health-nvml", health_nvml, "issue 16: health check + Xid event set on the real driver; covered nodes",
+     "registered, cheap; access_denied via open()"),
+    ("health-idle", health_idle, "issue 16: a healthy idle run with health checks on: one ok event, idle CPU",
+     "1 gpu_health (ok), no warning, <=0.5 % core"),
+    ("revoked-access", revoked_access, "issue 16: device nodes taken away in serve's namespace (a container)",
+     "access_denied, --ready fails, back: ok"),
 ]
 # The order of a run: the scenarios of several GPUs (skipped on one), the healthy case and the speed pairs, then the
 # faults, then the cheap figures.
 ORDER = ("multi-split", "multi-filter-op", "multi-stale", "healthy", "bench-tg", "bench-control", "filter-override",
-         "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "sigkill", "llama-bench",
-         "launch")
+         "driver-unreachable", "stub-first", "backend-unloadable", "filter-operator", "sigkill", "health-nvml",
+         "health-idle", "revoked-access", "llama-bench", "launch")
 NEED_S = {"bench-tg": 60, "bench-control": 60, "llama-bench": 45, "launch": 30, "multi-filter-op": 80,
-          "multi-stale": 70}  # seconds a step needs to be started (others: 45)
+          "multi-stale": 70, "health-nvml": 40, "health-idle": 130,
+          "revoked-access": 80}  # seconds a step needs to be started (others: 45)
 
 
 # --- benchmarks ---------------------------------------------------------------------------------------------------
