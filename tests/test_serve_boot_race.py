@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ import pytest
 from tests.native.build import native_build
 from tests.nvml_double import NvmlScript
 from tests.ollama_sim import native
-from tests.serve_helpers import free_port
+from tests.serve_helpers import descendants, free_port, wait_for
 from tests.test_serve_remedies import Run, discovery
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -162,6 +163,25 @@ class TestLateGpu:
             assert run.generate()["done"] is True
             run.wait_status(lambda s: s["runners"] and s["runners"][-1]["outcome"] == "gpu", "gpu runner")
             assert run.status()[1]["restarts"] == 1
+        finally:
+            assert run.stop() == 0
+
+    def test_a_loaded_model_defers_the_restart_until_idle(self, tmp_path: Path, libs: native.NativeLibs,
+                                                          cache_dir: Path) -> None:
+        """A model is loaded (on the CPU) when the driver comes up: the restart is decided but deferred while the
+        runner lives; once the model is unloaded, one restart, and discovery sees the GPU."""
+        machine = Machine(tmp_path / "machine")
+        run = self.started_without_gpu(machine, tmp_path, libs, cache_dir)
+        try:
+            assert run.generate()["done"] is True
+            runner = wait_for(lambda: [p for p in descendants(run.serve.pid) if "--model" in p.cmdline()],
+                              what="a model runner")[0]
+            machine.driver_up(libs)
+            run.serve.wait_event("restart_deferred", timeout=30)
+            assert run.status()[1]["restarts"] == 0 and runner.is_running()
+            os.kill(runner.pid, signal.SIGKILL)  # the model is unloaded: Ollama is idle
+            run.wait_status(lambda s: s["restarts"] == 1 and discovery(s) == ("gpu", "none") and s["ready"],
+                            "restarted once idle, GPU discovered")
         finally:
             assert run.stop() == 0
 

@@ -47,7 +47,7 @@ def test_logind_resume_checks_the_gpus_at_once_and_only_once(tmp_path: Path, lib
         assert [e.kind for e in recorded(tmp_path) if e.kind in ("resumed", "cuda_probe")] == ["resumed", "cuda_probe"]
         status = run.status()[1]
         assert len(status["gpu_health"]["resumes"]) == 1 and status["restarts"] == restarts
-        assert status["gpu_health"]["advice"] == []
+        assert status["gpu_health"]["advice"] == [] and status["remedies"]["applied"] == []
         assert status["gpu_health"]["resume_signal"] == {"via": "logind", "tool": "gdbus", "state": "listening"}
         text = subprocess.run([sys.executable, "-m", "launcher.cli", "status"], env=run.env, capture_output=True,
                               text=True, timeout=30, check=False).stdout
