@@ -199,6 +199,7 @@ class SleepListener:
         """Run the tool until its output ends; (its exit code, the last line it said that was not a signal)."""
         data_r, data_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
+        spawned = False
         try:
             with self._lock:
                 if self._stop.is_set():
@@ -212,7 +213,10 @@ class SleepListener:
                 self._child, self._control = child, control_w
                 control_w = -1
                 self.starts += 1
+                spawned = True
         finally:
+            if not spawned:  # nothing will read it
+                os.close(data_r)
             for fd in (data_w, control_r, control_w):
                 if fd >= 0:
                     os.close(fd)

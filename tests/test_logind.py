@@ -284,6 +284,16 @@ class TestSleepListener:
             ["logind_listener_exited"] * (GIVE_UP_AFTER - 1) + ["logind_listener_given_up"]
         assert "Permission denied" in logs[-1]["said"] and tool.alive() == []
 
+    def test_no_descriptor_is_left_behind(self, tmp_path: Path) -> None:
+        """A listener whose tool died and was restarted, then closed: the process has the descriptors it had."""
+        tool = FakeTool(tmp_path)
+        before = len(os.listdir("/proc/self/fd"))
+        listener, calls = listen(tool, ChildRegistry())
+        tool.die()
+        wait_for(lambda: len(tool.pids()) == 2, timeout=10, what="a second tool")
+        listener.close()
+        assert len(os.listdir("/proc/self/fd")) == before and tool.alive() == [] and calls == []
+
     def test_no_listener_outlives_a_killed_supervisor(self, tmp_path: Path) -> None:
         """SIGKILL the process that runs the listener: the wrapper sees its pipe close and ends the tool."""
         tool = FakeTool(tmp_path)
