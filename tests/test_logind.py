@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,23 @@ from launcher.resume import SAME_SLEEP, THRESHOLD, ResumeWatch
 from tests.cli_helpers import REPO
 from tests.logind_double import GDBUS, MONITOR, FakeTool
 from tests.serve_helpers import wait_for
+
+
+@pytest.fixture(autouse=True)
+def _every_level_logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever level an earlier test configured (launcher.log keeps it, and structlog's filtering wrapper), these
+    tests see every line, debug included; the configuration is restored after."""
+    import logging
+
+    import structlog
+
+    import launcher.log
+
+    monkeypatch.setattr(launcher.log, "_level", logging.NOTSET)
+    old = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(**old)
 
 
 class TestFindTool:
