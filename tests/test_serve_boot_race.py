@@ -140,9 +140,13 @@ class TestLateGpu:
     def started_without_gpu(self, machine: Machine, tmp: Path, libs: native.NativeLibs, cache: Path,
                             **kw: object) -> Run:
         run = machine.run(tmp, libs, cache, wait="0", **kw)  # type: ignore[arg-type]
-        run.ready()
-        run.wait_status(lambda s: s["discovery"]["outcome"] != "gpu" and not s["discovery"]["pending"],
-                        "no GPU found")
+        try:
+            run.ready()
+            run.wait_status(lambda s: s["discovery"]["outcome"] != "gpu" and not s["discovery"]["pending"],
+                            "no GPU found")
+        except BaseException:
+            run.stop()  # never leave a serve behind when the precondition fails
+            raise
         return run
 
     def test_one_restart_when_idle_then_discovery_sees_the_gpu(self, tmp_path: Path, libs: native.NativeLibs,
