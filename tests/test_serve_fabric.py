@@ -41,8 +41,8 @@ def test_fabric_manager_stopped_after_start_is_advised_never_restarted(tmp_path:
     script.set(count=1)
     run = Run(tmp_path, libs, cache_dir, ld_library_path=f"{driver}:{native_build().mock_nvml_dir}",
               MOCKNVML_STATE=str(script.path), OGPU_HEALTH_INTERVAL="1", OGPU_RECORD=str(tmp_path / "events.jsonl"))
-    run.ready()
     try:
+        run.ready()
         run.wait_status(lambda s: discovery(s) == ("gpu", "none"), "gpu discovery")
         swap(link, native_build().mock_fabric_dir / "libcuda.so.1")
         assert run.generate()["done"] is True  # served, on the CPU
