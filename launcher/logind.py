@@ -140,7 +140,7 @@ class Backoff:
         self.quick = 0 if lived >= STEADY else self.quick + 1
         if self.quick >= GIVE_UP_AFTER:
             return None
-        return min(self.first * 2 ** max(self.quick - 1, 0), BACKOFF_MAX)
+        return float(min(self.first * 2 ** max(self.quick - 1, 0), BACKOFF_MAX))
 
 
 @dataclass
