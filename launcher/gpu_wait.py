@@ -36,15 +36,24 @@ class Presence:
 
 
 def presence(root: Path = Path("/"), container: bool = False) -> Presence:
-    """Read /sys, /dev and /proc under `root`; unreadable entries are absent. In a container the host's PCI devices
-    are no evidence (a container without the GPU runtime sees them and never gets a driver): nodes and driver only."""
-    pci = []
+    """Read /dev, /proc and /sys under `root`; unreadable entries are absent. A loaded driver with its device nodes
+    costs three stat calls: the PCI scan, which only matters while the driver is missing, is skipped (`pci` is then
+    empty). In a container the host's PCI devices are no evidence (a container without the GPU runtime sees them and
+    never gets a driver): nodes and driver only."""
+    nodes = (root / "dev" / "nvidiactl").exists() or (root / "dev" / "nvidia0").exists()
+    driver = (root / "proc" / "driver" / "nvidia" / "version").exists()
+    if (nodes and driver) or container:
+        return Presence((), nodes, driver)
+    return Presence(nvidia_functions(root), nodes, driver)
+
+
+def nvidia_functions(root: Path = Path("/")) -> tuple[str, ...]:
+    """The NVIDIA display/3D PCI functions under `root`/sys/bus/pci/devices (0000:01:00.0, ...)."""
     try:
-        if container:
-            raise OSError("PCI devices are the host's")
         devices = sorted((root / "sys" / "bus" / "pci" / "devices").iterdir())
     except OSError:
-        devices = []
+        return ()
+    pci = []
     for dev in devices:
         try:
             vendor = (dev / "vendor").read_text().strip()
@@ -53,8 +62,7 @@ def presence(root: Path = Path("/"), container: bool = False) -> Presence:
             continue
         if vendor == NVIDIA_VENDOR and klass[:6] in DISPLAY_CLASSES:
             pci.append(dev.name)
-    nodes = (root / "dev" / "nvidiactl").exists() or (root / "dev" / "nvidia0").exists()
-    return Presence(tuple(pci), nodes, (root / "proc" / "driver" / "nvidia" / "version").exists())
+    return tuple(pci)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +75,12 @@ class WaitResult:
 
 
 def wait_for_gpu(timeout: float, look: Callable[[], Presence], nvml_ready: Callable[[], bool],
-                 clock: Callable[[], float], sleep: Callable[[float], None]) -> WaitResult:
+                 clock: Callable[[], float], sleep: Callable[[float], None],
+                 on_wait: Callable[[Presence], None] = lambda _p: None) -> WaitResult:
     """Wait until the driver is loaded and its device nodes exist (then, only if we had to wait, until NVML lists a
-    GPU), at most `timeout` seconds. A machine that is ready at once costs a few stat calls and no NVML; one with
-    no NVIDIA hardware or driver, or OGPU_GPU_WAIT=0, is not delayed at all."""
+    GPU), at most `timeout` seconds; `on_wait` hears what was seen when a wait begins. A machine that is ready at
+    once costs a few stat calls and no NVML; one with no NVIDIA hardware or driver, or OGPU_GPU_WAIT=0, is not
+    delayed at all."""
     first = look()
     if first.driver and first.nodes:
         return WaitResult(True, 0.0, "the driver is loaded")
@@ -78,6 +88,7 @@ def wait_for_gpu(timeout: float, look: Callable[[], Presence], nvml_ready: Calla
         return WaitResult(False, 0.0, "OGPU_GPU_WAIT=0")
     if not first.any:
         return WaitResult(False, 0.0, "no NVIDIA hardware or driver on this machine")
+    on_wait(first)
     start = clock()
     while True:
         now = look()

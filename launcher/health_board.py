@@ -35,6 +35,7 @@ class HealthBoard:
     resumes: list[dict[str, Any]] = field(default_factory=list)  # the newest few host resumes: {t, slept}
     cuda: ResumeCuda = field(default_factory=ResumeCuda)  # cuInit before and after each resume, reloads of uvm
     may_reload_uvm: bool = False  # OGPU_MAY_RELOAD_UVM: the advice says whether ollama-gpu reloads nvidia_uvm
+    resume_signal: dict[str, Any] | None = None  # logind's listener: {via, tool, state}; None: the clock gap only
 
     @property
     def cuda_probe(self) -> dict[str, Any] | None:
@@ -47,9 +48,12 @@ class HealthBoard:
             return False  # a shim event is the board's too; here it only tells what cuInit returned
         if event.source == "supervisor" and event.kind in ("cuda_probe", "uvm_reload"):
             return True
+        if event.source == "supervisor" and event.kind == "resume_signal":
+            self.resume_signal = _thaw(event.data)
+            return True
         if event.source == "supervisor" and event.kind == "resumed":
             self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept"),
-                                                 "gap": event.data.get("gap")}]
+                                                 "via": event.data.get("via"), "gap": event.data.get("gap")}]
             return True
         if event.source != "nvml":
             return False
@@ -129,7 +133,8 @@ class HealthBoard:
                 "advice": self.advice(),
                 "degraded": self.state not in (None, OK) or self.cuda.broken is not None,
                 "cuda_probe": self.cuda_probe, "resume_break": self.cuda.broken, "uvm_reload": self.cuda.reload,
-                "in_container": self.in_container, "resumes": list(self.resumes)}
+                "in_container": self.in_container, "resumes": list(self.resumes),
+                "resume_signal": self.resume_signal}
 
 
 def _thaw(value: Any) -> Any:

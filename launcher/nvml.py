@@ -358,12 +358,13 @@ class NvmlSampler:
         since, self.checked_at = self.checked_at, self.clock()
         slept = self.resume.check()
         if slept is not None:
-            log.info("host_resumed", slept=round(slept, 1), action="checking the GPUs again")
+            log.info("host_resumed", slept=round(slept, 1), via=self.resume.via, action="checking the GPUs again")
             gap = self.resume.last  # names this resume within the boot (a once-per-resume remedy keys on it)
             # `since`: the previous check, before which the host had not slept yet (what cuInit gave up to then is
             # the "before" the probe is compared with)
             resumed = Event("supervisor", "resumed", self.checked_at, None, {
-                "slept": round(slept, 3), "gap": round(gap) if gap is not None else None, "since": since})
+                "slept": round(slept, 3), "via": self.resume.via, "gap": round(gap, 1) if gap is not None else None,
+                "since": since})
             health = self._health(force=True)
             probed = [self.cuda_probe()] if self.cuda_probe is not None and self.state.available else []
             return [resumed, *health, *probed]

@@ -1,6 +1,7 @@
 """NVML off the supervisor's loop: a daemon thread opens NVML once, then samples every `interval` seconds and hands
 the events to the board's sink (thread-safe); every `health_every` samples it also runs the per-GPU health check
-(launcher.gpu_health), and once NVML is open a second thread waits on NVML's Xid/ECC event set.
+(launcher.gpu_health), and once NVML is open a second thread waits on NVML's Xid/ECC event set. `host_resumed()`
+(logind's PrepareForSleep, from its listener's thread) wakes the thread for a health check at once.
 An NVML call that hangs in the driver then holds these threads only: forwarding, status, signals and the systemd
 watchdog go on."""
 
@@ -31,6 +32,8 @@ class NvmlPoller:
         self._reload: str | None = None  # a resume key whose nvidia_uvm reload the controller asked for
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by close() and host_resumed()
+        self._resumed = False
         self._thread = threading.Thread(target=self._run, name="ollama-gpu-nvml", daemon=True)
 
     def start(self) -> NvmlPoller:
@@ -46,7 +49,16 @@ class NvmlPoller:
                 if self._xids:
                     self._start_watcher()
             ticks = 0
-            while not self._stop.wait(self._interval):
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                if self._resumed:  # the sampler's resume watch holds the signal: this check reports the resume
+                    self._resumed = False
+                    if self._health_every:
+                        self._health()
+                    continue
                 self._hand(self.sampler.sample())
                 ticks += 1
                 if self._health_every and ticks % self._health_every == 0:
@@ -89,6 +101,12 @@ class NvmlPoller:
 
         self._watcher = XidWatcher(self.sampler.nvml, checker, self._sink).start()
 
+    def host_resumed(self) -> None:
+        """The host resumed now (logind said so; any thread): check the GPUs at once, in the NVML thread."""
+        self.sampler.resume.signal()
+        self._resumed = True
+        self._wake.set()
+
     def _hand(self, events: list[Event]) -> None:
         for event in events:
             if self._stop.is_set():
@@ -98,6 +116,7 @@ class NvmlPoller:
     def close(self, timeout: float = 2.0) -> None:
         """Stop sampling; shut NVML down once the thread is out of it (a hung call leaves it to the process exit)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._watcher is not None:  # it leaves its wait within a second; the process exit need not wait for it

@@ -39,7 +39,7 @@ class ResumeCuda:
     before: int | None = None  # the newest result from before the latest resume
     inits: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_INITS))  # (t, result)
     resume: str | None = None  # names the latest resume within the boot: the host's sleep total (BOOTTIME −
-    # MONOTONIC, whole seconds) when the event has it, else the monotonic time it was seen
+    # MONOTONIC, to 0.1 s: two resumes differ by a sleep) when the event has it, else the time it was seen
     probe: dict[str, Any] | None = None  # the newest probe (after a resume or a reload), with its change
     broken: dict[str, Any] | None = None  # the resume's break, until cuInit works again: cause, error, change, resume
     reload: dict[str, Any] | None = None  # the newest reload of nvidia_uvm: outcome, holders, stderr
@@ -66,7 +66,7 @@ class ResumeCuda:
             window_ok = any(r == 0 for t, r in self.inits if cut < t <= event.t)
             self.before = 0 if window_ok else earlier
             gap = event.data.get("gap")
-            self.resume = str(round(gap)) if isinstance(gap, (int, float)) else f"t{event.t:.0f}"
+            self.resume = f"{float(gap):.1f}" if isinstance(gap, (int, float)) else f"t{event.t:.0f}"
             return True
         if kind == ("supervisor", "cuda_probe"):
             self._probe(event.data, event.t)

@@ -114,6 +114,11 @@ def _health(health: Mapping[str, Any], not_ready: Any) -> list[str]:
                  [[g.get("index"), g.get("uuid"), g.get("state"), g.get("reason")] for g in gpus])
     for x in _items(health.get("xids")):
         out.append(f"  Xid {text(x.get('xid'))} on GPU {text(x.get('gpu'))}: {text(x.get('count'))} time(s).")
+    signal = _mapping(health.get("resume_signal"))
+    if signal.get("state") == "listening":
+        out.append(f"  Resumes: announced by logind ({text(signal.get('tool'))}), and the clock gap.")
+    elif signal.get("state") == "given_up":
+        out.append(f"  Resumes: the clock gap only ({text(signal.get('tool'))} on the system bus kept failing).")
     probe = _mapping(health.get("cuda_probe"))
     if probe:
         said = "CUDA initialises" if probe.get("ok") else text(probe.get("error"), 300) if probe.get("ok") is None \

@@ -4,6 +4,9 @@ never when the driver is already there, never when OGPU_GPU_WAIT=0."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from launcher.gpu_wait import Presence, presence, wait_for_gpu
 
@@ -55,8 +58,9 @@ class TestWaitForGpu:
         def look() -> Presence:
             return LOADED if clock.t - start >= 3 else HARDWARE
 
-        result = wait_for_gpu(30, look, lambda: clock.t - start >= 4, clock, clock.sleep)
-        assert result.ready and result.waited == 4.0
+        seen: list[Presence] = []
+        result = wait_for_gpu(30, look, lambda: clock.t - start >= 4, clock, clock.sleep, on_wait=seen.append)
+        assert result.ready and result.waited == 4.0 and seen == [HARDWARE]
 
     def test_the_wait_is_bounded(self) -> None:
         """A driver that never comes: give up after the timeout, not a poll later."""
@@ -77,9 +81,33 @@ class TestPresence:
         assert presence(tmp_path) == Presence(pci=("0000:01:00.0",))
         (tmp_path / "dev").mkdir()
         (tmp_path / "dev" / "nvidiactl").touch()
+        assert presence(tmp_path) == Presence(pci=("0000:01:00.0",), nodes=True)  # the driver is still missing
         (tmp_path / "proc" / "driver" / "nvidia").mkdir(parents=True)
         (tmp_path / "proc" / "driver" / "nvidia" / "version").write_text("NVRM version: 580.65.06\n")
-        assert presence(tmp_path) == Presence(pci=("0000:01:00.0",), nodes=True, driver=True)
+        assert presence(tmp_path) == Presence(nodes=True, driver=True)  # loaded: no PCI scan
+
+    def test_a_loaded_driver_costs_stat_calls_only(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Driver and nodes there: /sys/bus/pci is never listed nor read, whatever it holds (the fast path of
+        every start and of every health check that looks)."""
+        d = tmp_path / "sys" / "bus" / "pci" / "devices" / "0000:01:00.0"
+        d.mkdir(parents=True)
+        (d / "vendor").write_text("0x10de\n")
+        (d / "class").write_text("0x030200\n")
+        (tmp_path / "dev").mkdir()
+        (tmp_path / "dev" / "nvidia0").touch()
+        (tmp_path / "proc" / "driver" / "nvidia").mkdir(parents=True)
+        (tmp_path / "proc" / "driver" / "nvidia" / "version").touch()
+        listed: list[Path] = []
+        iterdir = Path.iterdir
+
+        def spy(self: Path) -> Any:
+            listed.append(self)
+            return iterdir(self)
+
+        monkeypatch.setattr(Path, "iterdir", spy)
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: pytest.fail(f"read {self}"))
+        assert presence(tmp_path) == Presence(nodes=True, driver=True) and listed == []
+        assert presence(tmp_path).any
 
     def test_in_a_container_the_hosts_pci_devices_do_not_count(self, tmp_path: Path) -> None:
         """A container without the GPU runtime sees the host's GPU on PCI: no reason to wait."""

@@ -73,7 +73,7 @@ class TestResumeCuda:
         state = self.fold(cu_init(0), resumed(gap=3600.0), probe(False, 999))
         assert state.broken is not None
         assert (state.broken["cause"], state.broken["change"], state.broken["resume"]) == ("uvm_not_loaded",
-                                                                                         "ok→999", "3600")
+                                                                                         "ok→999", "3600.0")
 
     def test_a_resume_without_the_sleep_total_is_named_by_its_time(self) -> None:
         """A resumed event without `gap` (another source, e.g. logind) still names its resume, by when it was seen."""
@@ -402,11 +402,11 @@ class TestController:
         clock = Clock()
         assert self.feed(c, clock, self.broken(), alive=True) == []
         assert self.feed(c, clock, [Event("proc", "runner_exited", 4.0, 300, {})], alive=False) == \
-            [ReloadUvm("boot-1@100")]
+            [ReloadUvm("boot-1@100.0")]
         assert c.budget.summary()["used"] == 1
-        out = self.feed(c, clock, [Event("supervisor", "uvm_reload", 5.0, None, {"key": "boot-1@100",
+        out = self.feed(c, clock, [Event("supervisor", "uvm_reload", 5.0, None, {"key": "boot-1@100.0",
                                                                                  "outcome": "reloaded"}),
-                                   probe(True, 0, after="uvm_reload", t=5.1, key="boot-1@100")])
+                                   probe(True, 0, after="uvm_reload", t=5.1, key="boot-1@100.0")])
         assert [(type(d), d.immediately) for d in out] == [(RestartWith, False)]
         assert self.feed(c, clock, [cu_init(0, t=9.0)] * 2) == []  # never a second restart
         assert ("resume", "uvm_not_loaded") not in c.advised
@@ -415,9 +415,9 @@ class TestController:
         """The reload refused (held): no restart, no second reload."""
         c = self.make(tmp_path, OGPU_MAY_RELOAD_UVM="1")
         clock = Clock()
-        assert self.feed(c, clock, self.broken()) == [ReloadUvm("boot-1@100")]
+        assert self.feed(c, clock, self.broken()) == [ReloadUvm("boot-1@100.0")]
         out = self.feed(c, clock, [Event("supervisor", "uvm_reload", 5.0, None, {
-            "key": "boot-1@100", "outcome": "held", "holders": [{"pid": 4242, "name": "sleep"}]})] * 2)
+            "key": "boot-1@100.0", "outcome": "held", "holders": [{"pid": 4242, "name": "sleep"}]})] * 2)
         assert out == [] and "pid 4242 (sleep)" in c.status(view())["gpu_health"]["advice"][0]
 
     def test_not_as_root_or_in_advise_mode(self, tmp_path: Path) -> None:
@@ -430,7 +430,7 @@ class TestController:
     def test_once_per_resume_across_supervisors(self, tmp_path: Path) -> None:
         """A new supervisor in the same boot sees the same resume's break: the budget says it was tried."""
         first = self.make(tmp_path, OGPU_MAY_RELOAD_UVM="1")
-        assert self.feed(first, Clock(), self.broken()) == [ReloadUvm("boot-1@100")]
+        assert self.feed(first, Clock(), self.broken()) == [ReloadUvm("boot-1@100.0")]
         again = self.make(tmp_path, OGPU_MAY_RELOAD_UVM="1")
         assert self.feed(again, Clock(), self.broken()) == []
         assert "already tried" in again.advised[("resume", "uvm_not_loaded")]["reason"]
@@ -439,12 +439,12 @@ class TestController:
         """A later resume (another sleep total) that breaks it again may be reloaded again."""
         c = self.make(tmp_path, OGPU_MAY_RELOAD_UVM="1")
         clock = Clock()
-        assert self.feed(c, clock, self.broken()) == [ReloadUvm("boot-1@100")]
-        self.feed(c, clock, [Event("supervisor", "uvm_reload", 5.0, None, {"key": "boot-1@100",
+        assert self.feed(c, clock, self.broken()) == [ReloadUvm("boot-1@100.0")]
+        self.feed(c, clock, [Event("supervisor", "uvm_reload", 5.0, None, {"key": "boot-1@100.0",
                                                                            "outcome": "reloaded"}),
-                             probe(True, 0, after="uvm_reload", t=5.1, key="boot-1@100")])
+                             probe(True, 0, after="uvm_reload", t=5.1, key="boot-1@100.0")])
         out = self.feed(c, clock, [resumed(gap=900.0, t=20.0), probe(False, 999, t=21.0)])
-        assert out == [ReloadUvm("boot-1@900")]
+        assert out == [ReloadUvm("boot-1@900.0")]
 
 
 class TestControllerSlot:
@@ -454,10 +454,10 @@ class TestControllerSlot:
 
         class Deciding:
             def tick(self, _view: View, _now: float) -> list[Any]:
-                return [ReloadUvm("boot-1@100"), RestartWith(PLAN, "a remedy", immediately=False)]
+                return [ReloadUvm("boot-1@100.0"), RestartWith(PLAN, "a remedy", immediately=False)]
 
         slot, asked = ControllerSlot(), []
         slot.controller = Deciding()  # type: ignore[assignment]
         slot.reload_uvm = asked.append
         out = slot.tick(view(), 1.0)
-        assert asked == ["boot-1@100"] and [type(d) for d in out] == [RestartWith]
+        assert asked == ["boot-1@100.0"] and [type(d) for d in out] == [RestartWith]

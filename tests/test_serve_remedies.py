@@ -28,7 +28,7 @@ class Run:
 
     def __init__(self, tmp: Path, libs: native.NativeLibs, cache: Path, *, generation: str = "D",
                  ld_library_path: str | None = None, flags: tuple[str, ...] = (), state: Path | None = None,
-                 port: int | None = None, **env: str) -> None:
+                 port: int | None = None, prefix: tuple[str, ...] = (), **env: str) -> None:
         self.inst: Install = make_install(tmp / "ollama", generation, cuda_backend=libs.ggml_cuda)
         self.inst.add_model("tiny")
         self.port = port or free_port()
@@ -37,7 +37,7 @@ class Run:
         lib_path = str(libs.driver_dir) if ld_library_path is None else ld_library_path
         self.env.update(self.inst.env(OLLAMA_HOST=f"127.0.0.1:{self.port}", LD_LIBRARY_PATH=lib_path))
         self.env.update(env)
-        self.serve = Serve(["--ollama", str(self.inst.ollama), *flags, "serve"], self.env)
+        self.serve = Serve(["--ollama", str(self.inst.ollama), *flags, "serve"], self.env, prefix=prefix)
 
     def ready(self) -> Run:
         self.serve.wait_event("ready", timeout=90)

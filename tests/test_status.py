@@ -173,9 +173,20 @@ class TestText:
         assert line({"ok": None, "error": "the probe could not run: no /tmp", "after": "resume"}) == \
             "  After the last resume: the probe could not run: no /tmp."
 
+    def test_how_resumes_are_detected_is_said(self) -> None:
+        """Issue 16: logind's listener in use, or given up (the clock gap alone remains); nothing without one."""
+        gpus = [{"index": 0, "uuid": "GPU-a", "state": "ok", "reason": ""}]
+        listening = "\n".join(render({"gpu_health": {"state": "ok", "gpus": gpus, "resume_signal": {
+            "via": "logind", "tool": "gdbus", "state": "listening"}}}))
+        assert "Resumes: announced by logind (gdbus), and the clock gap." in listening
+        given_up = "\n".join(render({"gpu_health": {"state": "ok", "gpus": gpus, "resume_signal": {
+            "via": "logind", "tool": "dbus-monitor", "state": "given_up"}}}))
+        assert "Resumes: the clock gap only (dbus-monitor on the system bus kept failing)." in given_up
+        assert "Resumes" not in "\n".join(render({"gpu_health": {"state": "ok", "gpus": gpus, "resume_signal": None}}))
+
     @settings(max_examples=200, deadline=None)
     @given(st.fixed_dictionaries({}, optional={"gpus": JSON, "advice": JSON, "xids": JSON, "cuda_probe": JSON,
-                                               "state": JSON, "degraded": JSON}))
+                                               "state": JSON, "degraded": JSON, "resume_signal": JSON}))
     def test_any_health_document_renders_as_words(self, health: dict[str, Any]) -> None:
         """A damaged gpu_health part never raises and never prints a Python repr."""
         out = "\n".join(render({"gpu_health": health, "readiness_failure": health.get("state")}))

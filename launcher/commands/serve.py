@@ -290,6 +290,14 @@ def _attach_controller(sup: Supervisor, slot: ControllerSlot, settings: Settings
                         xids=settings.health_interval > 0).start()
     closers.append(poller.close)
     slot.reload_uvm = poller.request_uvm_reload
+    if settings.health_interval > 0 and registry is not None:  # logind's PrepareForSleep, where it is reachable
+        from launcher.logind import start_listener
+
+        listener = start_listener(env or {}, registry, poller.host_resumed, on_state=lambda state, tool: (
+            controller.sink(Event("supervisor", "resume_signal", now(), None,
+                                  {"via": "logind", "tool": tool, "state": state}))))
+        if listener is not None:
+            closers.append(listener.close)
     slot.controller = controller
     try:
         status = StatusServer(settings.dirs.status_socket, lambda: add_memory(
@@ -349,7 +357,10 @@ def _wait_for_driver(settings: Settings, env: Mapping[str, str], log: Any) -> No
 
     container = in_container(env)
     result = wait_for_gpu(settings.gpu_wait, lambda: presence(container=container), nvml_probe(), time.monotonic,
-                          time.sleep)
+                          time.sleep, on_wait=lambda seen: log.info(
+                              "gpu_driver_waiting", up_to=settings.gpu_wait, pci_functions=len(seen.pci),
+                              device_nodes=seen.nodes, driver_loaded=seen.driver,
+                              meaning="NVIDIA hardware without a ready driver: Ollama starts once it is up"))
     if result.waited and result.ready:
         log.info("gpu_driver_ready", waited=round(result.waited, 1))
     elif result.waited:

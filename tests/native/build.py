@@ -39,6 +39,7 @@ class NativeBuild:
     mock_nvml_dir: Path  # holds libnvidia-ml.so.1 (mocknvml.c, scripted by MOCKNVML_STATE)
     mock_novareserve_dir: Path  # libcuda.so.1 without cuMemAddressReserve
     mock_stub_dir: Path  # .../stubs/libcuda.so.1 that is always a stub (error 34), like the CUDA toolkit's
+    mock_fabric_dir: Path  # libcuda.so.1 whose cuInit returns 802 (NVSwitch fabric manager not running) by default
     fakeboot: Path  # libfakeboot.so: preloaded, adds FAKEBOOT_FILE's seconds to CLOCK_BOOTTIME (a scripted resume)
     ggml_cuda: Path  # libggml-cuda.so (DT_NEEDED libcuda.so.1)
     probe: Path
@@ -90,6 +91,7 @@ def layout(root: Path) -> NativeBuild:
         mock_nvml_dir=root / "mock-nvml",
         mock_novareserve_dir=root / "mock-novareserve",
         mock_stub_dir=root / "mock-stub" / "stubs",
+        mock_fabric_dir=root / "mock-fabric",
         fakeboot=root / "fakeboot" / "libfakeboot.so",
         ggml_cuda=root / "ggml" / "libggml-cuda.so",
         probe=root / "probe",
@@ -122,14 +124,16 @@ def _build_all(b: NativeBuild) -> None:
     cc = shlex.split(_cc())
     src = HERE
     lib = [*cc, *CFLAGS, "-shared", "-fPIC"]
-    for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.ggml_cuda.parent,
-              b.libcaller.parent / "deps", b.fakeboot.parent):
+    for d in (b.mock_dir, b.mock_nvml_dir, b.mock_novareserve_dir, b.mock_stub_dir, b.mock_fabric_dir,
+              b.ggml_cuda.parent, b.libcaller.parent / "deps", b.fakeboot.parent):
         d.mkdir(parents=True, exist_ok=True)
     soname = "-Wl,-soname,libcuda.so.1"
     _run([*lib, soname, "-o", str(b.mock_dir / "libcuda.so.1"), str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_NO_VA_RESERVE", "-o", str(b.mock_novareserve_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, soname, "-DMOCKCUDA_ALWAYS_STUB", "-o", str(b.mock_stub_dir / "libcuda.so.1"),
+          str(src / "mockcuda.c"), "-lpthread"], src)
+    _run([*lib, soname, "-DMOCKCUDA_INIT_ERROR_DEFAULT=802", "-o", str(b.mock_fabric_dir / "libcuda.so.1"),
           str(src / "mockcuda.c"), "-lpthread"], src)
     _run([*lib, "-Wl,-soname,libnvidia-ml.so.1", "-o", str(b.mock_nvml_dir / "libnvidia-ml.so.1"),
           str(src / "mocknvml.c")], src)

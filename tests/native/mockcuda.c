@@ -10,6 +10,8 @@
  *                           unset; default 1.
  *   MOCKCUDA_DRIVER_VERSION what cuDriverGetVersion reports (default 13000).
  *   MOCKCUDA_INIT_ERROR     cuInit returns this CUresult (e.g. 999, 100, 803) and the driver stays uninitialised.
+ *                           Built with -DMOCKCUDA_INIT_ERROR_DEFAULT=n, n when the variable is unset (a failing
+ *                           driver a test swaps in under a running process tree whose environment is fixed).
  *   MOCKCUDA_STATE          a file of `key=value` lines re-read by every cuInit, so a test changes the driver of a
  *                           process tree that is already running (the environment is fixed at spawn, a file is not;
  *                           write a temporary file and rename it over).  Keys:
@@ -270,6 +272,10 @@ EXPORT CUresult cuInit(unsigned int flags)
     if (flags != 0)
         return INVALID_VALUE;
     const char *e = getenv("MOCKCUDA_INIT_ERROR");
+#ifdef MOCKCUDA_INIT_ERROR_DEFAULT
+    if (!e)
+        return MOCKCUDA_INIT_ERROR_DEFAULT;
+#endif
     if (e && atoi(e) != 0)
         return atoi(e);
     int scripted = state_init_error();
