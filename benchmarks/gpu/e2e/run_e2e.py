@@ -978,7 +978,16 @@ def revoked_access(stack: Stack, sc: Scenario) -> None:
         sc.got.append(f"status --ready: {code} {text[:200]}")
         sc.check("status --ready exits 1 naming the container restart", code == 1 and "restart the container" in text,
                  text)
-        second = loaded_runner(srv, sc, stack.models["tiny"], num_ctx=4096)  # another num_ctx: a new runner
+        if runner is not None:  # the simulator keeps a loaded runner: end it so that the next load starts one
+            first_pid = runner.pid
+            runner.terminate()
+            with contextlib.suppress(psutil.Error):
+                runner.wait(10)
+        else:
+            first_pid = None
+        second = loaded_runner(srv, sc, stack.models["tiny"])
+        if second is not None:
+            sc.check("a new runner started with the nodes covered", second.pid != first_pid, second.pid)
         if second is not None:
             rv = wait_verdict(srv, f"runner {second.pid}", decided)
             sc.got.append(f"new runner {vtext(rv)}")
@@ -1296,11 +1305,11 @@ def main() -> int:
                 models[role] = path
             elif path is not None:
                 results["skipped"][f"model {role}"] = f"{path} does not exist"
-        try:
+        try:  # absent while the build still runs: scenarios that need no runner (health-nvml) go on
             ver = subprocess.run([str(a.llama_bin / "llama-server"), "--version"], capture_output=True, text=True,
                                  check=False, timeout=30)
             text = (ver.stdout + ver.stderr).strip()
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, OSError):
             text = ""
         results["llama_version"] = text.splitlines()[0] if text else "?"
     stack = Stack.build(a.mode, a.work, a.llama_bin if a.mode == "real" else None, models)
