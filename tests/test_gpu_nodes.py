@@ -109,3 +109,32 @@ def test_a_character_device_on_a_nodev_mount_is_denied(tmp_path: Path) -> None:
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(errno.EACCES), "0"]
+
+
+def _health(t: float, *states: str) -> Any:
+    from launcher.events import Event
+
+    return Event("nvml", "gpu_health", t, None, {"gpus": [{"index": i, "state": s} for i, s in enumerate(states)]})
+
+
+def test_denials_open_and_close_with_the_health_readings() -> None:
+    """Every GPU access_denied opens a denial, a reading with any other state closes it; one GPU of two denied is not
+    a denial (a per-GPU fault, not the container's access)."""
+    from launcher.evidence.facts import Facts
+    from launcher.evidence.live_facts import MAX_DENIALS, _on_gpu_health
+    from launcher.evidence.signals import DENIAL_SLACK, _while_denied
+
+    f = Facts()
+    _on_gpu_health(f, _health(100.0, "ok", "access_denied"))
+    assert f.live.denials == []
+    _on_gpu_health(f, _health(110.0, "access_denied", "access_denied"))
+    _on_gpu_health(f, _health(111.0, "access_denied", "access_denied"))
+    assert f.live.denials == [[110.0, None]]
+    assert _while_denied(f, 110.0 - DENIAL_SLACK) and _while_denied(f, 500.0)
+    assert not _while_denied(f, 110.0 - DENIAL_SLACK - 0.1)
+    _on_gpu_health(f, _health(120.0, "ok", "ok"))
+    assert f.live.denials == [[110.0, 120.0]] and not _while_denied(f, 120.5)
+    for i in range(2 * MAX_DENIALS):
+        _on_gpu_health(f, _health(200.0 + 2 * i, "access_denied", "access_denied"))
+        _on_gpu_health(f, _health(201.0 + 2 * i, "ok", "ok"))
+    assert len(f.live.denials) == MAX_DENIALS

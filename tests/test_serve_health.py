@@ -5,9 +5,13 @@ a container fails `status --ready` with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ from launcher.events import Event, Replay
 from tests.native.build import native_build
 from tests.nvml_double import NvmlScript
 from tests.ollama_sim import native
-from tests.serve_helpers import wait_for
+from tests.serve_helpers import descendants, wait_for
 from tests.test_serve_remedies import Run
 
 
@@ -126,5 +130,37 @@ def test_a_lost_gpu_among_two_is_marked_and_excluding_it_advised(tmp_path: Path,
         assert ready(run)[0] == 0
         wait_for(lambda: [e for e in recorded(tmp_path) if e.kind == "xid" and e.data["xid"] == 79], what="xid 79")
         assert json.dumps(run.status()[1]["gpu_health"]["xids"]) == json.dumps([{"gpu": 1, "xid": 79, "count": 1}])
+    finally:
+        assert run.serve.stop() == 0
+
+
+def test_a_runner_started_while_access_is_denied_names_the_revoked_access(tmp_path: Path, libs: native.NativeLibs,
+                                                                           cache_dir: Path) -> None:
+    """As on the H100 (benchmarks/gpu/e2e `revoked-access`): with the device nodes denied, a new runner's cuInit says
+    100 (no device). With the health check's denial on the board that is the revoked access, not a device filter;
+    nothing is restarted for it."""
+    cuda = tmp_path / "cuda.state"
+    cuda.write_text("")
+    run, script = start(tmp_path, libs, cache_dir, KUBERNETES_SERVICE_HOST="10.0.0.1", MOCKCUDA_STATE=str(cuda))
+    try:
+        assert run.generate().get("done") is True
+        health(run, "ok")
+        restarts = run.status()[1]["restarts"]
+        script.set(count=1, all=999)
+        cuda.write_text("init_error=100\n")
+        health(run, "access_denied")
+        old = [proc.pid for proc in descendants(run.serve.pid) if "--model" in proc.cmdline()]
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+
+        def new_runner() -> bool:
+            with contextlib.suppress(urllib.error.HTTPError):  # 500: the killed runner, or the new one failing
+                run.generate()
+            return bool(run.status()[1]["runners"]) and run.status()[1]["runners"][-1]["pid"] not in old
+        wait_for(new_runner, what="a new runner")
+        status = run.wait_status(lambda s: s["runners"] and s["runners"][-1]["cause"] == "container_gpu_access_lost",
+                                 "the new runner's cause")
+        assert status["runners"][-1]["outcome"] == "cpu_fallback"
+        assert status["restarts"] == restarts
     finally:
         assert run.serve.stop() == 0

@@ -177,6 +177,8 @@ class Live:
     gpu_used: dict[int, int] | None = None  # the latest NVML sample
     log_seq: int = 0  # arrival order of the latest log event
     machine: Event | None = None  # the supervisor's `machine` facts: driver library, device nodes, NVML
+    # issue 16: when the health check found every GPU's access denied, and when it was back ([start, end or None])
+    denials: list[list[float | None]] = field(default_factory=list)
 
 
 @dataclass

@@ -153,6 +153,21 @@ def _on_nvml_failed(f: Facts, e: Event) -> None:
         f.add_problem(cause, e, "runner")
 
 
+MAX_DENIALS: Final = 8
+
+
+def _on_gpu_health(f: Facts, e: Event) -> None:
+    """The health check's reading: every GPU `access_denied` opens a denial, anything else closes it (a runner's
+    cuInit failure inside one is the revoked access, not a filter: launcher.evidence.signals)."""
+    gpus = [g for g in _d(e, "gpus", ()) or () if isinstance(g, Mapping)]
+    denied = bool(gpus) and all(g.get("state") == "access_denied" for g in gpus)
+    open_ = bool(f.live.denials) and f.live.denials[-1][1] is None
+    if denied and not open_:
+        f.live.denials = [*f.live.denials[-(MAX_DENIALS - 1):], [e.t, None]]
+    elif not denied and open_:
+        f.live.denials[-1][1] = e.t
+
+
 def _on_nvml_memory(f: Facts, e: Event) -> None:
     live = f.live
     used = {int(g["index"]): int(g["used"]) for g in _d(e, "gpus", ()) or ()
@@ -214,6 +229,7 @@ LIVE_HANDLERS: Final[Mapping[tuple[str, str], Handler]] = {
     ("nvml", "unavailable"): _on_nvml_state,
     ("nvml", "sample_failed"): _on_nvml_failed,
     ("nvml", "memory"): _on_nvml_memory,
+    ("nvml", "gpu_health"): _on_gpu_health,
     ("supervisor", "ollama_started"): _on_ollama_started,
     ("supervisor", "ready"): _on_ready,
     ("supervisor", "restarted"): lambda f, e: None,

@@ -60,12 +60,26 @@ def _dlopen_superseded(p: Proc, failed: Event) -> bool:
         any(int(_d(c, "result", 1)) == 0 for c in p.cu_init)
 
 
+# A runner that started up to this long before the health check saw the access denied met the same denial (the check
+# runs every OGPU_HEALTH_INTERVAL seconds, 5 by default).
+DENIAL_SLACK: Final = 10.0
+
+
+def _while_denied(f: Facts, t: float) -> bool:
+    """Whether `t` falls in a time the health check found the GPUs' device nodes denied (issue 16)."""
+    return any(start is not None and start - DENIAL_SLACK <= t and (end is None or t <= end)
+               for start, end in f.live.denials)
+
+
 def _shim_causes(f: Facts, p: Proc) -> list[tuple[str, Event, str]]:
     """(cause, event, what it says) for every CUDA failure the shim saw in this process."""
     out: list[tuple[str, Event, str]] = []
     for e in p.cu_init[-1:]:
         code = int(_d(e, "result", 0))
-        if code == NO_DEVICE:
+        if code and _while_denied(f, e.t):  # revoked nodes: cuInit says 100 (EACCES) or 800/999, never a filter
+            out.append(("container_gpu_access_lost", e, f"cuInit failed with {_code_name(code)} while the GPUs' "
+                        "device nodes could not be opened (the health check)"))
+        elif code == NO_DEVICE:
             out.append((_no_device_cause(f, p), e, "cuInit: no CUDA-capable device (100)"))
         elif code:
             out.append((_code_cause(code), e, f"cuInit failed with {_code_name(code)}"))
