@@ -24,6 +24,9 @@ from launcher.lifecycle import State
 from launcher.model_names import NO_MODEL, ModelNames
 from launcher.vocabulary import CAUSES, OUTCOMES
 
+RESUME_VIAS: Final = ("clock", "logind")
+UVM_OUTCOMES: Final = ("reloaded", "held", "failed", "unverified")
+
 if TYPE_CHECKING:
     from launcher.shim_events import ServerStats
 
@@ -89,6 +92,9 @@ class Metrics:
         self._nvml_up: int | None = None
         self._health: dict[str, str] = {}  # GPU label -> health state (issue 16)
         self._xids: Counter[tuple[str, int]] = Counter()
+        self._resumes: Counter[str] = Counter()  # host resumes, by how they were noticed (clock, logind)
+        self._cuda_after_resume: int | None = None  # the latest after-resume probe: 1 CUDA works, 0 it does not
+        self._uvm_reloads: Counter[str] = Counter()  # OGPU_MAY_RELOAD_UVM attempts, by outcome
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -215,6 +221,21 @@ class Metrics:
         index, xid = event.data.get("index"), event.data.get("xid")
         if isinstance(index, int) and isinstance(xid, int):
             self._xids[(self._gpu_label.get(index, str(index)), xid)] += 1
+
+    def _on_resumed(self, event: Event) -> None:
+        via = event.data.get("via")
+        self._resumes[via if via in RESUME_VIAS else "clock"] += 1
+
+    def _on_cuda_probe(self, event: Event) -> None:
+        """The probe after a resume (or a uvm reload): a probe that could not run (ok None) changes nothing."""
+        ok = event.data.get("ok")
+        if isinstance(ok, bool):
+            self._cuda_after_resume = int(ok)
+
+    def _on_uvm_reload(self, event: Event) -> None:
+        outcome = event.data.get("outcome")
+        if outcome in UVM_OUTCOMES:
+            self._uvm_reloads[str(outcome)] += 1
 
     def _on_nvml_down(self, event: Event) -> None:
         self._nvml_up = 0
@@ -393,6 +414,21 @@ class Metrics:
         for (gpu, xid), count in sorted(self._xids.items()):
             xids.add_metric((gpu, str(xid)), count)
         yield xids
+        resumes = CounterMetricFamily(f"{p}_host_resumes", "Host suspend/resume cycles seen, by how they were "
+                                      "noticed (clock: the BOOTTIME gap; logind: PrepareForSleep)", labels=("via",))
+        for via, count in sorted(self._resumes.items()):
+            resumes.add_metric((via,), count)
+        yield resumes
+        if self._cuda_after_resume is not None:
+            probe = GaugeMetricFamily(f"{p}_cuda_ok_after_resume", "1 when the CUDA init probe after the latest "
+                                      "resume (or nvidia_uvm reload) succeeded, 0 when it failed")
+            probe.add_metric((), self._cuda_after_resume)
+            yield probe
+        reloads = CounterMetricFamily(f"{p}_uvm_reloads", "nvidia_uvm reloads asked for (OGPU_MAY_RELOAD_UVM), by "
+                                      "outcome", labels=("outcome",))
+        for outcome, count in sorted(self._uvm_reloads.items()):
+            reloads.add_metric((outcome,), count)
+        yield reloads
 
 
     def _memory_families(self) -> Iterator[Metric]:
@@ -424,6 +460,9 @@ _HANDLERS: Final[Mapping[tuple[str, str], Any]] = {
     ("nvml", "memory"): Metrics._on_memory,
     ("nvml", "gpu_health"): Metrics._on_gpu_health,
     ("nvml", "xid"): Metrics._on_xid,
+    ("supervisor", "resumed"): Metrics._on_resumed,
+    ("supervisor", "cuda_probe"): Metrics._on_cuda_probe,
+    ("supervisor", "uvm_reload"): Metrics._on_uvm_reload,
     ("log", "memory_account"): Metrics._on_memory_account,
     ("supervisor", "state"): Metrics._on_state,
     ("supervisor", "ready"): Metrics._on_ready,

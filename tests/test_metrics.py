@@ -224,6 +224,23 @@ class TestSeries:
         assert len(series(s, "ollama_gpu_gpu_health")) == 6
         assert value(s, "ollama_gpu_xid_total", gpu="GPU-a", xid="79") == 2
 
+    def test_resumes_the_probe_after_them_and_uvm_reloads(self) -> None:
+        """Issue 16: resumes counted by how they were noticed; the after-resume probe as a 0/1 gauge (absent until
+        the first probe, unchanged by a probe that could not run); nvidia_uvm reloads by outcome; unknown values are
+        no new labels."""
+        metrics = Metrics()
+        assert series(parse_registry(metrics), "ollama_gpu_cuda_ok_after_resume") == []
+        for event in resume_events():
+            metrics.observe(event)
+        s = parse_registry(metrics)
+        assert value(s, "ollama_gpu_host_resumes_total", via="clock") == 2
+        assert value(s, "ollama_gpu_host_resumes_total", via="logind") == 1
+        assert value(s, "ollama_gpu_cuda_ok_after_resume") == 0
+        assert value(s, "ollama_gpu_uvm_reloads_total", outcome="held") == 1
+        assert {d["outcome"] for d in series(s, "ollama_gpu_uvm_reloads_total")} == {"held"}
+        metrics.observe(Event("supervisor", "cuda_probe", 9.0, None, {"after": "uvm_reload", "ok": True}))
+        assert value(parse_registry(metrics), "ollama_gpu_cuda_ok_after_resume") == 1
+
     def test_an_unknown_health_state_is_not_a_label(self) -> None:
         """A state outside the six is ignored, never a new label value."""
         metrics = Metrics()
@@ -266,6 +283,18 @@ def health_events() -> list[Event]:
             Event("nvml", "gpu_health", 1.0, None, {"gpus": [{"index": 0, "uuid": "GPU-a", "state": "ok"}]}),
             xid, xid,
             Event("nvml", "gpu_health", 3.0, None, {"gpus": [{"index": 0, "uuid": "GPU-a", "state": "lost"}]})]
+
+
+def resume_events() -> list[Event]:
+    """Three resumes (one announced by logind, one with an unknown `via`), a failed probe after the last, a probe
+    that could not run (changes nothing), a reload refused because a process held the GPU, an unknown outcome."""
+    return [Event("supervisor", "resumed", 1.0, None, {"slept": 600.0, "via": "clock"}),
+            Event("supervisor", "resumed", 2.0, None, {"slept": 60.0, "via": "logind"}),
+            Event("supervisor", "resumed", 3.0, None, {"slept": 60.0, "via": "carrier pigeon"}),
+            Event("supervisor", "cuda_probe", 4.0, None, {"after": "resume", "ok": False, "cu_init": 999}),
+            Event("supervisor", "cuda_probe", 5.0, None, {"after": "resume", "ok": None}),
+            Event("supervisor", "uvm_reload", 6.0, None, {"key": "k", "outcome": "held"}),
+            Event("supervisor", "uvm_reload", 7.0, None, {"key": "k", "outcome": "exploded"})]
 
 
 def parse_registry(metrics: Metrics) -> Samples:
@@ -380,7 +409,7 @@ class TestAlertRules:
 
         rules = yaml.safe_load((REPO / "docs" / "prometheus-alerts.yml").read_text())["groups"][0]["rules"]
         metrics = Metrics()
-        for event in [*fallback_then_recovery(blob), *health_events()]:
+        for event in [*fallback_then_recovery(blob), *health_events(), *resume_events()]:
             metrics.observe(event)
         exported = {name for name, _labels in parse_registry(metrics)}
         named = {name for rule in rules for name in re.findall(r"ollama_gpu_\w+", rule["expr"])}
