@@ -4,6 +4,7 @@ advises the rest without restarting, and never tries the same environment twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,7 +41,14 @@ class Run:
         self.serve = Serve(["--ollama", str(self.inst.ollama), *flags, "serve"], self.env, prefix=prefix)
 
     def ready(self) -> Run:
-        self.serve.wait_event("ready", timeout=90)
+        """Wait for `ready`; a serve that never gets there is stopped before the failure is raised (callers often
+        call this before their own try/finally, and a leaked serve outlives the test run)."""
+        try:
+            self.serve.wait_event("ready", timeout=90)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.serve.stop()
+            raise
         return self
 
     def generate(self) -> dict[str, Any]:
