@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from launcher.memory_lines import Fact, parse_size, scan_line
+from launcher.memory_lines import RELEVANT_BYTES, Fact, parse_size, scan_line
 
 # Ollama's own constant (discover/gpu.go `cudaMinimumMemory`, v0.1.x to v0.12; printed as `minimum` from v0.12).
 CUDA_MINIMUM_MEMORY: Final = 457 << 20
@@ -108,9 +108,11 @@ def _first(values: object) -> int | None:
 
 
 class MemoryTracker:
-    """Folds memory facts into accounts, one per model load, in log order."""
+    """Folds memory facts into accounts, one per model load, in log order. A `RecordTap` of the log parser: it reads
+    the parser's records and the quiet lines (which the parser skips) that size a load."""
 
     def __init__(self) -> None:
+        self.quiet = RELEVANT_BYTES
         self.accounts: list[MemoryAccount] = []
         self.config: dict[str, str] = {}
         self.version: str | None = None
@@ -140,7 +142,7 @@ class MemoryTracker:
         return self.accounts[-1]
 
     def feed(self, number: int, text: str) -> MemoryAccount | None:
-        """Read one cleaned line; returns the account it changed, if any. Never raises."""
+        """Read one cleaned line (a record); returns the account it changed, if any. Never raises."""
         self.lines += 1
         fact = scan_line(number, text)
         if fact is None:
@@ -373,8 +375,11 @@ def attach_holders(acc: MemoryAccount, processes: Iterable[Mapping[str, Any]], o
 
 
 def accounts_of_text(raw: bytes | str) -> list[MemoryAccount]:
-    """Every load's account in a whole log (any prefix the input normaliser strips: journald, docker, ...)."""
-    from launcher.log_input import clean, split_lines
+    """Every load's account in a whole log, from the records `explain`'s parser reads (a paste's wrapped lines
+    rejoined, glued ones split; journald, docker and Markdown remnants removed)."""
+    from launcher.ollama_logs import tap_records
 
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
-    return accounts_of_lines((n, clean(line)[0]) for n, (line, _cut) in enumerate(split_lines([data]), start=1))
+    tracker = MemoryTracker()
+    tap_records([data], tracker)
+    return [a for a in tracker.accounts if a.release_line is not None or a.layers_total is not None]

@@ -5,13 +5,11 @@ Kept apart from the verdict code: `explain` and `serve` call it at one place eac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
 from typing import Any
 
 from launcher.fit_advice import Candidate, advise, fully_offloaded, kv_per_token, summary
-from launcher.log_input import LineSplitter, clean
 from launcher.memory_account import MemoryAccount, MemoryTracker
-from launcher.memory_lines import RELEVANT_BYTES
 
 RELEASE_LINES = {"estimate": "Ollama's own estimate: the offload line", "layout": "the Ollama engine's layout lines",
                  "llama-server": "llama-server's fit",
@@ -36,26 +34,22 @@ def size(n: int | float | None) -> str:
 
 
 class MemoryTee:
-    """Splits the bytes a parser reads into lines (numbered as the parser numbers them) and tracks memory facts."""
+    """The memory facts of the records the log parser reads, in the same pass: `parse_chunks(chunks, tap=tee)`.
+
+    Records, not physical lines: a pasted log's wrapped lines come rejoined and its glued ones split, numbered as the
+    parser numbers them, with the quiet lines that size a load (which the parser skips) rejoined the same way."""
 
     def __init__(self) -> None:
         self.tracker = MemoryTracker()
-        self._splitter = LineSplitter()
-        self._number = 0
 
-    def _line(self, raw: bytes) -> None:
-        self._number += 1
-        if RELEVANT_BYTES.search(raw) is not None:
-            self.tracker.feed(self._number, clean(raw)[0])
+    @property
+    def quiet(self) -> re.Pattern[bytes]:
+        """The quiet lines it reads too (`ollama_logs.RecordTap`)."""
+        return self.tracker.quiet
 
-    def chunks(self, source: Iterable[bytes]) -> Iterator[bytes]:
-        """The same chunks, read once more on the way."""
-        for chunk in source:
-            for raw in self._splitter.feed(chunk):
-                self._line(raw)
-            yield chunk
-        for raw in self._splitter.close():
-            self._line(raw)
+    def feed(self, number: int, text: str) -> None:
+        """One record of the parser's."""
+        self.tracker.feed(number, text)
 
     def accounts(self) -> list[MemoryAccount]:
         """The loads whose memory the log sizes."""

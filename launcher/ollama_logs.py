@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 from launcher.catalogue import message_generations
 from launcher.events import Event, EventError
@@ -223,19 +223,49 @@ def parse_lines(lines: Iterable[Line]) -> Iterator[Event]:
     yield parser.summary()
 
 
-def parse_chunks(chunks: Iterable[bytes]) -> Iterator[Event]:
+class RecordTap(Protocol):
+    """A reader of the records the parser reads, beside it (the memory account of `explain`)."""
+
+    @property
+    def quiet(self) -> re.Pattern[bytes]:
+        """Which quiet lines (`QUIET_BYTES`, skipped by the parser) it reads too: those this finds something in."""
+        ...
+
+    def feed(self, number: int, text: str) -> object:
+        """One record: the physical line it starts on, its text (rejoined, prefix and Markdown removed)."""
+        ...
+
+
+def parse_chunks(chunks: Iterable[bytes], tap: RecordTap | None = None) -> Iterator[Event]:
     """Events of a byte stream given in any chunking (the result does not depend on where chunks split).
 
-    The stream may be a paste: `launcher.paste` rejoins wrapped records and splits glued ones first."""
+    The stream may be a paste: `launcher.paste` rejoins wrapped records and splits glued ones first. `tap` reads
+    the same records in the same pass, in order, with the quiet ones it asks for; the events do not depend on it."""
     parser = LogParser()
     feed = parser.feed_text
-    joiner = Joiner(QUIET_BYTES)
-    for record in joiner.records(split_lines(chunks)):  # QUIET_BYTES lines are counted, never decoded
-        events = feed(*record)
-        if events:
-            yield from events
+    if tap is None:
+        joiner = Joiner(QUIET_BYTES)
+        for record in joiner.records(split_lines(chunks)):  # QUIET_BYTES lines are counted, never decoded
+            events = feed(*record)
+            if events:
+                yield from events
+    else:
+        take = tap.feed
+        joiner = Joiner(QUIET_BYTES, tap.quiet, take)  # the quiet lines it asks for go to it alone, rejoined
+        for record in joiner.records(split_lines(chunks)):
+            take(record[0], record[1])
+            events = feed(*record)
+            if events:
+                yield from events
     parser.lines, parser.truncated = joiner.lines, joiner.truncated
     yield parser.summary()
+
+
+def tap_records(chunks: Iterable[bytes], tap: RecordTap) -> None:
+    """Feed `tap` what `parse_chunks` would feed it, without parsing (a log's memory account on its own)."""
+    take = tap.feed
+    for record in Joiner(QUIET_BYTES, tap.quiet, take).records(split_lines(chunks)):
+        take(record[0], record[1])
 
 
 def parse_stream(stream: IO[bytes]) -> Iterator[Event]:

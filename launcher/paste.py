@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Final
 
@@ -67,11 +67,16 @@ _START: Final = re.compile(
 
 
 # The starts a terminal's wrap cannot fake: after a line exactly as wide as the terminal, only these begin a record.
-_STRONG: Final = re.compile(
-    r"(?:time=\d{4}-|(?:level|source)=\w|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d"
+_SURE_STARTS: Final = (
+    r"time=\d{4}-|(?:level|source)=\w|\[GIN|\{\"|\d{4}[/-]\d\d[/-]\d\d[T ]\d\d:\d\d"
     r"|[A-Z][a-z]{2}\s[\s\d]\d\s\d\d:\d\d:\d\d"
-    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/"
-    r"|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s|[a-z_]+\(\):\s|$)")  # and GGML's function heads, glibc's "free(): ..."
+    r"|[A-Z][a-z]{2}\s\d{4}-\d\d-\d\d\s|\[(?:pod|deployment|statefulset|daemonset|job|replicaset)/|$")
+_STRONG: Final = re.compile(  # and GGML's function heads, glibc's "free(): ..."
+    rf"(?:{_SURE_STARTS}|[a-z][a-z0-9]*(?:_[a-z0-9]+)+:\s|[a-z_]+\(\):\s)")
+# A line as wide as the terminal that also leaves a quote open goes on, even where the next line looks like a GGML
+# function head (`server config`'s env wraps before `https_proxy: no_proxy:]"`): only a slog, GIN or prefix start
+# ends it.
+_SURE: Final = re.compile(rf"(?:{_SURE_STARTS})")
 
 
 def starts_record(text: str) -> bool:
@@ -108,17 +113,17 @@ def _key_value(text: str) -> bool:
     return False
 
 
-def _continues(text: str, strict: bool, prefix: str) -> bool:
+def _continues(text: str, strict: bool, prefix: str, sure: bool = False) -> bool:
     """Whether `text`, which follows an incomplete record, goes on with it. `strict`: the record ended exactly at
     the confirmed terminal width or inside a quoted value, so only a start no wrap can fake (`_STRONG`) begins a
-    new one."""
+    new one; `sure`: both at once, so only a start a quoted value cannot hold (`_SURE`) does."""
     if prefix:
         if prefix_kind(text) == prefix:
             return False
         if strict:
             return True  # the tails of a prefixed paste are the lines without the prefix
     elif strict:
-        return _STRONG.match(text) is None
+        return (_SURE if sure else _STRONG).match(text) is None
     return not starts_record(text)
 
 
@@ -245,14 +250,20 @@ class Joiner:
     """Physical lines in, records out; keeps one record back until the next line shows whether it goes on.
 
     Lines that start with one of `skip` (bytes) are counted and never decoded: the caller knows they carry nothing.
-    Their continuations are skipped with them."""
+    Their continuations are skipped with them. A reader beside the caller may still want some of them: a skipped line
+    that `tap` finds something in is decoded and joined with its continuations (exactly those skipping would skip)
+    and handed to `on_tap` as `(number, text)` instead of being yielded, in its place in the order of records."""
 
-    def __init__(self, skip: tuple[bytes, ...] = ()) -> None:
+    def __init__(self, skip: tuple[bytes, ...] = (), tap: re.Pattern[bytes] | None = None,
+                 on_tap: Callable[[int, str], object] | None = None) -> None:
         self.skip = skip
+        self.tap = tap if on_tap is not None else None
+        self.on_tap = on_tap
         self.lines = 0  # physical lines read
         self.truncated = 0  # physical lines cut for length, chopped (`>`) or ellipsized (`…`)
         self.joined = 0  # physical lines that continued the record before them
         self.skipped = 0  # lines that started with `skip`, and their continuations
+        self.tapped = 0  # skipped records handed to `on_tap`
         self.width: int | None = None  # the terminal width learned from the first lines, while it holds
         self.confirmed = False  # two lines or more were exactly that wide
         self.prefix = ""  # the prefix the records carry (`log_input.prefix_kind`), if they carry one
@@ -315,7 +326,12 @@ class Joiner:
         pend_len = 0  # length of the held record's last physical line (-1: not measured yet, see pend_raw)
         pend_raw = b""
         pend_skip = False  # the held "record" is a skipped line: its continuations are skipped too
-        number = truncated = skipped = joined = 0
+        tap = self.tap
+        on_tap = self.on_tap
+        tap_text: str | None = None  # the held skipped record's text, when `tap` wants it (else never decoded)
+        tap_last = ""
+        tap_n = 0
+        number = truncated = skipped = joined = tapped = 0
         for number, (raw, cut) in enumerate(lines, 1):  # number is read after the loop
             if raw.startswith(skip):
                 if pend is not None:
@@ -324,9 +340,16 @@ class Joiner:
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
                     pend = None
+                if tap_text is not None:
+                    tapped += _tap(on_tap, tap_n, tap_text)
+                    tap_text = None
                 if width is not None and len(raw) > width and _display_len(raw, quoted) > width:
                     width = None
                 pend_skip, pend_len, pend_raw, pend_cut = True, -1, raw, cut
+                if tap is not None and tap.search(raw) is not None:
+                    d = display(raw, quoted)
+                    if not d.final:
+                        tap_text, tap_last, tap_n = d.text, d.text, number
                 skipped += 1
                 if cut:
                     truncated += 1
@@ -339,6 +362,9 @@ class Joiner:
                         yield pend_n, pend, pend_pid, pend_cut
                     else:
                         yield from _finish(pend_n, pend, pend_pid, pend_cut)
+                elif tap_text is not None:
+                    tapped += _tap(on_tap, tap_n, tap_text)
+                    tap_text = None
                 pend_skip = False
                 pend, pend_last, pend_count, pend_n, pend_pid, pend_cut = text, text, 1, number, None, cut
                 pend_len = len(text)
@@ -369,12 +395,17 @@ class Joiner:
                                                                         and _MID_WORD_START.match(text) is not None)))
                 if (strict or mid_word or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
                         or (pend is not None and pend_count < 2 * MAX_JOIN and _slog_tail(pend, text))) \
-                        and _continues(text, strict, prefix):
+                        and _continues(text, strict, prefix, at_width and open_quote):
                     joined += 1
                     if cut:
                         truncated += 1
                     if pend_skip:
                         skipped += 1
+                        if tap_text is not None and len(tap_text) < MAX_RECORD:
+                            if pend_len != width and not tap_last[-1:].isspace() and not text[:1].isspace():
+                                tap_text += " "  # as a held record below
+                            tap_text += text
+                            tap_last = text
                         pend_len, pend_cut = len(text), cut
                         continue
                     assert pend is not None
@@ -392,6 +423,9 @@ class Joiner:
                 else:
                     yield from _finish(pend_n, pend, pend_pid, pend_cut)
                 pend = None
+            elif tap_text is not None:
+                tapped += _tap(on_tap, tap_n, tap_text)
+                tap_text = None
             pend_skip = False
             if cut or d_trunc:
                 truncated += 1
@@ -413,11 +447,22 @@ class Joiner:
                 text, text, 1, number, d_pid, cut or d_trunc, n)
         if pend is not None:
             yield from _finish(pend_n, pend, pend_pid, pend_cut)
+        elif tap_text is not None:
+            tapped += _tap(on_tap, tap_n, tap_text)
         self.lines += number
         self.truncated += truncated
         self.skipped += skipped
         self.joined += joined
+        self.tapped += tapped
         self.width = width
+
+
+def _tap(on_tap: Callable[[int, str], object] | None, number: int, text: str) -> int:
+    """Hand a skipped record that the tap wants to `on_tap`, finished as a yielded record is; returns 1."""
+    if on_tap is not None:
+        for piece in _finish(number, text, None, False):
+            on_tap(piece[0], piece[1])
+    return 1
 
 
 def _display_len(raw: bytes, quoted: bool = False) -> int:

@@ -51,7 +51,7 @@ def explain_with_memory(stream: IO[bytes]) -> tuple[Board, list[MemoryAccount]]:
     """The fed board and, read in the same pass, the memory account of each model load (issue 17)."""
     board = Board()
     tee = MemoryTee()
-    for event in parse_chunks(tee.chunks(read_chunks(stream))):
+    for event in parse_chunks(read_chunks(stream), tee):
         board.add(event)
     verdict = board.verdict()
     return board, relevant(tee.accounts(), verdict.outcome, verdict.cause)
