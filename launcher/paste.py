@@ -268,6 +268,7 @@ class Joiner:
         self.confirmed = False  # two lines or more were exactly that wide
         self.prefix = ""  # the prefix the records carry (`log_input.prefix_kind`), if they carry one
         self.quoted = False  # the paste is a Markdown quote: most lines start with `>`
+        self.chop_marks = True  # a `>` in the width's last column is `less -S`'s mark (else a wrapped line's own)
 
     def records(self, lines: Iterable[tuple[bytes, bool]]) -> Iterator[Record]:
         """Records of a stream of `(physical line, cut)`. Reads the first `WINDOW_LINES` lines at once, to learn
@@ -283,6 +284,7 @@ class Joiner:
                 break
         self.quoted = quoted * 2 > sum(1 for raw, _ in window if raw.strip())
         lengths: list[int] = []
+        gt_ends: list[int] = []  # the lengths of the lines that end in `>`
         kinds: dict[str, int] = {}
         plain = 0
         skip = self.skip
@@ -291,11 +293,15 @@ class Joiner:
             if skip and raw.startswith(skip) and b"]: " not in raw[:80]:
                 if raw.isascii():
                     lengths.append(len(raw) - raw.endswith(b"\r"))
+                    if raw.rstrip(b"\r").endswith(b">"):
+                        gt_ends.append(lengths[-1])
                 plain += 1
             else:
                 d = display(raw, self.quoted)
                 if not d.final:
                     lengths.append(len(d.text))
+                    if d.text.endswith(">"):
+                        gt_ends.append(len(d.text))
                     if d.text:
                         kind = prefix_kind(d.text)
                         if kind:
@@ -303,6 +309,10 @@ class Joiner:
                         elif starts_record(d.text):
                             plain += 1
         self.width, self.confirmed = _learn_width(lengths)
+        # `less -S` ends every line it chops with `>`; a terminal's wrap leaves one there only by chance. With two
+        # lines or more at the width, most of them without the mark, a `>` there is the wrapped line's own text.
+        if self.confirmed:
+            self.chop_marks = gt_ends.count(self.width or 0) * 2 > lengths.count(self.width or 0)
         # Records carry the prefix if most lines that start a record do (a wrapped paste has more tails than records).
         top = max(kinds, key=kinds.__getitem__, default="")
         self.prefix = top if top and kinds[top] >= 2 and kinds[top] >= plain else ""
@@ -317,6 +327,7 @@ class Joiner:
         prefix = self.prefix
         confirmed = self.confirmed
         quoted = self.quoted
+        chop_marks = self.chop_marks
         pend: str | None = None  # the held record's text (its physical lines joined)
         pend_last = ""  # its last physical line
         pend_count = 0  # how many physical lines it has
@@ -436,9 +447,9 @@ class Joiner:
                 pend_len, pend_cut = 0, True
                 continue
             n = len(text)
-            if width is not None and n == width and text.endswith(">"):
+            if chop_marks and width is not None and n == width and text.endswith(">"):
                 # `less -S` marks a chopped line with `>` in its last column; a wrapped line that ends in `>` by
-                # chance was rejoined above before it got here.
+                # chance was rejoined above before it got here, or is told by the other lines at the width.
                 text = text[:-1]
                 if not (cut or d_trunc):
                     truncated += 1

@@ -2,7 +2,9 @@
 
 Wrapping at any terminal width >= 60, gluing neighbouring records onto one line, any supported prefix (journald,
 docker, compose, kubectl, journald JSON) and CRLF line ends leave `explain`'s outcome and cause as they are on the
-file itself. Bounded and derandomized, so the file runs in seconds and never flakes.
+file itself; wrapping (a terminal's, or `fold`), prefixes, CRLF and Markdown leave its memory account of each load as
+it is on the file, with line numbers that point at the pasted log's lines. Bounded and derandomized, so the file runs
+in seconds and never flakes.
 """
 
 from __future__ import annotations
@@ -10,15 +12,20 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher.commands.explain import explain_stream
+from launcher.commands.explain import explain_stream, explain_with_memory
 from launcher.log_input import strip_prefixes
+from launcher.memory_report import MemoryTee, report
+from launcher.ollama_logs import parse_chunks
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 OWN = Path(__file__).resolve().parent / "fixtures"  # real logs kept in this repository (issue 17's H100 runs)
@@ -193,3 +200,153 @@ class TestEveryFixture:
         add = PREFIXES[kind]
         lines = wrap([add(i, s) for i, s in enumerate(_lines(path))], width)
         assert _verdict(_encode(lines, "\r\n")) == _base(path)
+
+
+def _accounts(data: bytes) -> list[dict[str, Any]]:
+    """`explain`'s memory account of every load (before it picks the ones worth showing), as JSON."""
+    tee = MemoryTee()
+    for _ in parse_chunks([data], tee):
+        pass
+    return [report(a) for a in tee.accounts()]
+
+
+_BASE_ACCOUNTS: dict[Path, list[dict[str, Any]]] = {}
+
+
+def _base_accounts(path: Path) -> list[dict[str, Any]]:
+    if path not in _BASE_ACCOUNTS:
+        _BASE_ACCOUNTS[path] = _accounts(path.read_bytes())
+    return _BASE_ACCOUNTS[path]
+
+
+def _starts(original: list[bytes], pasted: list[bytes]) -> list[int]:
+    """The pasted line (1-based) each original line starts on: the paste only broke lines, so the pasted lines of
+    one original line put back together are that line."""
+    starts, at = [], 0
+    for line in original:
+        starts.append(at + 1)
+        joined = pasted[at]
+        at += 1
+        while joined != line:
+            assert at < len(pasted) and len(joined) < len(line), "the paste changed more than line breaks"
+            joined += pasted[at]
+            at += 1
+    return starts
+
+
+def _renumbered(accounts: list[dict[str, Any]], starts: list[int]) -> list[dict[str, Any]]:
+    """The accounts with each line number taken back to the original log's; a number that is not where a record of
+    the original starts in the paste fails here (the account must cite the pasted log's own lines)."""
+    back = {n: i for i, n in enumerate(starts, 1)}
+    out = []
+    for a in accounts:
+        lines = a["lines"]
+        assert set(lines.values()) <= back.keys(), {k: v for k, v in lines.items() if v not in back}
+        assert a["first_line"] is None or a["first_line"] in back
+        out.append({**a, "lines": {k: back[v] for k, v in lines.items()},
+                    "first_line": back.get(a["first_line"]) if a["first_line"] is not None else None})
+    return out
+
+
+def _fold(lines: list[str], width: int) -> list[bytes]:
+    """`fold -w width` (coreutils: bytes as columns, a tab to the next multiple of 8), the way the issue's
+    reproduction wraps a log."""
+    fold = shutil.which("fold")
+    assert fold is not None, "coreutils' fold is needed to wrap as the reproduction does"
+    out = subprocess.run([fold, "-w", str(width)], input=_encode(lines), capture_output=True, check=True).stdout
+    return out.split(b"\n")
+
+
+def _raw(lines: list[str]) -> list[bytes]:
+    return [x.encode("utf-8", "surrogateescape") for x in lines]
+
+
+def _same_account(path: Path, pasted: list[str] | list[bytes], original: list[str], end: bytes = b"\n") -> None:
+    raw = [x if isinstance(x, bytes) else x.encode("utf-8", "surrogateescape") for x in pasted]
+    got = _accounts(end.join(raw))
+    starts = _starts(_raw(original), raw)
+    base = _renumbered(_base_accounts(path), list(range(1, len(original) + 1)))
+    assert _renumbered(got, starts) == base
+
+
+# Every h100-partial log and these shared fixtures size a load; the property below is not about empty accounts.
+WITH_ACCOUNTS = ("ggml-real/llama-server-gpu.log", "ollama-real-gpu/healthy.server.log",
+                 "ollama-real-cpu/cpu-basic.server.log",
+                 "ollama-logs/partial_offload-insufficient_vram-unk-pr12000/server.log")
+
+
+def test_the_memory_properties_cover_accounts() -> None:
+    """The fixtures the memory properties run over include the logs that have an account: all of issue 17's H100
+    runs (partial loads) and shared logs of each release line."""
+    having = {i for p, i in zip(LOGS, IDS, strict=True) if _base_accounts(p)}
+    sized = {i for p, i in zip(LOGS, IDS, strict=True) if any(a["layers_total"] for a in _base_accounts(p))}
+    assert {i for i in IDS if i.startswith("h100-partial/")} <= sized
+    assert set(WITH_ACCOUNTS) <= having
+    assert len(having) >= 30 and len(sized) >= 20
+
+
+def test_a_folded_paste_keeps_its_advice() -> None:
+    """The issue's reproduction: `fold -w 80` of the H100 baseline keeps the account `explain` shows and its advice
+    (it was "no single advised change fits it fully", most figures null, when the account read physical lines)."""
+    path = OWN / "h100-partial" / "baseline.server.log"
+    _, plain = explain_with_memory(io.BytesIO(path.read_bytes()))
+    _, folded = explain_with_memory(io.BytesIO(b"\n".join(_fold(_lines(path), 80))))
+    assert [report(a)["summary"] for a in folded] == [report(a)["summary"] for a in plain]
+    assert "smallest change that fits: num_ctx" in report(folded[0])["summary"]
+    assert folded[0].vram_free is not None and folded[0].kv is not None
+
+
+@pytest.mark.parametrize("path", LOGS, ids=IDS)
+class TestMemoryAccountEveryFixture:
+    def test_fold_keeps_the_account(self, path: Path) -> None:
+        """`fold -w` at 60, 80 and 120 columns: the same account, citing the folded log's lines."""
+        lines = _lines(path)
+        for width in (60, 80, 120):
+            _same_account(path, _fold(lines, width), lines)
+
+    def test_terminal_wrap_keeps_the_account(self, path: Path) -> None:
+        """A terminal 60, 80 or 120 characters wide (characters, not bytes): the same account."""
+        lines = _lines(path)
+        for width in (60, 80, 120):
+            _same_account(path, wrap(lines, width), lines)
+
+    @pytest.mark.parametrize("kind", sorted(PREFIXES))
+    def test_prefix_keeps_the_account(self, path: Path, kind: str) -> None:
+        """journald, docker, compose and kubectl prefixes on every line: the same account, the same line numbers."""
+        add = PREFIXES[kind]
+        lines = _lines(path)
+        prefixed = [add(i, s) for i, s in enumerate(lines)]
+        assert _renumbered(_accounts(_encode(prefixed)), list(range(1, len(lines) + 1))) == _renumbered(
+            _base_accounts(path), list(range(1, len(lines) + 1)))
+
+    def test_crlf_keeps_the_account(self, path: Path) -> None:
+        """Windows line ends: the same account."""
+        lines = _lines(path)
+        _same_account(path, lines, lines, b"\r\n")
+
+    @pytest.mark.parametrize("kind", ["journald-short", "docker-timestamps", "compose", "kubectl-prefix"])
+    def test_prefixed_then_wrapped_keeps_the_account(self, path: Path, kind: str) -> None:
+        """`journalctl` or `docker logs` shown in a terminal (prefix first, then the wrap; CRLF): the same account.
+        97 columns wraps a `will leave 80524 >= 1024 MiB` line right after its `>`, which must not read as
+        `less -S`'s chop mark."""
+        add = PREFIXES[kind]
+        lines = _lines(path)
+        for width in (60, 97, 132):
+            prefixed = [add(i, s) for i, s in enumerate(lines)]
+            pasted = wrap(prefixed, width)
+            got = _accounts(_encode(pasted, "\r\n"))
+            base = _renumbered(_base_accounts(path), list(range(1, len(lines) + 1)))
+            assert _renumbered(got, _starts(_raw(prefixed), _raw(pasted))) == base, width
+
+    def test_markdown_keeps_the_account(self, path: Path) -> None:
+        """A fenced block or a quote in an issue: the same account (a fence line keeps the numbers)."""
+        lines = _lines(path)
+        base = _renumbered(_base_accounts(path), list(range(1, len(lines) + 1)))
+        assert _renumbered(_accounts(_encode(["```", *lines, "```"])), list(range(2, len(lines) + 2))) == base
+        assert _renumbered(_accounts(_encode(["> " + x for x in lines])), list(range(1, len(lines) + 1))) == base
+
+    def test_the_tap_changes_no_event(self, path: Path) -> None:
+        """Reading the memory account beside the parser leaves the parser's events as they are, plain or folded."""
+        lines = _lines(path)
+        for data in (path.read_bytes(), b"\n".join(_fold(lines, 80))):
+            assert list(parse_chunks([data], MemoryTee())) == list(parse_chunks([data]))
