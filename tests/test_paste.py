@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from launcher.log_input import clean, split_lines, strip_prefixes
-from launcher.ollama_logs import QUIET_BYTES, parse_text
+from launcher.memory_lines import RELEVANT_BYTES
+from launcher.ollama_logs import QUIET_BYTES, parse_chunks, parse_text
 from launcher.paste import Joiner, split_glued, strip_markdown
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -216,6 +217,80 @@ class TestWrapped:
         got = list(joiner.records(split_lines(["\n".join(lines).encode()])))
         assert [r[1] for r in got] == [GGML]
         assert joiner.lines == len(lines)
+
+    def test_a_quoted_value_wrapped_before_a_function_head_goes_on(self) -> None:
+        """`server config`'s env, wrapped at the confirmed width just before `https_proxy: no_proxy:]"`: the quote is
+        still open at the width, so the tail joins even though it looks like a GGML function head."""
+        head = f'{T}msg="server config" env="map[CUDA_VISIBLE_DEVICES: OLLAMA_GPU_OVERHEAD:0 '
+        config = head + 'https_proxy: no_proxy:]"'
+        width = len(head)
+        lines = [config[:width], config[width:]] + [SLOG[i : i + width] for i in range(0, len(SLOG), width)] + [GGML]
+        assert sum(len(x) == width for x in lines) >= 2  # a confirmed width
+        assert texts("\n".join(lines)) == [config, SLOG, GGML]
+
+    def test_a_wrap_right_after_a_gt_is_not_a_chop_mark(self) -> None:
+        """A line wrapped right after a `>` (`80524 >` / `= 1024 MiB`) in a paste whose other lines at the width end
+        otherwise is a wrap: the tail joins and the `>` stays (`less -S` marks every line it chops)."""
+        fit = ("llama_params_fit_impl: after the projected use of device memory, will leave 80524 >= 1024 MiB of free "
+               "device memory")
+        width = fit.index(">") + 1
+        lines = [fit[:width], fit[width:]] + [SLOG[i : i + width] for i in range(0, len(SLOG), width)] + [GGML]
+        assert texts("\n".join(lines)) == [fit, SLOG, GGML]
+
+
+class TestTap:
+    """A reader beside the parser (the memory account) gets the quiet records it asks for, rejoined, in order."""
+
+    QUIET = ("common_memory_breakdown_print: |   - CUDA0 (NVIDIA H100 80GB HBM3) | 81079 = 80524 + (  554 =    0 +"
+             "     0 +     554) +           0 |")
+    GIN = '[GIN] 2025/10/11 - 00:03:35 | 200 |  38.627ms |  127.0.0.1 | POST  "/api/show" and more padding here'
+
+    def _read(self, log: list[str], width: int) -> tuple[list[tuple[str, int, str]], list[tuple[int, str]]]:
+        wrapped = [x[i : i + width] for x in log for i in range(0, len(x), width)]
+        seen: list[tuple[str, int, str]] = []
+        joiner = Joiner(QUIET_BYTES, RELEVANT_BYTES, lambda n, t: seen.append(("tap", n, t)))
+        for number, text, _pid, _cut in joiner.records(split_lines(["\n".join(wrapped).encode()])):
+            seen.append(("record", number, text))
+        plain = [(r[0], r[1]) for r in Joiner(QUIET_BYTES).records(split_lines(["\n".join(wrapped).encode()]))]
+        return seen, plain
+
+    def test_wrapped_quiet_lines_come_rejoined_in_their_place(self) -> None:
+        """The quiet line comes whole to the tap, numbered by its first physical line, between the records around
+        it; the records themselves are those a joiner without a tap yields."""
+        seen, plain = self._read([SLOG, self.QUIET, "print_info: n_layer          = 36", OFFLOAD], 60)
+        assert seen == [("record", 1, SLOG), ("tap", 5, self.QUIET), ("tap", 8, "print_info: n_layer          = 36"),
+                        ("record", 9, OFFLOAD)]  # (SLOG is 4 lines at 60 columns, QUIET 3)
+        assert [(n, t) for kind, n, t in seen if kind == "record"] == plain
+
+    def test_quiet_lines_the_tap_does_not_want_stay_unread(self) -> None:
+        """A quiet line without the tap's keywords (HTTP lines: most of a log) is never decoded nor handed over,
+        nor is its wrapped tail."""
+        seen, plain = self._read([SLOG, self.GIN, OFFLOAD], 60)
+        assert seen == [("record", 1, SLOG), ("record", 7, OFFLOAD)]
+        assert plain == [(1, SLOG), (7, OFFLOAD)]
+
+    def test_the_last_record_reaches_the_tap(self) -> None:
+        """A quiet record at the end of the input is handed over when the input ends."""
+        seen, _ = self._read([SLOG, self.QUIET], 60)
+        assert seen[-1] == ("tap", 5, self.QUIET)
+
+    def test_parse_chunks_feeds_the_tap_what_it_reads(self) -> None:
+        """`parse_chunks` with a tap: every record the parser reads plus the quiet ones, in log order; the events
+        are the same as without the tap."""
+        data = "\n".join([SLOG, self.QUIET, self.GIN, OFFLOAD]).encode()
+
+        class Tap:
+            quiet = RELEVANT_BYTES
+
+            def __init__(self) -> None:
+                self.fed: list[tuple[int, str]] = []
+
+            def feed(self, number: int, text: str) -> None:
+                self.fed.append((number, text))
+
+        tap = Tap()
+        assert list(parse_chunks([data], tap)) == list(parse_chunks([data]))
+        assert tap.fed == [(1, SLOG), (2, self.QUIET), (4, OFFLOAD)]
 
 
 class TestGlued:
