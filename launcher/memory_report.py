@@ -6,6 +6,7 @@ Kept apart from the verdict code: `explain` and `serve` call it at one place eac
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from launcher.fit_advice import Candidate, advise, fully_offloaded, kv_per_token, summary
@@ -41,15 +42,8 @@ class MemoryTee:
 
     def __init__(self) -> None:
         self.tracker = MemoryTracker()
-
-    @property
-    def quiet(self) -> re.Pattern[bytes]:
-        """The quiet lines it reads too (`ollama_logs.RecordTap`)."""
-        return self.tracker.quiet
-
-    def feed(self, number: int, text: str) -> None:
-        """One record of the parser's."""
-        self.tracker.feed(number, text)
+        self.quiet: re.Pattern[bytes] = self.tracker.quiet  # the quiet lines it reads too (`ollama_logs.RecordTap`)
+        self.feed: Callable[[int, str], object] = self.tracker.feed  # one record of the parser's
 
     def accounts(self) -> list[MemoryAccount]:
         """The loads whose memory the log sizes."""

@@ -358,9 +358,13 @@ class Joiner:
                     width = None
                 pend_skip, pend_len, pend_raw, pend_cut = True, -1, raw, cut
                 if tap is not None and tap.search(raw) is not None:
-                    d = display(raw, quoted)
-                    if not d.final:
-                        tap_text, tap_last, tap_n = d.text, d.text, number
+                    text = raw.decode("utf-8", "replace")
+                    if not (text[:1].isalpha() and text.isprintable() and "**" not in text
+                            and text[-1] not in "`\u2026"):
+                        d = display(raw, quoted)  # (as below: only such a line needs cleaning)
+                        text = "" if d.final else d.text
+                    if text:
+                        tap_text, tap_last, tap_n = text, text, number
                 skipped += 1
                 if cut:
                     truncated += 1
