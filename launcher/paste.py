@@ -86,7 +86,7 @@ def starts_record(text: str) -> bool:
 
 _MID_WORD_END: Final = re.compile(r"[a-z0-9]$|[:=] ?$")  # inside a word, or a label still waiting for its value
 _MID_WORD_START: Final = re.compile(r"[a-z0-9]")
-_TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
+_TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]|iB\b")  # no record starts with these (`M` / `iB`: a unit)
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
 _SLOG_HEAD: Final = ("time=", "level=", "source=")
 _LABEL: Final = re.compile(r'[^\s=":]+:\s')

@@ -228,6 +228,12 @@ class TestWrapped:
         assert sum(len(x) == width for x in lines) >= 2  # a confirmed width
         assert texts("\n".join(lines)) == [config, SLOG, GGML]
 
+    def test_a_single_wrap_inside_a_unit_is_rejoined(self) -> None:
+        """The one line a paste wrapped (no width to confirm) split `MiB` after its `M`: `iB` starts no record."""
+        kv = ("llama_kv_cache: size =  800.00 MiB (  4096 cells,  40 layers,  1/1 seqs), K (f16):  400.00 MiB, "
+              "V (f16):  400.00 MiB")
+        assert texts("\n".join([GGML, kv[:-2], kv[-2:], OFFLOAD])) == [GGML, kv, OFFLOAD]
+
     def test_a_wrap_right_after_a_gt_is_not_a_chop_mark(self) -> None:
         """A line wrapped right after a `>` (`80524 >` / `= 1024 MiB`) in a paste whose other lines at the width end
         otherwise is a wrap: the tail joins and the `>` stays (`less -S` marks every line it chops)."""
