@@ -86,7 +86,15 @@ def starts_record(text: str) -> bool:
 
 _MID_WORD_END: Final = re.compile(r"[a-z0-9]$|[:=] ?$")  # inside a word, or a label still waiting for its value
 _MID_WORD_START: Final = re.compile(r"[a-z0-9]")
-_TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]|iB\b")  # no record starts with these (`M` / `iB`: a unit)
+_TAIL_START: Final = re.compile(r"[:,.;)\]}=]|\s+[\d\"=]")  # no record starts with these
+_SIZE: Final = re.compile(r"\d+(?:\.\d+)?\s?[KMGT]?i?B\b")  # `400.00 MiB`, `4.2 GiB`, `512B`
+
+
+def _inside_size(before: str, after: str) -> bool:
+    """Whether a break between `before` and `after` fell inside a size (`400.0` / `0 MiB`, `400.00 M` / `iB`)."""
+    head = before[-12:]
+    joined = head + after[:12]
+    return any(m.start() < len(head) < m.end() for m in _SIZE.finditer(joined))
 _NATIVE: Final = frozenset({"llama-server", "level"})  # prefixes llama-server prints itself, on its first line only
 _SLOG_HEAD: Final = ("time=", "level=", "source=")
 _LABEL: Final = re.compile(r'[^\s=":]+:\s')
@@ -370,8 +378,10 @@ class Joiner:
                     truncated += 1
                 continue
             text = raw.decode("utf-8", "replace")
-            if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`":
-                # the common case: a plain slog line, a record start that needs no cleaning
+            if text.startswith("time=") and text.isprintable() and "**" not in text and text[-1] != "`" \
+                    and not (pasted and confirmed and pend_len == width and pend is not None):
+                # the common case: a plain slog line, a record start that needs no cleaning (except, in a prefixed
+                # paste, after a line as wide as the terminal: a wrap that fell right before `time=`)
                 if pend is not None:
                     if _plain(pend):
                         yield pend_n, pend, pend_pid, pend_cut
@@ -407,7 +417,8 @@ class Joiner:
                 # The widest line, seen once, followed by a line that goes on mid-word: a single wrapped line.
                 mid_word = (not confirmed and width is not None and pend_len == width and pend is not None
                             and (_TAIL_START.match(text) is not None or (_MID_WORD_END.search(pend_last) is not None
-                                                                        and _MID_WORD_START.match(text) is not None)))
+                                                                        and _MID_WORD_START.match(text) is not None)
+                                 or _inside_size(pend_last, text)))
                 if (strict or mid_word or (prefix and prefix not in _NATIVE and prefix_kind(text) != prefix)
                         or (pend is not None and pend_count < 2 * MAX_JOIN and _slog_tail(pend, text))) \
                         and _continues(text, strict, prefix, at_width and open_quote):

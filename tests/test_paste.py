@@ -228,11 +228,25 @@ class TestWrapped:
         assert sum(len(x) == width for x in lines) >= 2  # a confirmed width
         assert texts("\n".join(lines)) == [config, SLOG, GGML]
 
-    def test_a_single_wrap_inside_a_unit_is_rejoined(self) -> None:
-        """The one line a paste wrapped (no width to confirm) split `MiB` after its `M`: `iB` starts no record."""
+    def test_a_single_wrap_inside_a_size_is_rejoined(self) -> None:
+        """The one line a paste wrapped (no width to confirm) broke inside a size (`400.0` / `0 MiB`, `400.00` /
+        ` MiB`, `400.00 M` / `iB`): no record starts there, so the tail joins it."""
         kv = ("llama_kv_cache: size =  800.00 MiB (  4096 cells,  40 layers,  1/1 seqs), K (f16):  400.00 MiB, "
               "V (f16):  400.00 MiB")
-        assert texts("\n".join([GGML, kv[:-2], kv[-2:], OFFLOAD])) == [GGML, kv, OFFLOAD]
+        for cut in range(len(kv) - 8, len(kv)):
+            assert texts("\n".join([GGML, kv[:cut], kv[cut:], OFFLOAD])) == [GGML, kv, OFFLOAD], kv[cut:]
+
+    def test_a_prefixed_wrap_right_before_time_is_joined(self) -> None:
+        """journalctl output wrapped by the terminal right after the prefix: the next line starts with `time=` but
+        lacks the prefix, and the line before is as wide as the terminal, so it is that record's tail."""
+        prefix = "Jan 14 16:41:34 gpu-host-17.cluster.example.org ollama[16241]: "
+        log = [prefix + SLOG, prefix + OFFLOAD, prefix + SLOG]
+        width = len(prefix)
+        wrapped = [x[i : i + width] for x in log for i in range(0, len(x), width)]
+        assert wrapped[0] == prefix and wrapped[1].startswith("time=")
+        got = records("\n".join(wrapped))
+        assert [(r[1], r[2]) for r in got] == [(SLOG, 16241), (OFFLOAD, 16241), (SLOG, 16241)]
+        assert got[0][0] == 1
 
     def test_a_wrap_right_after_a_gt_is_not_a_chop_mark(self) -> None:
         """A line wrapped right after a `>` (`80524 >` / `= 1024 MiB`) in a paste whose other lines at the width end

@@ -304,6 +304,13 @@ class TestMemoryAccountEveryFixture:
         for width in (60, 80, 120):
             _same_account(path, _fold(lines, width), lines)
 
+    @PROPERTY
+    @given(width=st.integers(min_value=60, max_value=400))
+    def test_any_terminal_width_keeps_the_account(self, path: Path, width: int) -> None:
+        """A terminal of any width from 60 columns: the same account."""
+        lines = _lines(path)
+        _same_account(path, wrap(lines, width), lines)
+
     def test_terminal_wrap_keeps_the_account(self, path: Path) -> None:
         """A terminal 60, 80 or 120 characters wide (characters, not bytes): the same account."""
         lines = _lines(path)
