@@ -485,7 +485,11 @@ class Joiner:
 
 def _tap(on_tap: Callable[[int, str], object] | None, number: int, text: str) -> int:
     """Hand a skipped record that the tap wants to `on_tap`, finished as a yielded record is; returns 1."""
-    if on_tap is not None:
+    if on_tap is None:
+        pass
+    elif "]: " not in text and " |" not in text[:100] and text.find("time=") < 0 and text.find("[GIN") < 0:
+        on_tap(number, text)  # no prefix `_finish` could strip (`log_input._strip_prefix`), nothing glued on
+    else:
         for piece in _finish(number, text, None, False):
             on_tap(piece[0], piece[1])
     return 1

@@ -1,4 +1,5 @@
-"""`python -m benchmarks.parser [--size-mb N]`: generate a log, stream it through parser and board, print a table."""
+"""`python -m benchmarks.parser [--size-mb N] [--memory]`: generate a log, stream it through parser and board (and,
+with `--memory`, `explain`'s memory account in the same pass), print a table."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 from launcher.evidence import Board
-from launcher.ollama_logs import parse_stream
+from launcher.log_input import read_chunks
+from launcher.memory_report import MemoryTee
+from launcher.ollama_logs import parse_chunks
 
 T = "time=2026-11-25T18:18:22.581Z level=INFO source="
 GIN = '[GIN] 2026/11/25 - 18:18:22 | 200 |  2.104s |  127.0.0.1 | POST     "/api/chat"'
@@ -72,15 +75,16 @@ def generate(path: Path, size_mb: int) -> int:
     return lines
 
 
-def worker(path: str) -> None:
-    """Stream one file through parser and board on one core; print JSON figures."""
+def worker(path: str, memory: bool = False) -> None:
+    """Stream one file through parser and board (and the memory tap) on one core; print JSON figures."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     t0, c0 = time.perf_counter(), time.process_time()
     events = lines = 0
     board = Board()
+    tee = MemoryTee() if memory else None
     with open(path, "rb") as f:
-        for event in parse_stream(f):
+        for event in parse_chunks(read_chunks(f), tee):
             events += 1
             board.add(event)
             if event.kind == "parse_summary":
@@ -90,33 +94,34 @@ def worker(path: str) -> None:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"lines": lines, "events": events, "seconds": elapsed, "cpu_seconds": cpu,
                       "peak_mb": peak_kb / 1024,
-                      "outcome": verdict.outcome}))
+                      "outcome": verdict.outcome, "loads": len(tee.accounts()) if tee is not None else None}))
 
 
 def main() -> int:
     """Generate, measure in a child process (clean peak RSS), delete, print the table."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mb", type=int, default=1024, help="size of the generated log (default 1024 = 1 GiB)")
+    ap.add_argument("--memory", action="store_true", help="read explain's memory account in the same pass")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker)
+        worker(args.worker, args.memory)
         return 0
     with tempfile.TemporaryDirectory(prefix="ogpu-bench-") as tmp:
         path = Path(tmp) / "generated.log"
         generate(path, args.size_mb)
         size = path.stat().st_size
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.parser", "--worker", str(path)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.parser", "--worker", str(path),
+                               *(["--memory"] if args.memory else [])], capture_output=True, text=True, check=True)
     r = json.loads(proc.stdout)
     rows = [("log size", f"{size / (1 << 20):.0f} MiB"), ("lines", f"{r['lines']:,}"),
             ("events", f"{r['events']:,}"),
-            ("seconds, wall (parse + board)", f"{r['seconds']:.1f}"),
+            ("seconds, wall (parse + board" + (" + memory)" if args.memory else ")"), f"{r['seconds']:.1f}"),
             ("seconds, CPU", f"{r['cpu_seconds']:.1f}"),
             ("lines/s, one core (CPU time)", f"{r['lines'] / r['cpu_seconds']:,.0f}"),
             ("lines/s, wall clock", f"{r['lines'] / r['seconds']:,.0f}"),
             ("MiB/s (CPU time)", f"{size / (1 << 20) / r['cpu_seconds']:.1f}"), ("peak RSS", f"{r['peak_mb']:.1f} MB"),
-            ("verdict", r["outcome"])]
+            ("verdict", r["outcome"])] + ([("memory accounts (loads)", f"{r['loads']:,}")] if args.memory else [])
     width = max(len(k) for k, _ in rows)
     print(f"{'measure':<{width}} | value")
     print(f"{'-' * width}-|-{'-' * 16}")
