@@ -79,6 +79,12 @@ class TestShape:
         assert container["readinessProbe"]["exec"]["command"] == ["ollama-gpu", "status", "--ready"]
         # liveness restarts the container, readiness never does: revoked GPU access must fail liveness (issue 16)
         assert container["livenessProbe"]["exec"]["command"] == ["ollama-gpu", "status", "--live"]
+        # liveness waits for a startup probe that outlasts the default boot-race wait (OGPU_GPU_WAIT) many times over
+        startup = container["startupProbe"]
+        assert startup["exec"]["command"] == ["ollama-gpu", "status", "--live"]
+        settings = {k: v for k, v, _ in read_env_file(env_file, required=True)}
+        gpu_wait = int(settings.get("OGPU_GPU_WAIT", "30"))
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 4 * gpu_wait
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         settings = {k: v for k, v, _ in read_env_file(env_file, required=True)}
         assert settings["OGPU_METRICS_ADDR"].endswith(f":{ports['metrics']}")  # the Service scrapes it
