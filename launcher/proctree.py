@@ -223,6 +223,8 @@ class TreeWatcher:
             if not tracked.audited:
                 env = self.proc.environ(info.pid)
                 maps = self.proc.mapped_files(info.pid)
+                if not maps:  # a zombie (exited, not yet reaped by Ollama) reads empty environ and maps: no audit
+                    return events
                 preload = env.get("LD_PRELOAD", "")
                 shim_in_env = self.shim is not None and str(self.shim) in preload.replace(":", " ").split()
                 if shim_in_env and not _loader_done(maps) and tracked.early_looks < EARLY_LOOKS:
@@ -245,6 +247,8 @@ class TreeWatcher:
                 events.append(self._event("runner_env_ok" if ok else "runner_env_missing", info, **facts))
             else:
                 maps = self.proc.mapped_files(info.pid)
+                if not maps:  # exiting: its libraries did not change
+                    return events
         except Gone:
             return events
         except PermissionError:

@@ -109,13 +109,36 @@ class TestWatcherFakeProc:
     def test_runner_without_shim_is_env_missing_then_exit(self, tmp_path: Path) -> None:
         """A runner whose environ lacks the shim is an audit finding; its disappearance is runner_exited."""
         fake_proc(tmp_path, 1, 0, ["ollama-gpu"], {}, [])
-        fake_proc(tmp_path, 20, 1, ["/usr/bin/ollama", "runner", "--model", "/b", "--port", "1"], {}, [])
+        fake_proc(tmp_path, 20, 1, ["/usr/bin/ollama", "runner", "--model", "/b", "--port", "1"], {},
+                  ["/usr/bin/ollama", LIBC])
         set_children(tmp_path, 1, [20])
         watcher = TreeWatcher(1, Path(SHIM), Path(SOCK), proc=ProcFS(tmp_path))
         missing = [e for e in watcher.scan() if e.kind == "runner_env_missing"]
         assert len(missing) == 1 and missing[0].data["shim_in_env"] is False
         set_children(tmp_path, 1, [])
         assert [e.kind for e in watcher.scan()] == ["runner_exited"]
+
+    def test_a_zombie_is_not_audited(self, tmp_path: Path) -> None:
+        """A short-lived runner seen after it exited but before Ollama reaped it reads an empty environ and no maps:
+        that is no evidence of a missing shim (it caused a false `runner_env_missing` warning on healthy runs under
+        load) and no change of its libraries."""
+        fake_proc(tmp_path, 1, 0, ["ollama-gpu"], {}, [])
+        fake_proc(tmp_path, 21, 1, ["/opt/lib/ollama/llama-server", "--list-devices"], {}, [])
+        set_children(tmp_path, 1, [21])
+        watcher = TreeWatcher(1, Path(SHIM), Path(SOCK), proc=ProcFS(tmp_path))
+        assert [e.kind for e in watcher.scan()] == ["runner_started"]
+        set_children(tmp_path, 1, [])
+        assert [e.kind for e in watcher.scan()] == ["runner_exited"]
+
+    def test_a_runner_that_becomes_a_zombie_keeps_its_libraries(self, tmp_path: Path) -> None:
+        fake_proc(tmp_path, 1, 0, ["ollama-gpu"], {}, [])
+        fake_proc(tmp_path, 22, 1, ["/opt/lib/ollama/llama-server", "--model", "/b"],
+                  {"LD_PRELOAD": SHIM, "OGPU_EVENTS": SOCK}, [SHIM, LIBC, "/usr/lib/x86_64-linux-gnu/libcuda.so.1"])
+        set_children(tmp_path, 1, [22])
+        watcher = TreeWatcher(1, Path(SHIM), Path(SOCK), proc=ProcFS(tmp_path))
+        assert {e.kind for e in watcher.scan()} == {"runner_started", "runner_env_ok", "runner_libs"}
+        (tmp_path / "22" / "maps").write_text("")
+        assert watcher.scan() == []
 
     def test_exec_reclassifies(self, tmp_path: Path) -> None:
         """Seen between fork and exec with Ollama's argv, the same (pid, start) is classified again after exec."""
