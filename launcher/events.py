@@ -54,6 +54,15 @@ def _freeze(value: JSONValue) -> JSONValue:
     return value
 
 
+def thaw(value: Any) -> Any:
+    """An event's frozen data as plain, mutable JSON data again (status documents, reports)."""
+    if isinstance(value, Mapping):
+        return {str(k): thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
 class _FrozenDict(dict):  # type: ignore[type-arg]
     """A dict that refuses mutation and can be hashed; JSON-serialises as a dict."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from launcher import causes
-from launcher.events import Event
+from launcher.events import Event, thaw
 from launcher.gpu_health import ABSENT, ACCESS_DENIED, CAUSE, DEGRADED, DRIVER_MISMATCH, LOST, OK
 from launcher.resume_cuda import ResumeCuda, break_advice
 
@@ -49,7 +49,7 @@ class HealthBoard:
         if event.source == "supervisor" and event.kind in ("cuda_probe", "uvm_reload"):
             return True
         if event.source == "supervisor" and event.kind == "resume_signal":
-            self.resume_signal = _thaw(event.data)
+            self.resume_signal = thaw(event.data)
             return True
         if event.source == "supervisor" and event.kind == "resumed":
             self.resumes = [*self.resumes[-4:], {"t": event.t, "slept": event.data.get("slept"),
@@ -67,7 +67,7 @@ class HealthBoard:
         if event.kind == "gpu_health":
             listed = event.data.get("gpus")
             if isinstance(listed, (list, tuple)):
-                self.gpus = {str(g.get("uuid")): _thaw(g) for g in listed if isinstance(g, Mapping)}
+                self.gpus = {str(g.get("uuid")): thaw(g) for g in listed if isinstance(g, Mapping)}
             return True
         if event.kind == "xid":
             index, xid = event.data.get("index"), event.data.get("xid")
@@ -136,14 +136,6 @@ class HealthBoard:
                 "in_container": self.in_container, "resumes": list(self.resumes),
                 "resume_signal": self.resume_signal}
 
-
-def _thaw(value: Any) -> Any:
-    """An event's frozen data as plain JSON data again (status is serialised)."""
-    if isinstance(value, Mapping):
-        return {str(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
-    return value
 
 
 def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:

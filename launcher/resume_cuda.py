@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from launcher.events import Event
+from launcher.events import Event, thaw
 
 UVM: Final = "uvm_not_loaded"
 MAX_INITS: Final = 64  # the newest cuInit results kept, with their times (enough to find the one before a resume)
@@ -72,20 +72,20 @@ class ResumeCuda:
             self._probe(event.data, event.t)
             return True
         if kind == ("supervisor", "uvm_reload"):
-            self.reload = _plain(event.data)
+            self.reload = thaw(event.data)
             return True
         return False
 
     def _probe(self, data: Mapping[str, Any], t: float) -> None:
         if data.get("ok") is None:  # the probe could not run: shown, judged not
-            self.probe = {**_plain(data), "before": said(self.before), "change": "unknown", "news": False}
+            self.probe = {**thaw(data), "before": said(self.before), "change": "unknown", "news": False}
             return
         ok = data.get("ok") is True
         code = data.get("cu_init") if isinstance(data.get("cu_init"), int) else None
         after = str(data.get("after") or "resume")
         before = self.before if after == "resume" else self.last_init
         text, news = change(before, ok, code)
-        self.probe = {**_plain(data), "before": said(before), "change": text, "news": news}
+        self.probe = {**thaw(data), "before": said(before), "change": text, "news": news}
         self.inits.append((t, 0 if ok else code if code is not None else -1))  # a later resume's "before"
         if ok:
             if after == "uvm_reload" and self.broken is not None:
@@ -99,14 +99,6 @@ class ResumeCuda:
             self.broken = {"cause": data.get("cause"), "error": data.get("error"), "change": text,
                            "resume": self.resume, "t": t}
 
-
-def _plain(value: Any) -> Any:
-    """An event's frozen data as plain JSON data (status is serialised)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 COMMANDS: Final = "`sudo rmmod nvidia_uvm && sudo modprobe nvidia_uvm` (or reboot)"

@@ -16,7 +16,7 @@ from launcher import error_codes
 from launcher.doctor.context import Ctx, Row, _one_line
 from launcher.doctor.host import resolve_shim
 from launcher.doctor.install import cuda_variants, driver_runs
-from launcher.events import Event
+from launcher.events import Event, thaw
 from launcher.log_patterns import CUDA_ERROR_CAUSES, DLERROR_CAUSES, classify
 from launcher.remedy_text import advice
 from launcher.shim_events import PROCESS_END, ShimEventServer
@@ -270,15 +270,8 @@ _BOOKKEEPING: Final = frozenset({"pid", "seq", "t_ns", "start_time", "conn", "v"
 
 
 def _event_dict(e: Event) -> dict[str, Any]:
-    return {"kind": e.kind, **{k: _plain(v) for k, v in e.data.items() if k not in _BOOKKEEPING}}
+    return {"kind": e.kind, **{k: thaw(v) for k, v in e.data.items() if k not in _BOOKKEEPING}}
 
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, tuple | list):
-        return [_plain(x) for x in v]
-    return v
 
 
 def _last_json(stdout: str) -> Mapping[str, Any] | None:
